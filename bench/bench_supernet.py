@@ -1,0 +1,456 @@
+"""Training-step time of the elastic supernet vs. its exported static subnet vs. timm's ViT (CPU).
+
+For each space and arch (min / middle / max) one training step (zero grads with
+set_to_none, forward, cross-entropy, backward; no optimizer step) is timed for
+
+  supernet   `net(x, arch)`: the weight-sharing supernet run at the arch
+  exported   `shiftnas.export_subnet(net, arch)`: the dense static model of the same arch
+  timm       `timm.models.vision_transformer.VisionTransformer` of the same shape: only for
+             ViT archs where every layer has heads * head_dim == embed_dim and one mlp ratio
+
+side by side in one process, interleaved (one step of each per repeat, the starting model
+rotating, so machine drift hits all of them alike). Reported: median and p20/p80 over the
+repeats after warm-up, and the ratios supernet/exported and exported/timm (DESIGN.md,
+"Measuring": the dense static model is the floor every elastic path is held to).
+
+Peak memory is measured separately, one fresh subprocess per (model, arch) (this script with
+the hidden `--_mem-child` flag), so allocator state never leaks between models.
+
+Targets (reported, not asserted): supernet/exported <= 1.05 at every arch; exported ViT no
+slower than timm.
+
+    python bench/bench_supernet.py                       # full run -> bench/results/supernet_cpu.json
+    python bench/bench_supernet.py --spaces vit-fmnist --repeats 10 --no-memory
+"""
+from __future__ import annotations
+
+import argparse
+import ctypes
+import datetime
+import gc
+import json
+import os
+import platform
+import random
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_OUT = ROOT / "bench" / "results" / "supernet_cpu.json"
+DEFAULT_SPACES = ("vit-fmnist", "cnn-fmnist", "autoformer-t")
+# Batch per space: the fmnist spaces at their training batch, autoformer-t small (224 px).
+BATCH = {"vit-fmnist": 64, "cnn-fmnist": 64, "autoformer-t": 8, "autoformer-s": 8, "autoformer-b": 8, "cnn-bignas": 8}
+ARCH_LABELS = ("min", "middle", "max")
+MODELS = ("supernet", "exported", "timm")
+MEMORY_STEPS = 3
+
+if str(ROOT) not in sys.path:  # run as a script from anywhere
+    sys.path.insert(0, str(ROOT))
+
+
+# -- building ------------------------------------------------------------------------------------
+def make_arch(space, label: str):
+    """min / max of the space; middle = the middle candidate (index len // 2) of every decision."""
+    if label == "min":
+        return space.min()
+    if label == "max":
+        return space.max()
+    if label == "middle":
+        return space.from_indices({d.name: len(d.choices) // 2 for d in space.decisions})
+    raise ValueError(f"arch label {label!r}; allowed: {list(ARCH_LABELS)}")
+
+
+def timm_shape(space, arch) -> dict | None:
+    """timm VisionTransformer kwargs of `arch`, or None when timm's uniform ViT cannot express it."""
+    if space.family != "vit":
+        return None
+    hp = space.hparams
+    E, d = arch["embed_dim"], hp["head_dim"]
+    layers = [(arch[f"layers.{i}.num_heads"], arch[f"layers.{i}.mlp_ratio"]) for i in range(arch["depth"])]
+    if any(h * d != E for h, _ in layers) or len({r for _, r in layers}) != 1:
+        return None
+    return dict(
+        img_size=hp["img_size"],
+        patch_size=hp["patch_size"],
+        in_chans=hp["in_chans"],
+        num_classes=hp["num_classes"],
+        embed_dim=E,
+        depth=arch["depth"],
+        num_heads=layers[0][0],
+        mlp_ratio=layers[0][1],
+        qkv_bias=True,
+        class_token=True,
+        global_pool="token",
+    )
+
+
+def make_inputs(space, arch, batch: int, seed: int = 0):
+    import torch
+
+    hp = space.hparams
+    res = arch["resolution"] if space.family == "cnn" else hp["img_size"]
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, hp["in_chans"], res, res, generator=g)
+    y = torch.randint(0, hp["num_classes"], (batch,), generator=g)
+    return x, y
+
+
+def build_models(space_name: str, label: str, which=MODELS) -> tuple[object, dict]:
+    """(arch, {model name: (module whose grads are zeroed, forward callable)}) for `which`."""
+    import torch
+
+    import shiftnas
+
+    space = shiftnas.get_space(space_name)
+    arch = make_arch(space, label)
+    torch.manual_seed(0)
+    out = {}
+    net = shiftnas.build_supernet(space_name) if {"supernet", "exported"} & set(which) else None
+    if net is not None:
+        net.train()
+    if "exported" in which:
+        sub = shiftnas.export_subnet(net, arch)
+        out["exported"] = (sub, sub)
+    if "supernet" in which:
+        out["supernet"] = (net, lambda x, net=net, arch=arch: net(x, arch))
+    if "timm" in which:
+        kw = timm_shape(space, arch)
+        if kw is not None:
+            from timm.models.vision_transformer import VisionTransformer
+
+            vit = VisionTransformer(**kw).train()
+            out["timm"] = (vit, vit)
+    return arch, out
+
+
+def train_step(module, fwd, x, y) -> None:
+    import torch.nn.functional as F
+
+    module.zero_grad(set_to_none=True)
+    F.cross_entropy(fwd(x), y).backward()
+
+
+# -- statistics -----------------------------------------------------------------------------------
+def quantile(xs: list[float], q: float) -> float:
+    """Linear-interpolation quantile (numpy's default)."""
+    s = sorted(xs)
+    pos = q * (len(s) - 1)
+    lo = int(pos)
+    hi = min(lo + 1, len(s) - 1)
+    return s[lo] + (s[hi] - s[lo]) * (pos - lo)
+
+
+def summary(ms: list[float]) -> dict:
+    return {
+        "median_ms": round(quantile(ms, 0.5), 3),
+        "p20_ms": round(quantile(ms, 0.2), 3),
+        "p80_ms": round(quantile(ms, 0.8), 3),
+        "min_ms": round(min(ms), 3),
+    }
+
+
+def ratio(num: list[float], den: list[float]) -> dict:
+    """Ratio of medians, and the median of per-repeat paired ratios (robust to slow drift)."""
+    paired = [a / b for a, b in zip(num, den)]
+    return {
+        "of_medians": round(quantile(num, 0.5) / quantile(den, 0.5), 4),
+        "paired_median": round(quantile(paired, 0.5), 4),
+        "paired_p20": round(quantile(paired, 0.2), 4),
+        "paired_p80": round(quantile(paired, 0.8), 4),
+    }
+
+
+# -- timing -----------------------------------------------------------------------------------------
+def time_interleaved(models: dict, x, y, warmup: int, repeats: int) -> dict[str, list[float]]:
+    """Per model, `repeats` step times in ms; each repeat runs every model once, in rotating order."""
+    names = list(models)
+    for _ in range(warmup):
+        for n in names:
+            train_step(*models[n], x, y)
+    times: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(repeats):
+        k = r % len(names)
+        for n in names[k:] + names[:k]:
+            module, fwd = models[n]
+            t0 = time.perf_counter()
+            train_step(module, fwd, x, y)
+            times[n].append((time.perf_counter() - t0) * 1e3)
+    return times
+
+
+# -- memory (fresh subprocess per model and arch) ---------------------------------------------------------
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def _hwm_mb() -> float | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+def _reset_hwm() -> bool:
+    """Reset the kernel's peak-RSS mark (VmHWM) to the current RSS (Linux >= 4.0)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _malloc_trim() -> None:
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def memory_child(spec: str, threads: int) -> None:
+    """Hidden `--_mem-child space:label:model`: print one JSON line with this model's RSS numbers."""
+    import torch
+
+    torch.set_num_threads(threads)
+    space_name, label, model = spec.split(":")
+    import shiftnas
+
+    space = shiftnas.get_space(space_name)
+    gc.collect()
+    _malloc_trim()
+    rss_start = _rss_mb()
+    arch, models = build_models(space_name, label, which=(model,))
+    if model not in models:
+        print(json.dumps({"skipped": True}))
+        return
+    module, fwd = models[model]
+    # The exported model's build also built a supernet: drop everything but the model.
+    del models
+    gc.collect()
+    _malloc_trim()
+    x, y = make_inputs(space, arch, BATCH[space_name])
+    rss_build = _rss_mb()
+    hwm_reset = _reset_hwm()
+    maxrss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    for _ in range(MEMORY_STEPS):
+        train_step(module, fwd, x, y)
+    hwm = _hwm_mb()
+    maxrss_after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = hwm if (hwm_reset and hwm is not None) else maxrss_after
+    print(
+        json.dumps(
+            {
+                "rss_model_mb": round(rss_build - rss_start, 1),
+                "peak_rss_mb_step": round(peak - rss_build, 1),
+                "peak_source": "VmHWM after clear_refs" if (hwm_reset and hwm is not None) else "ru_maxrss",
+                "ru_maxrss_mb_before_steps": round(maxrss_before, 1),
+                "ru_maxrss_mb_after_steps": round(maxrss_after, 1),
+            }
+        )
+    )
+
+
+def measure_memory(space_name: str, label: str, model: str, threads: int) -> dict | None:
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--_mem-child", f"{space_name}:{label}:{model}", "--threads", str(threads)]
+    try:
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=str(ROOT))
+    except subprocess.TimeoutExpired:
+        return {"error": "timeout"}
+    if p.returncode != 0:
+        return {"error": (p.stderr.strip().splitlines() or ["rc %d" % p.returncode])[-1]}
+    out = json.loads(p.stdout.strip().splitlines()[-1])
+    return None if out.get("skipped") else out
+
+
+# -- provenance -------------------------------------------------------------------------------------
+def machine() -> dict:
+    cpu_model = None
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu_model = next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), None)
+    except OSError:
+        pass
+    return {
+        "node": platform.node(),
+        "platform": platform.platform(),
+        "processor": platform.processor() or None,
+        "cpu_model": cpu_model,
+        "cpu_count": os.cpu_count(),
+        "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "python": platform.python_version(),
+        "loadavg_1_5_15": [round(v, 2) for v in os.getloadavg()],
+    }
+
+
+def environment() -> dict:
+    """Settings that change CPU timings: threading env vars and the backend chosen per op."""
+    from shiftnas.ops import dispatch
+
+    env = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME", "SHIFTNAS_BACKEND")}
+    return {"env": env, "backends_cpu_float32": {op: chosen for op, chosen, _ in dispatch.report("cpu")}}
+
+
+def git_commit() -> str | None:
+    try:
+        p = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=str(ROOT), timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return p.stdout.strip() if p.returncode == 0 and p.stdout.strip() else None
+
+
+# -- driver -------------------------------------------------------------------------------------------
+def bench_space(space_name: str, args) -> list[dict]:
+    import torch
+
+    import shiftnas
+
+    space = shiftnas.get_space(space_name)
+    batch = BATCH.get(space_name, 8)
+    rows = []
+    for label in args.archs:
+        arch, models = build_models(space_name, label)
+        x, y = make_inputs(space, arch, batch)
+        t0 = time.perf_counter()
+        times = time_interleaved(models, x, y, args.warmup, args.repeats)
+        row = {
+            "space": space_name,
+            "arch": label,
+            "arch_short": arch.short(),
+            "batch": batch,
+            "input": list(x.shape),
+            "mflops": round(shiftnas.count_flops(space, arch) / 1e6, 3),
+            "params_m": round(shiftnas.count_params(space, arch) / 1e6, 4),
+            "timm_comparable": "timm" in models,
+            "times": {n: summary(t) for n, t in times.items()},
+            "ratios": {"supernet/exported": ratio(times["supernet"], times["exported"])},
+            "bench_seconds": round(time.perf_counter() - t0, 1),
+        }
+        if "timm" in times:
+            row["ratios"]["exported/timm"] = ratio(times["exported"], times["timm"])
+            row["ratios"]["supernet/timm"] = ratio(times["supernet"], times["timm"])
+        rows.append(row)
+        print(f"  {space_name:13s} {label:6s} done in {row['bench_seconds']:.0f}s", file=sys.stderr, flush=True)
+        del models
+        gc.collect()
+    return rows
+
+
+def print_table(rows: list[dict]) -> None:
+    hdr = (
+        f"{'space':13s} {'arch':6s} {'MMACs':>8s} {'Mparam':>7s} | {'supernet ms':>17s} {'exported ms':>17s} "
+        f"{'timm ms':>17s} | {'sup/exp':>7s} {'exp/timm':>8s} | {'peak MB s/e/t':>17s}"
+    )
+    print(hdr)
+    print("-" * len(hdr))
+
+    def cell(t):
+        return f"{t['median_ms']:7.1f} [{t['p20_ms']:.0f}-{t['p80_ms']:.0f}]" if t else "-"
+
+    for r in rows:
+        t = r["times"]
+        se = r["ratios"]["supernet/exported"]["of_medians"]
+        et = r["ratios"].get("exported/timm", {}).get("of_medians")
+        mem = r.get("memory") or {}
+        peaks = "/".join(
+            f"{mem[m]['peak_rss_mb_step']:.0f}" if mem.get(m) and "peak_rss_mb_step" in mem[m] else "-" for m in MODELS
+        )
+        flag = " !" if se > 1.05 else ""
+        print(
+            f"{r['space']:13s} {r['arch']:6s} {r['mflops']:8.1f} {r['params_m']:7.3f} | {cell(t.get('supernet')):>17s} "
+            f"{cell(t.get('exported')):>17s} {cell(t.get('timm')):>17s} | {se:7.3f} "
+            f"{(f'{et:8.3f}' if et else '       -')} | {peaks:>17s}{flag}"
+        )
+        print(f"{'':21s}{r['arch_short']}")
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--spaces", default=",".join(DEFAULT_SPACES), help="comma-separated space names")
+    p.add_argument("--archs", default=",".join(ARCH_LABELS), help="comma-separated subset of min,middle,max")
+    p.add_argument("--repeats", type=int, default=20, help="timed steps per model (>= 10)")
+    p.add_argument("--warmup", type=int, default=5, help="untimed steps per model first")
+    p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
+    p.add_argument("--out", default=str(DEFAULT_OUT), help="JSON output path")
+    p.add_argument("--no-memory", action="store_true", help="skip the per-model memory subprocesses")
+    p.add_argument("--_mem-child", dest="mem_child", default=None, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+
+    if args.mem_child:
+        memory_child(args.mem_child, args.threads)
+        return
+    if args.repeats < 10:
+        p.error(f"--repeats {args.repeats}: need >= 10 for a median (DESIGN.md, Measuring)")
+    args.spaces = [s for s in args.spaces.split(",") if s]
+    args.archs = [a for a in args.archs.split(",") if a]
+    for a in args.archs:
+        if a not in ARCH_LABELS:
+            p.error(f"--archs: unknown arch {a!r}; allowed: {list(ARCH_LABELS)}")
+
+    import timm
+    import torch
+
+    torch.set_num_threads(args.threads)
+    random.seed(0)
+    machine_start = machine()
+    rows = []
+    for s in args.spaces:
+        rows += bench_space(s, args)
+    if not args.no_memory:
+        for r in rows:
+            r["memory"] = {}
+            for m in MODELS:
+                if m in r["times"]:
+                    r["memory"][m] = measure_memory(r["space"], r["arch"], m, args.threads)
+            print(f"  memory {r['space']} {r['arch']} done", file=sys.stderr, flush=True)
+
+    result = {
+        "benchmark": "bench/bench_supernet.py",
+        "what": "one training step: zero_grad(set_to_none=True) + forward + cross_entropy + backward (no optimizer step), fp32",
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "git_commit": git_commit(),
+        "machine": machine_start,
+        "loadavg_at_end": [round(v, 2) for v in os.getloadavg()],
+        "environment": environment(),
+        "torch": torch.__version__,
+        "timm": timm.__version__,
+        "threads": torch.get_num_threads(),
+        "repeats": args.repeats,
+        "warmup": args.warmup,
+        "method": (
+            "models of one arch timed side by side in one process, interleaved: each repeat runs one "
+            "step of every model, the starting model rotating; median and p20/p80 over the repeats "
+            "(time.perf_counter). Ratio 'of_medians' = median(a)/median(b); 'paired_*' = quantiles "
+            "of the per-repeat ratio a_i/b_i."
+        ),
+        "definitions": {
+            "middle": "space.from_indices({d: len(d.choices) // 2}) for every decision",
+            "mflops": "shiftnas.count_flops / 1e6: multiply-accumulates (the AutoFormer/ShiftNAS convention)",
+            "params_m": "shiftnas.count_params / 1e6",
+            "timm": "timm VisionTransformer(qkv_bias=True, class_token=True, global_pool='token'), fused SDPA; "
+            "only where every layer has heads*head_dim == embed_dim and one mlp ratio",
+            "rss_model_mb": "RSS after building the model (plus the input batch) minus RSS after imports, in a fresh "
+            "process per (model, arch); the exported model's supernet is freed (gc + malloc_trim) first",
+            "peak_rss_mb_step": f"peak RSS during {MEMORY_STEPS} training steps (VmHWM, reset via "
+            "/proc/self/clear_refs just before the steps; ru_maxrss if that fails) minus RSS right before "
+            "the steps (model built, input created)",
+        },
+        "targets": {"supernet/exported": "<= 1.05 at every arch", "exported/timm": "<= 1.0 (exported ViT no slower)"},
+        "results": rows,
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    print_table(rows)
+    print(f"\nwrote {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,117 @@
+"""The `shiftnas` command line. Later issues add prepare, generate, search, evaluate, rank."""
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+from pathlib import Path
+
+EXAMPLES = """examples:
+  shiftnas spaces
+  shiftnas sample --space vit-fmnist -n 3 --seed 0
+  shiftnas cost --arch runs/demo/arch.json
+  shiftnas backends
+"""
+
+
+def _cmd_spaces(args) -> int:
+    from . import flops_range, get_space, list_spaces
+
+    print(f"{'space':<13} {'family':<6} {'decisions':>9} {'archs':>10} {'MFLOPs min':>11} {'MFLOPs max':>11}  source")
+    for name in list_spaces():
+        sp = get_space(name)
+        lo, hi = flops_range(sp)
+        print(f"{name:<13} {sp.family:<6} {len(sp.decisions):>9} {sp.size():>10.3g} {lo / 1e6:>11.1f} {hi / 1e6:>11.1f}  {sp.source}")
+    return 0
+
+
+def _cmd_sample(args) -> int:
+    from . import count_flops, count_params, get_space
+
+    sp = get_space(args.space)
+    rng = random.Random(args.seed)
+    for _ in range(args.n):
+        arch = sp.sample(rng)
+        if args.json:
+            print(json.dumps({"space": sp.name, "arch": arch.to_dict(), "flops": count_flops(sp, arch), "params": count_params(sp, arch)}))
+        else:
+            print(f"{arch.short()}  {count_flops(sp, arch) / 1e6:.1f} MFLOPs  {count_params(sp, arch):,} params")
+    return 0
+
+
+def _cmd_cost(args) -> int:
+    from . import ArchConfig, count_flops, count_params
+
+    path = Path(args.arch)
+    if not path.is_file():
+        raise ValueError(f"--arch {path}: no such file (expected an arch JSON/YAML written by shiftnas)")
+    text = path.read_text()
+    if path.suffix in (".yaml", ".yml"):
+        arch = ArchConfig.from_yaml(text)
+    else:
+        obj = json.loads(text) if text.strip() else None
+        if isinstance(obj, dict) and "format" in obj:  # arch.json of an exported subnet
+            obj = {"space": obj.get("space"), "arch": obj.get("arch")}
+        arch = ArchConfig.from_json(json.dumps(obj))
+    flops, params = count_flops(arch.space, arch, args.num_classes), count_params(arch.space, arch, args.num_classes)
+    print(json.dumps({"space": arch.space, "arch": arch.short(), "flops": flops, "mflops": round(flops / 1e6, 3), "params": params}))
+    return 0
+
+
+def _cmd_backends(args) -> int:
+    import torch
+
+    from .ops.dispatch import report
+
+    dtype = getattr(torch, args.dtype)
+    print(f"{'op':<12} {'backend':<8} why the higher-priority backends were passed over ({args.device}, {args.dtype})")
+    for op, chosen, why in report(args.device, dtype):
+        print(f"{op:<12} {chosen:<8} {why or '-'}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="shiftnas",
+        description="ShiftNAS: one-shot NAS with a probability shift (ICCV 2023).",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = ap.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+    p = sub.add_parser("spaces", help="list the search spaces with their FLOPs range")
+    p.set_defaults(fn=_cmd_spaces)
+    p = sub.add_parser("sample", help="sample subnets of a space and print their cost",
+                       description="Sample subnets uniformly; e.g. shiftnas sample --space autoformer-t -n 5")
+    p.add_argument("--space", required=True, help="a space name (see `shiftnas spaces`)")
+    p.add_argument("-n", type=int, default=5, help="how many (default: 5)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.set_defaults(fn=_cmd_sample)
+    p = sub.add_parser("cost", help="exact FLOPs (MACs) and params of an arch file",
+                       description="e.g. shiftnas cost --arch runs/demo/arch.json")
+    p.add_argument("--arch", required=True, help="arch JSON/YAML ({space, arch}) or an exported arch.json")
+    p.add_argument("--num-classes", type=int, default=None, help="classifier size (default: the space's)")
+    p.set_defaults(fn=_cmd_cost)
+    p = sub.add_parser("backends", help="which kernel backend runs each op here, and why",
+                       description="e.g. shiftnas backends --device cpu --dtype float32")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="default: cpu")
+    p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16", "float64"])
+    p.set_defaults(fn=_cmd_backends)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = build_parser()
+    args = ap.parse_args(argv)
+    if getattr(args, "n", 1) < 1:
+        ap.error(f"-n must be >= 1, got {args.n}")
+    try:
+        return args.fn(args)
+    except (ValueError, RuntimeError) as e:
+        print(f"shiftnas {args.cmd}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

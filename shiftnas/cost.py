@@ -1,0 +1,158 @@
+"""Exact FLOPs and parameter counts, their differentiable expectation, and FLOPs bins.
+
+FLOPs are multiply-accumulates (MACs), the convention of the AutoFormer and ShiftNAS tables:
+`torch.utils.flop_counter.FlopCounterMode` on the exported model (explicit attention) counts 2
+per MAC, so `count_flops == FlopCounterMode total / 2`. Normalisation, biases, activations and
+pooling are not counted (FlopCounterMode does not count them either).
+
+A network's cost is a sum of *terms*. Each term depends on a few decisions (e.g. one ViT layer
+on depth, embed dim, its heads and its mlp ratio) and is tabulated over all their candidate
+combinations. `count_flops` reads the table at the arch's indices; `expected_cost` contracts
+the table with the one-hot (or soft) policies: multilinear, so it is differentiable and equal
+to `count_flops` at hard one-hots (PAPER.md, Eq. 10).
+"""
+from __future__ import annotations
+
+import functools
+import itertools
+import math
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+
+from .spaces import ArchConfig, SearchSpace, get_space
+from .spaces.arch_sample import ArchSample
+
+__all__ = [
+    "CostTerm",
+    "tabulate",
+    "count_flops",
+    "count_params",
+    "expected_cost",
+    "flops_range",
+    "FlopsBins",
+]
+
+
+@dataclass(frozen=True)
+class CostTerm:
+    """cost = table[idx(names[0]), idx(names[1]), ...]."""
+
+    names: tuple[str, ...]
+    table: torch.Tensor  # float64, one axis per name
+
+    def at(self, idx: dict[str, int]) -> float:
+        return float(self.table[tuple(idx[n] for n in self.names)])
+
+
+def tabulate(space: SearchSpace, names: Sequence[str], fn: Callable[..., float]) -> CostTerm:
+    """Tabulate fn(*values) over every combination of the candidates of `names`."""
+    choices = [space.decision(n).choices for n in names]
+    vals = [float(fn(*combo)) for combo in itertools.product(*choices)]
+    table = torch.tensor(vals, dtype=torch.float64).reshape([len(c) for c in choices])
+    return CostTerm(tuple(names), table)
+
+
+@functools.lru_cache(maxsize=None)
+def _terms(space_name: str, what: str, num_classes: int | None) -> tuple[CostTerm, ...]:
+    space = get_space(space_name)
+    num_classes = space.hparams["num_classes"] if num_classes is None else num_classes
+    if space.family == "vit":
+        from .models.vit_cost import vit_cost_terms as fn
+    elif space.family == "cnn":
+        from .models.mbconv_cost import mbconv_cost_terms as fn
+    else:  # pragma: no cover - registry only holds the two families
+        raise ValueError(f"no cost model for family {space.family!r}")
+    flops, params = fn(space, num_classes)
+    return tuple(flops if what == "flops" else params)
+
+
+def _count(space: SearchSpace | str, arch: ArchConfig, what: str, num_classes: int | None) -> int:
+    space = get_space(space)
+    space.check(arch)
+    idx = space.indices(arch)
+    return int(round(sum(t.at(idx) for t in _terms(space.name, what, num_classes))))
+
+
+def count_flops(space: SearchSpace | str, arch: ArchConfig, num_classes: int | None = None) -> int:
+    """Multiply-accumulates of one forward pass of one image at `arch`.
+
+    `num_classes` defaults to the space's (1000 for the ImageNet spaces, 10 for Fashion-MNIST).
+    """
+    return _count(space, arch, "flops", num_classes)
+
+
+def count_params(space: SearchSpace | str, arch: ArchConfig, num_classes: int | None = None) -> int:
+    """Parameters of the exported subnet at `arch` (buffers such as BN statistics excluded)."""
+    return _count(space, arch, "params", num_classes)
+
+
+def expected_cost(
+    space: SearchSpace | str, sample: ArchSample, what: str = "flops", num_classes: int | None = None
+) -> torch.Tensor:
+    """Differentiable cost of an `ArchSample` (its one-hots may be soft): a float64 scalar."""
+    space = get_space(space)
+    if sample.space != space.name:
+        raise ValueError(f"sample is from space {sample.space!r}, expected {space.name!r}")
+    if what not in ("flops", "params"):
+        raise ValueError(f"what={what!r}; allowed: 'flops', 'params'")
+    total = None
+    for t in _terms(space.name, what, num_classes):
+        # float64: costs reach 1e10 MACs, past float32's exact integers.
+        ps = [sample.onehots[n].double() for n in t.names]
+        table = t.table.to(device=ps[0].device)
+        letters = "abcdefghijklmnopqrstuvwxyz"[: len(ps)]
+        v = torch.einsum(f"{letters},{','.join(letters)}->", table, *ps)
+        total = v if total is None else total + v
+    return total
+
+
+def flops_range(space: SearchSpace | str) -> tuple[int, int]:
+    """(min, max) FLOPs over the space: every cost is monotone in every choice."""
+    space = get_space(space)
+    return count_flops(space, space.min()), count_flops(space, space.max())
+
+
+class FlopsBins:
+    """[F_min, F_max] cut into K equal bins; bin k targets its centre C_k (PAPER.md section 1).
+
+    Give either `n_bins` or `step` (in MACs: e.g. 0.1e9 for the paper's ViT-tiny bins).
+    """
+
+    def __init__(self, space: SearchSpace | str, n_bins: int | None = None, step: float | None = None):
+        self.space = get_space(space)
+        lo, hi = flops_range(self.space)
+        if (n_bins is None) == (step is None):
+            raise ValueError("FlopsBins: give exactly one of n_bins or step")
+        if n_bins is not None:
+            if not isinstance(n_bins, int) or n_bins < 1:
+                raise ValueError(f"FlopsBins: n_bins={n_bins!r} must be a positive integer")
+            k = n_bins
+        else:
+            if not step > 0:
+                raise ValueError(f"FlopsBins: step={step!r} must be > 0")
+            k = max(1, math.ceil((hi - lo) / step))
+        self.lo, self.hi = float(lo), float(hi)
+        width = (self.hi - self.lo) / k
+        self.edges = torch.tensor([self.lo + i * width for i in range(k)] + [self.hi], dtype=torch.float64)
+        self.centers = (self.edges[:-1] + self.edges[1:]) / 2
+
+    def __len__(self) -> int:
+        return len(self.centers)
+
+    def bin_of(self, flops: float) -> int:
+        """Index of the bin holding `flops` (the top edge belongs to the last bin)."""
+        if not (self.lo <= flops <= self.hi):
+            raise ValueError(
+                f"{flops / 1e6:.3f} MFLOPs is outside {self.space.name!r}'s range "
+                f"[{self.lo / 1e6:.3f}, {self.hi / 1e6:.3f}] MFLOPs"
+            )
+        k = int(torch.searchsorted(self.edges, torch.tensor(float(flops), dtype=torch.float64), right=True)) - 1
+        return min(max(k, 0), len(self) - 1)
+
+    def __repr__(self) -> str:
+        return (
+            f"FlopsBins({self.space.name!r}, {len(self)} bins, "
+            f"{self.lo / 1e6:.2f}-{self.hi / 1e6:.2f} MFLOPs)"
+        )

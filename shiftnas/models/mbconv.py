@@ -1,0 +1,278 @@
+"""MBConvSupernet: the BigNAS / AttentiveNAS weight-sharing MobileNetV3-style network.
+
+BigNAS: Yu et al., "BigNAS: Scaling Up Neural Architecture Search with Big Single-Stage Models",
+ECCV 2020 (https://arxiv.org/abs/2003.11142). AttentiveNAS: Wang et al., CVPR 2021
+(https://arxiv.org/abs/2011.09011, code: facebookresearch/AttentiveNAS, `use_v3_head`).
+Elastic kernels: OFA, Cai et al., ICLR 2020 (https://arxiv.org/abs/1908.09791).
+
+Decisions per `shiftnas/spaces/cnn.py`: resolution, stem width, per-stage width and depth,
+per-block kernel and expand ratio, head width. `forward(x, arch)`: an `ArchConfig` runs the
+sliced subnet; an `ArchSample` runs its hard (arg-max) subnet and multiplies each op's output
+by its prefix mask or straight-through gate (PAPER.md Eq. 9), so the loss has a gradient
+w.r.t. the generator's one-hots. Inputs must already be at `arch["resolution"]`:
+`resize_to(x, r)` does what the trainer does.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from timm.models import register_model
+from torch import nn
+
+from ..ops.batch_norm import ElasticBatchNorm2d
+from ..ops.conv import ElasticConv2d, ElasticDWConv2d
+from ..ops.linear import ElasticLinear
+from ..ops.se import ElasticSE
+from ..spaces import ArchConfig, SearchSpace, get_space
+from ..spaces.arch_sample import ArchSample
+from .static_mbconv import StaticMBConv, hidden_width
+
+__all__ = ["ElasticMBConvBlock", "MBConvSupernet", "resize_to"]
+
+
+def resize_to(x: torch.Tensor, resolution: int) -> torch.Tensor:
+    """Bilinear resize of a [B, C, H, W] batch to resolution x resolution (no-op if already)."""
+    if x.dim() != 4:
+        raise ValueError(
+            f"resize_to: expected a 4-D [B, C, H, W] tensor, got shape {list(x.shape)}"
+        )
+    if x.shape[-2:] == (resolution, resolution):
+        return x
+    return F.interpolate(
+        x, size=(resolution, resolution), mode="bilinear", align_corners=False, antialias=False
+    )
+
+
+def _scale(x: torch.Tensor, s: torch.Tensor | None) -> torch.Tensor:
+    """x * s over channels (s: [C] mask) or as a scalar gate; identity when s is None."""
+    if s is None:
+        return x
+    s = s.to(x.dtype)
+    return x * (s.view(1, -1, 1, 1) if s.dim() == 1 and x.dim() == 4 else s)
+
+
+class ElasticMBConvBlock(nn.Module):
+    """MBConv block at max size: [expand] -> dw conv -> [SE] -> project (+ identity if residual)."""
+
+    def __init__(
+        self,
+        max_in: int,
+        max_out: int,
+        kernel_sizes: tuple[int, ...],
+        max_expand: float,
+        stride: int,
+        se: bool,
+        residual: bool,
+        device=None,
+        dtype=None,
+    ):
+        super().__init__()
+        kw = {"device": device, "dtype": dtype}
+        max_hidden = hidden_width(max_in, max_expand)
+        self.residual, self.stride = residual, stride
+        if max_expand != 1:
+            self.expand_conv = ElasticConv2d(max_in, max_hidden, 1, **kw)
+            self.expand_bn = ElasticBatchNorm2d(max_hidden, **kw)
+        else:
+            self.expand_conv = None
+        self.dw_conv = ElasticDWConv2d(max_hidden, kernel_sizes, stride, **kw)
+        self.dw_bn = ElasticBatchNorm2d(max_hidden, **kw)
+        self.se = ElasticSE(max_hidden, **kw) if se else None
+        self.project_conv = ElasticConv2d(max_hidden, max_out, 1, **kw)
+        self.project_bn = ElasticBatchNorm2d(max_out, **kw)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        width: int,
+        kernel: int,
+        expand: float,
+        hidden_scale: torch.Tensor | None = None,
+        out_scale: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """`hidden_scale` multiplies the dw output ([hidden] or scalar), `out_scale` the branch."""
+        h = x
+        if expand != 1:
+            h = F.silu(self.expand_bn(self.expand_conv(x, hidden_width(x.shape[1], expand))))
+        h = _scale(F.silu(self.dw_bn(self.dw_conv(h, kernel))), hidden_scale)
+        if self.se is not None:
+            h = self.se(h)
+        h = _scale(self.project_bn(self.project_conv(h, width)), out_scale)
+        return x + h if self.residual else h
+
+
+class MBConvSupernet(nn.Module):
+    """Weight-sharing MBConv network over a `cnn` search space (cnn-bignas, cnn-fmnist)."""
+
+    def __init__(
+        self,
+        space: SearchSpace | str = "cnn-fmnist",
+        num_classes: int | None = None,
+        drop_rate: float | None = None,
+        zero_init_last: bool = True,
+        device=None,
+        dtype=None,
+    ):
+        super().__init__()
+        self.space = sp = get_space(space)
+        if sp.family != "cnn":
+            raise ValueError(
+                f"MBConvSupernet needs a cnn space, got {sp.name!r} ({sp.family}); try 'cnn-fmnist'"
+            )
+        hp = sp.hparams
+        kw = {"device": device, "dtype": dtype}
+        self.num_classes = hp["num_classes"] if num_classes is None else int(num_classes)
+        self.in_chans = hp["in_chans"]
+        self.drop_rate = hp["dropout"] if drop_rate is None else float(drop_rate)
+        width = max(sp.decision("stem.width").choices)
+        self.stem_conv = ElasticConv2d(hp["in_chans"], width, 3, hp["stem_stride"], **kw)
+        self.stem_bn = ElasticBatchNorm2d(width, **kw)
+        stages = []
+        for s, st in enumerate(hp["stages"]):
+            out = max(sp.decision(f"stage{s}.width").choices)
+            stage = nn.ModuleList()
+            for j in range(max(sp.decision(f"stage{s}.depth").choices)):
+                kernels = sp.decision(f"stage{s}.block{j}.kernel").choices
+                max_t = max(sp.decision(f"stage{s}.block{j}.expand").choices)
+                stride = st["stride"] if j == 0 else 1
+                stage.append(
+                    ElasticMBConvBlock(width, out, kernels, max_t, stride, st["se"], j > 0, **kw)
+                )
+                width = out
+            stages.append(stage)
+        self.stages = nn.ModuleList(stages)
+        self.final_expand = hp["final_expand"]
+        final = self.final_expand * width
+        head = max(sp.decision("head.width").choices)
+        self.final_conv = ElasticConv2d(width, final, 1, **kw)
+        self.final_bn = ElasticBatchNorm2d(final, **kw)
+        self.feature_mix = ElasticLinear(final, head, bias=False, **kw)
+        self.classifier = ElasticLinear(head, self.num_classes, bias=True, **kw)
+        if zero_init_last:  # BigNAS: residual blocks start as identities
+            for stage in self.stages:
+                for block in stage:
+                    if block.residual:
+                        nn.init.zeros_(block.project_bn.weight)
+
+    # -- input checks ------------------------------------------------------------------------------
+    def _resolve(self, arch) -> tuple[ArchConfig, ArchSample | None, dict[str, int] | None]:
+        if isinstance(arch, ArchSample):
+            if arch.space != self.space.name:
+                raise ValueError(f"arch is from space {arch.space!r}, expected {self.space.name!r}")
+            idx = arch.indices()
+            return self.space.from_indices(idx), arch, idx
+        if isinstance(arch, ArchConfig):
+            if arch.space != self.space.name:
+                raise ValueError(f"arch is from space {arch.space!r}, expected {self.space.name!r}")
+            return arch, None, None
+        raise ValueError(
+            f"arch must be an ArchConfig or ArchSample of {self.space.name!r}, got {type(arch).__name__}"
+        )
+
+    def check_input(self, x: torch.Tensor, resolution: int) -> None:
+        name = self.space.name
+        if x.dim() != 4:
+            raise ValueError(
+                f"{name}: expected a 4-D input [B, C, H, W], got shape {list(x.shape)}"
+            )
+        if x.shape[1] != self.in_chans:
+            raise ValueError(
+                f"{name}: expected {self.in_chans} input channels, got {x.shape[1]} (shape {list(x.shape)})"
+            )
+        if tuple(x.shape[-2:]) != (resolution, resolution):
+            raise ValueError(
+                f"{name}: expected {resolution}x{resolution} input for resolution {resolution}, got "
+                f"{x.shape[-2]}x{x.shape[-1]}; resize with shiftnas.models.mbconv.resize_to(x, {resolution})"
+            )
+
+    # -- forward -----------------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor, arch: ArchConfig | ArchSample) -> torch.Tensor:
+        arch, sample, idx = self._resolve(arch)
+        self.check_input(x, arch["resolution"])
+        sp = self.space
+
+        def width_mask(name: str, active: int, scale: int = 1) -> torch.Tensor | None:
+            if sample is None:
+                return None
+            return sample.prefix_mask(name, [scale * c for c in sp.decision(name).choices])[:active]
+
+        w = arch["stem.width"]
+        stem_scale = None
+        if sample is not None:  # resolution gate after the stem BN: train-mode BN cancels it on x
+            stem_scale = width_mask("stem.width", w) * sample.gate("resolution", idx["resolution"])
+        x = _scale(F.silu(self.stem_bn(self.stem_conv(x, w))), stem_scale)
+        for s, stage in enumerate(self.stages):
+            w, d = arch[f"stage{s}.width"], arch[f"stage{s}.depth"]
+            wmask = width_mask(f"stage{s}.width", w)
+            if sample is not None:
+                depth_choices = sp.decision(f"stage{s}.depth").choices
+                dmask = sample.prefix_mask(f"stage{s}.depth", depth_choices, length=len(stage))
+            for j in range(d):
+                kname, ename = f"stage{s}.block{j}.kernel", f"stage{s}.block{j}.expand"
+                k, t = arch[kname], arch[ename]
+                hidden_scale = out_scale = None
+                if sample is not None:
+                    widths = [hidden_width(x.shape[1], c) for c in sp.decision(ename).choices]
+                    emask = sample.prefix_mask(ename, widths)[: hidden_width(x.shape[1], t)]
+                    hidden_scale = emask * sample.gate(kname, idx[kname])
+                    out_scale = wmask * dmask[j]  # j == 0 too: every depth one-hot gets a gradient
+                x = stage[j](x, w, k, t, hidden_scale, out_scale)
+        last = f"stage{len(self.stages) - 1}.width"
+        c = self.final_expand * arch[last]
+        x = _scale(
+            F.silu(self.final_bn(self.final_conv(x, c))), width_mask(last, c, self.final_expand)
+        )
+        hw = arch["head.width"]
+        x = _scale(F.silu(self.feature_mix(x.mean((2, 3)), hw)), width_mask("head.width", hw))
+        x = F.dropout(x, self.drop_rate, self.training)
+        return self.classifier(x, self.num_classes)
+
+    # -- export ------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def export(self, arch: ArchConfig) -> StaticMBConv:
+        """A standalone `StaticMBConv` of `arch` with the sliced (and kernel-transformed) weights,
+        BN affine parameters and running statistics copied; same train/eval mode as self."""
+        if not isinstance(arch, ArchConfig):
+            raise ValueError(  # noqa: TRY004 - the project reports bad input as ValueError
+                f"export needs an ArchConfig of {self.space.name!r}, got {type(arch).__name__}"
+            )
+        self._resolve(arch)
+        ref = next(self.parameters())
+        model = StaticMBConv(
+            arch, self.num_classes, self.drop_rate, device=ref.device, dtype=ref.dtype
+        )
+        src = self.state_dict()
+        for name, dst in model.state_dict().items():
+            if name.endswith("dw_conv.weight"):
+                val = self.get_submodule(name[: -len(".weight")]).active_weight(
+                    dst.shape[-1], dst.shape[0]
+                )
+            else:
+                val = src[name]
+                if val.dim() != dst.dim() or any(a < b for a, b in zip(val.shape, dst.shape)):
+                    raise RuntimeError(
+                        f"export: {name} {list(dst.shape)} does not fit in {list(val.shape)}"
+                    )
+                val = val[tuple(slice(0, n) for n in dst.shape)]
+            dst.copy_(val)
+        model.train(self.training)
+        return model
+
+
+def _create_mbconv(space: str, pretrained: bool, **kwargs) -> MBConvSupernet:
+    from .registry import timm_kwargs
+
+    return MBConvSupernet(space, **timm_kwargs(space, pretrained, kwargs))
+
+
+@register_model
+def shiftnas_cnn_bignas_supernet(pretrained: bool = False, **kwargs) -> MBConvSupernet:
+    """AttentiveNAS/BigNAS MBConv supernet (ImageNet, 192-288 px)."""
+    return _create_mbconv("cnn-bignas", pretrained, **kwargs)
+
+
+@register_model
+def shiftnas_cnn_fmnist_supernet(pretrained: bool = False, **kwargs) -> MBConvSupernet:
+    """Small MBConv supernet for 28x28 Fashion-MNIST."""
+    return _create_mbconv("cnn-fmnist", pretrained, **kwargs)

@@ -1,0 +1,147 @@
+"""StaticMBConv: an exported MBConv subnet built from plain torch modules (no supernet needed).
+
+Built from the arch and its space's hparams alone, with the parameter and buffer names that
+`MBConvSupernet.export` fills, so `load_state_dict` of a saved subnet needs nothing else.
+`hidden_width` and `se_mid` here are the width rules the supernet and the cost model share.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..ops.se import se_mid
+from ..spaces import ArchConfig, get_space
+from ..spaces.cnn import cnn_blocks, make_divisible
+
+__all__ = ["StaticMBConv", "conv_out", "hidden_width", "se_mid"]
+
+
+def hidden_width(in_width: int, expand: float) -> int:
+    """Width inside an MBConv block: the input width itself when there is no expand conv."""
+    return in_width if expand == 1 else make_divisible(round(in_width * expand), 8)
+
+
+def conv_out(size: int, stride: int) -> int:
+    """Spatial output size of an odd-kernel conv with padding k//2."""
+    return (size - 1) // stride + 1
+
+
+class SqueezeExcite(nn.Module):
+    def __init__(self, channels: int, device=None, dtype=None):
+        super().__init__()
+        mid = se_mid(channels)
+        self.reduce = nn.Conv2d(channels, mid, 1, bias=True, device=device, dtype=dtype)
+        self.act = nn.ReLU()
+        self.expand = nn.Conv2d(mid, channels, 1, bias=True, device=device, dtype=dtype)
+        self.gate = nn.Hardsigmoid()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = x.mean((2, 3), keepdim=True)
+        return x * self.gate(self.expand(self.act(self.reduce(s))))
+
+
+class MBConvBlock(nn.Module):
+    """[1x1 expand + BN + SiLU] -> dw kxk + BN + SiLU -> [SE] -> 1x1 project + BN (+ identity)."""
+
+    def __init__(
+        self,
+        in_width: int,
+        out_width: int,
+        kernel: int,
+        expand: float,
+        stride: int,
+        se: bool,
+        residual: bool,
+        device=None,
+        dtype=None,
+    ):
+        super().__init__()
+        kw = {"device": device, "dtype": dtype}
+        hidden = hidden_width(in_width, expand)
+        self.residual = residual
+        if expand != 1:
+            self.expand_conv = nn.Conv2d(in_width, hidden, 1, bias=False, **kw)
+            self.expand_bn = nn.BatchNorm2d(hidden, **kw)
+            self.expand_act = nn.SiLU()
+        else:
+            self.expand_conv = None
+        self.dw_conv = nn.Conv2d(
+            hidden, hidden, kernel, stride, kernel // 2, groups=hidden, bias=False, **kw
+        )
+        self.dw_bn = nn.BatchNorm2d(hidden, **kw)
+        self.dw_act = nn.SiLU()
+        self.se = SqueezeExcite(hidden, **kw) if se else None
+        self.project_conv = nn.Conv2d(hidden, out_width, 1, bias=False, **kw)
+        self.project_bn = nn.BatchNorm2d(out_width, **kw)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x
+        if self.expand_conv is not None:
+            h = self.expand_act(self.expand_bn(self.expand_conv(h)))
+        h = self.dw_act(self.dw_bn(self.dw_conv(h)))
+        if self.se is not None:
+            h = self.se(h)
+        h = self.project_bn(self.project_conv(h))
+        return x + h if self.residual else h
+
+
+class StaticMBConv(nn.Module):
+    """The subnet `arch` of a cnn space as an ordinary MobileNetV3-style network."""
+
+    def __init__(
+        self,
+        arch: ArchConfig,
+        num_classes: int | None = None,
+        drop_rate: float | None = None,
+        device=None,
+        dtype=None,
+    ):
+        super().__init__()
+        space = get_space(arch.space)
+        if space.family != "cnn":
+            raise ValueError(
+                f"StaticMBConv needs an arch of a cnn space, got {arch.space!r} ({space.family})"
+            )
+        hp = space.hparams
+        kw = {"device": device, "dtype": dtype}
+        self.arch = arch
+        self.num_classes = hp["num_classes"] if num_classes is None else int(num_classes)
+        self.in_chans, self.resolution = hp["in_chans"], arch["resolution"]
+        self.drop_rate = hp["dropout"] if drop_rate is None else float(drop_rate)
+        width = arch["stem.width"]
+        self.stem_conv = nn.Conv2d(hp["in_chans"], width, 3, hp["stem_stride"], 1, bias=False, **kw)
+        self.stem_bn = nn.BatchNorm2d(width, **kw)
+        self.stem_act = nn.SiLU()
+        stages = []
+        for s, (st, blocks) in enumerate(zip(hp["stages"], cnn_blocks(arch))):
+            out = arch[f"stage{s}.width"]
+            stage = nn.ModuleList()
+            for j, (k, t) in enumerate(blocks):
+                stride = st["stride"] if j == 0 else 1
+                stage.append(MBConvBlock(width, out, k, t, stride, st["se"], residual=j > 0, **kw))
+                width = out
+            stages.append(stage)
+        self.stages = nn.ModuleList(stages)
+        final = hp["final_expand"] * width
+        self.final_conv = nn.Conv2d(width, final, 1, bias=False, **kw)
+        self.final_bn = nn.BatchNorm2d(final, **kw)
+        self.final_act = nn.SiLU()
+        self.feature_mix = nn.Linear(final, arch["head.width"], bias=False, **kw)
+        self.feature_act = nn.SiLU()
+        self.dropout = nn.Dropout(self.drop_rate)
+        self.classifier = nn.Linear(arch["head.width"], self.num_classes, **kw)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem_act(self.stem_bn(self.stem_conv(x)))
+        for stage in self.stages:
+            for block in stage:
+                x = block(x)
+        return self.final_act(self.final_bn(self.final_conv(x)))
+
+    def forward_head(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.feature_act(self.feature_mix(x.mean((2, 3))))
+        return self.classifier(self.dropout(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))

@@ -1,0 +1,43 @@
+"""Exact cost terms of a vit space (see shiftnas/cost.py for the term machinery).
+
+MACs of one image, as FlopCounterMode / 2 counts them on `StaticViT` with explicit attention:
+patch conv N*E*C*p*p; per layer qkv N*E*3hd, QK^T and AV 2*N*N*hd, proj N*hd*E, fc1 and fc2
+2*N*E*hidden (N tokens including cls); head E*classes on the cls token.
+"""
+from __future__ import annotations
+
+from ..cost import CostTerm, tabulate
+from ..spaces import SearchSpace
+from ..spaces.vit import mlp_hidden
+
+__all__ = ["vit_cost_terms"]
+
+
+def vit_cost_terms(space: SearchSpace, num_classes: int) -> tuple[list[CostTerm], list[CostTerm]]:
+    hp = space.hparams
+    p, c, d = hp["patch_size"], hp["in_chans"], hp["head_dim"]
+    n_patch = (hp["img_size"] // p) ** 2
+    N = n_patch + 1
+
+    def layer_flops(E: int, h: int, r: float) -> int:
+        hd, hid = h * d, mlp_hidden(E, r)
+        return N * E * 3 * hd + 2 * N * N * hd + N * hd * E + 2 * N * E * hid
+
+    def layer_params(E: int, h: int, r: float) -> int:
+        hd, hid = h * d, mlp_hidden(E, r)
+        return 4 * E + (E * 3 * hd + 3 * hd) + (hd * E + E) + (E * hid + hid) + (hid * E + E)
+
+    flops = [tabulate(space, ["embed_dim"], lambda E: n_patch * E * c * p * p + E * num_classes)]
+    params = [
+        tabulate(
+            space,
+            ["embed_dim"],
+            # patch conv + bias, cls token, pos embed, final norm, head
+            lambda E: E * c * p * p + E + E + N * E + 2 * E + E * num_classes + num_classes,
+        )
+    ]
+    for i in range(hp["super_depth"]):
+        names = ["depth", "embed_dim", f"layers.{i}.num_heads", f"layers.{i}.mlp_ratio"]
+        flops.append(tabulate(space, names, lambda D, E, h, r, i=i: layer_flops(E, h, r) if D > i else 0))
+        params.append(tabulate(space, names, lambda D, E, h, r, i=i: layer_params(E, h, r) if D > i else 0))
+    return flops, params

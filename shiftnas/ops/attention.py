@@ -1,0 +1,34 @@
+"""ElasticAttention: multi-head self-attention over an active number of heads.
+
+The head dim is fixed (AutoFormer: 64), so qkv width = heads x head_dim, independent of the
+embed dim. The qkv weight is stored head-major (rows [head0: q k v, head1: q k v, ...]) so the
+active heads are a *prefix* of rows: slicing is a view, never a gather or concatenation.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from . import dispatch
+from .linear import ElasticLinear
+
+__all__ = ["ElasticAttention"]
+
+
+class ElasticAttention(nn.Module):
+    def __init__(self, embed_dim: int, num_heads: int, head_dim: int, qkv_bias: bool = True, device=None, dtype=None):
+        super().__init__()
+        self.max_heads, self.head_dim = num_heads, head_dim
+        self.qkv = ElasticLinear(embed_dim, 3 * num_heads * head_dim, bias=qkv_bias, device=device, dtype=dtype)
+        self.proj = ElasticLinear(num_heads * head_dim, embed_dim, device=device, dtype=dtype)
+
+    def forward(self, x: torch.Tensor, heads: int, head_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """x[B, N, E] -> [B, N, E] with `heads` active heads; `head_mask` [heads] scales each head."""
+        B, N, E = x.shape
+        d = self.head_dim
+        qkv = self.qkv(x, 3 * heads * d).view(B, N, heads, 3, d).permute(3, 0, 2, 1, 4)
+        o = dispatch.call("attention", qkv[0], qkv[1], qkv[2])  # [B, heads, N, d]
+        if head_mask is not None:
+            o = o * head_mask.view(1, heads, 1, 1).to(o.dtype)
+        o = o.transpose(1, 2).reshape(B, N, heads * d)
+        return self.proj(o, E)

@@ -1,0 +1,140 @@
+"""Backend dispatch for the elastic ops (xformers-style: each backend says why it can't run).
+
+Priority per op: triton (CUDA tensors) -> cuda (`_C` CUDA) -> cpu (`_C` C++) -> ref (pure
+PyTorch, always available and the definition of every op's semantics). The first backend that
+implements the op and reports no reason runs it.
+
+`SHIFTNAS_BACKEND=ref|cpu|cuda|triton` forces a backend for every op it implements; if it
+cannot run such an op on the given inputs that is an error listing the reasons, never a
+silent fallback. Ops a forced backend does not implement run on `ref` (`shiftnas backends`
+shows the resulting table).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+__all__ = ["Backend", "register", "call", "select", "backends", "report", "BACKEND_ORDER"]
+
+BACKEND_ORDER = ("triton", "cuda", "cpu", "ref")
+
+
+@dataclass
+class Backend:
+    """A backend: which ops it implements and why it cannot run on given inputs."""
+
+    name: str
+    devices: tuple[str, ...]
+    dtypes: tuple[torch.dtype, ...]
+    available: Callable[[], str | None]  # None when usable, else why not (e.g. "_C not built")
+    ops: dict[str, Callable] = field(default_factory=dict)
+
+    def reasons(self, op: str, device: torch.device, dtype: torch.dtype) -> list[str]:
+        out = []
+        if op not in self.ops:
+            out.append(f"{self.name} does not implement {op}")
+            return out
+        why = self.available()
+        if why:
+            out.append(why)
+        if device.type not in self.devices:
+            out.append(f"{self.name} runs on {list(self.devices)} tensors, got {device.type}")
+        if dtype not in self.dtypes:
+            out.append(f"{self.name} supports {[str(d) for d in self.dtypes]}, got {dtype}")
+        return out
+
+
+_BACKENDS: dict[str, Backend] = {}
+_CACHE: dict[tuple, Callable] = {}
+
+
+def register(backend: Backend) -> Backend:
+    if backend.name not in BACKEND_ORDER:
+        raise ValueError(f"unknown backend {backend.name!r}; allowed: {list(BACKEND_ORDER)}")
+    _BACKENDS[backend.name] = backend
+    _CACHE.clear()
+    return backend
+
+
+def backends() -> dict[str, Backend]:
+    _ensure_registered()
+    return dict(_BACKENDS)
+
+
+def _forced() -> str | None:
+    name = os.environ.get("SHIFTNAS_BACKEND", "").strip()
+    if not name:
+        return None
+    if name not in BACKEND_ORDER:
+        raise ValueError(f"SHIFTNAS_BACKEND={name!r}; allowed: {list(BACKEND_ORDER)}")
+    return name
+
+
+def select(op: str, device: torch.device, dtype: torch.dtype) -> tuple[str, Callable]:
+    """(backend name, function) that runs `op` for tensors of this device and dtype."""
+    _ensure_registered()
+    forced = _forced()
+    key = (op, device.type, dtype, forced)
+    fn = _CACHE.get(key)
+    if fn is not None:
+        return fn
+    if forced is not None and forced in _BACKENDS and op in _BACKENDS[forced].ops:
+        why = _BACKENDS[forced].reasons(op, device, dtype)
+        if why:
+            raise RuntimeError(f"SHIFTNAS_BACKEND={forced} cannot run {op}: " + "; ".join(why))
+        choice = (forced, _BACKENDS[forced].ops[op])
+    elif forced is not None:
+        choice = ("ref", _BACKENDS["ref"].ops[op])
+    else:
+        all_reasons = {}
+        choice = None
+        for name in BACKEND_ORDER:
+            b = _BACKENDS.get(name)
+            if b is None:
+                all_reasons[name] = ["not registered"]
+                continue
+            why = b.reasons(op, device, dtype)
+            if not why:
+                choice = (name, b.ops[op])
+                break
+            all_reasons[name] = why
+        if choice is None:
+            raise RuntimeError(f"no backend can run {op} on {device.type}/{dtype}: {all_reasons}")
+    _CACHE[key] = choice
+    return choice
+
+
+def call(op: str, x: torch.Tensor, *args, **kwargs):
+    """Run `op` with the first backend able to take `x`'s device and dtype."""
+    return select(op, x.device, x.dtype)[1](x, *args, **kwargs)
+
+
+def report(device: str = "cpu", dtype: torch.dtype = torch.float32) -> list[tuple[str, str, str]]:
+    """(op, chosen backend, why the higher-priority backends were passed over) for each op."""
+    _ensure_registered()
+    rows = []
+    ops = sorted({op for b in _BACKENDS.values() for op in b.ops})
+    dev = torch.device(device)
+    for op in ops:
+        try:
+            chosen, _ = select(op, dev, dtype)
+        except RuntimeError as e:
+            rows.append((op, "none", str(e)))
+            continue
+        skipped = []
+        for name in BACKEND_ORDER:
+            if name == chosen:
+                break
+            b = _BACKENDS.get(name)
+            why = b.reasons(op, dev, dtype) if b else ["not registered"]
+            skipped.append(f"{name}: {'; '.join(why)}")
+        rows.append((op, chosen, " | ".join(skipped)))
+    return rows
+
+
+def _ensure_registered() -> None:
+    if "ref" not in _BACKENDS:
+        from . import backends as _b  # noqa: F401  (registers ref, cpu, cuda)

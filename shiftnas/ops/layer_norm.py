@@ -1,0 +1,25 @@
+"""ElasticLayerNorm: LayerNorm over the active prefix of channels (weights sized to the max)."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from . import dispatch
+
+__all__ = ["ElasticLayerNorm"]
+
+
+class ElasticLayerNorm(nn.Module):
+    def __init__(self, num_features: int, eps: float = 1e-6, device=None, dtype=None):
+        super().__init__()
+        self.num_features, self.eps = num_features, eps
+        self.weight = nn.Parameter(torch.ones(num_features, device=device, dtype=dtype))
+        self.bias = nn.Parameter(torch.zeros(num_features, device=device, dtype=dtype))
+
+    def forward(self, x: torch.Tensor, active: int | None = None) -> torch.Tensor:
+        """Normalise the first `active` (default: all of x's) channels; output width `active`."""
+        active = x.shape[-1] if active is None else active
+        return dispatch.call("layer_norm", x, self.weight, self.bias, active, self.eps)
+
+    def extra_repr(self) -> str:
+        return f"max={self.num_features}, eps={self.eps}"

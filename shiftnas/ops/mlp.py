@@ -1,0 +1,23 @@
+"""ElasticMLP: fc2(GELU(fc1(x))) over an active hidden width (AutoFormer's per-layer mlp ratio)."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .linear import ElasticLinear
+
+__all__ = ["ElasticMLP"]
+
+
+class ElasticMLP(nn.Module):
+    def __init__(self, embed_dim: int, hidden_dim: int, device=None, dtype=None):
+        super().__init__()
+        self.fc1 = ElasticLinear(embed_dim, hidden_dim, device=device, dtype=dtype)
+        self.fc2 = ElasticLinear(hidden_dim, embed_dim, device=device, dtype=dtype)
+
+    def forward(self, x: torch.Tensor, hidden: int, hidden_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """x[..., E] -> [..., E]; `hidden_mask` (width `hidden`) multiplies the GELU output."""
+        h = self.fc1(x, hidden, activation="gelu")
+        if hidden_mask is not None:
+            h = h * hidden_mask
+        return self.fc2(h, x.shape[-1])

@@ -1,0 +1,66 @@
+"""Pure-PyTorch reference of every elastic op: the definition the other backends must match.
+
+Each op reads the *active prefix* of max-size parameters: slicing a leading prefix gives a
+strided view (no copy), and BLAS takes the leading dimension as is.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["linear", "layer_norm", "attention", "conv2d", "batch_norm"]
+
+
+def linear(x, weight, bias, out_features: int, activation: str | None = None):
+    """y = act(x @ W[:out, :in]^T + b[:out]) with in = x.shape[-1]."""
+    w = weight[:out_features, : x.shape[-1]]
+    y = F.linear(x, w, None if bias is None else bias[:out_features])
+    if activation == "gelu":
+        y = F.gelu(y)
+    elif activation is not None:
+        raise ValueError(f"activation={activation!r}; allowed: None, 'gelu'")
+    return y
+
+
+def layer_norm(x, weight, bias, active: int, eps: float):
+    """LayerNorm over the first `active` channels of x (x may be wider); output width `active`."""
+    if x.shape[-1] != active:
+        x = x[..., :active]
+    return F.layer_norm(x, (active,), weight[:active], bias[:active], eps)
+
+
+def attention(q, k, v):
+    """softmax(q k^T / sqrt(d)) v over [B, heads, N, d] tensors (fused SDPA)."""
+    return F.scaled_dot_product_attention(q, k, v)
+
+
+def conv2d(x, weight, bias, out_channels: int, stride: int, padding: int, groups: int = 1):
+    """Convolution with the active prefix of output (and, for groups=1, input) channels.
+
+    `weight` is already cropped to the active kernel size; for depthwise convs (groups equal to
+    the active channel count) the input prefix is the output prefix.
+    """
+    if groups == 1:
+        w = weight[:out_channels, : x.shape[1]]
+    else:
+        w = weight[:out_channels]
+    b = None if bias is None else bias[:out_channels]
+    return F.conv2d(x, w, b, stride, padding, 1, groups)
+
+
+def batch_norm(x, running_mean, running_var, weight, bias, training: bool, momentum: float, eps: float):
+    """BatchNorm over the active prefix (x.shape[1]) of channels with sliced running stats.
+
+    The sliced running statistics are views, so training updates the prefix in place.
+    """
+    c = x.shape[1]
+    return F.batch_norm(
+        x,
+        running_mean[:c] if running_mean is not None else None,
+        running_var[:c] if running_var is not None else None,
+        weight[:c],
+        bias[:c],
+        training,
+        momentum,
+        eps,
+    )

@@ -1,0 +1,39 @@
+"""ElasticSE: squeeze-and-excitation over the active channels (MobileNetV3 / AttentiveNAS).
+
+mean-pool -> 1x1 conv to mid = make_divisible(C // reduction, 8) -> ReLU -> 1x1 conv back to C
+-> hard-sigmoid -> scale x. The reduced width follows the active width C (the OFA /
+AttentiveNAS `DynamicSE` rule), so a sliced subnet equals a plain SE of its size.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..spaces.cnn import make_divisible
+from .conv import ElasticConv2d
+
+__all__ = ["ElasticSE", "se_mid"]
+
+
+def se_mid(channels: int, reduction: int = 4) -> int:
+    """Width of the reduce conv for `channels` active channels."""
+    return make_divisible(channels // reduction, 8)
+
+
+class ElasticSE(nn.Module):
+    def __init__(self, channels: int, reduction: int = 4, device=None, dtype=None):
+        super().__init__()
+        self.channels, self.reduction = channels, reduction
+        mid = se_mid(channels, reduction)
+        kw = {"device": device, "dtype": dtype}
+        self.reduce = ElasticConv2d(channels, mid, 1, bias=True, **kw)
+        self.expand = ElasticConv2d(mid, channels, 1, bias=True, **kw)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c = x.shape[1]
+        s = x.mean((2, 3), keepdim=True)
+        s = F.relu(self.reduce(s, se_mid(c, self.reduction)))
+        s = F.hardsigmoid(self.expand(s, c))
+        return x * s

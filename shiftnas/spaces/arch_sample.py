@@ -1,0 +1,75 @@
+"""`ArchSample`: a subnet as differentiable one-hots, the generator's output (PAPER.md Eq. 9).
+
+Every decision of the space (inactive ones included) carries a one-hot vector over its
+candidates: hard in the forward pass, with a straight-through gradient from the generator.
+The matrix mapping turns a one-hot p into a prefix mask p' = sum_j p_j m_j over channels,
+heads or layers. A supernet run with an `ArchSample` computes only the hard (arg-max) subnet
+and multiplies each operation's output by its mask, so d(loss)/d(one-hot) exists.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+import torch
+
+from .base import ArchConfig, get_space
+
+__all__ = ["ArchSample"]
+
+
+@dataclass(frozen=True)
+class ArchSample:
+    space: str
+    onehots: Mapping[str, torch.Tensor]  # decision name -> [n_choices], one-hot in value
+
+    def __post_init__(self) -> None:
+        sp = get_space(self.space)
+        names = {d.name for d in sp.decisions}
+        if set(self.onehots) != names:
+            missing, extra = sorted(names - set(self.onehots)), sorted(set(self.onehots) - names)
+            raise ValueError(f"ArchSample for {self.space!r}: missing decisions {missing}, unknown {extra}")
+        for d in sp.decisions:
+            t = self.onehots[d.name]
+            if t.dim() != 1 or t.shape[0] != len(d.choices):
+                raise ValueError(
+                    f"ArchSample {d.name}: expected a vector of {len(d.choices)} (one per choice "
+                    f"{list(d.choices)}), got shape {tuple(t.shape)}"
+                )
+
+    @classmethod
+    def from_arch(cls, arch: ArchConfig, requires_grad: bool = False, device=None) -> "ArchSample":
+        """Hard one-hots of `arch` (inactive decisions pick candidate 0)."""
+        sp = get_space(arch.space)
+        idx = sp.indices(arch)
+        onehots = {}
+        for d in sp.decisions:
+            t = torch.zeros(len(d.choices), device=device)
+            t[idx[d.name]] = 1.0
+            onehots[d.name] = t.requires_grad_(requires_grad)
+        return cls(arch.space, onehots)
+
+    def indices(self) -> dict[str, int]:
+        """Arg-max candidate of every decision (one host sync for all of them)."""
+        names = list(self.onehots)
+        flat = torch.stack([self.onehots[n].detach().argmax() for n in names]).tolist()
+        return dict(zip(names, flat))
+
+    def hard(self) -> ArchConfig:
+        """The subnet this sample selects (arg-max of every active decision)."""
+        return get_space(self.space).from_indices(self.indices())
+
+    def prefix_mask(self, name: str, widths: Sequence[int], length: int | None = None) -> torch.Tensor:
+        """Matrix mapping: sum_j p_j * [c < widths[j]] for c in range(length)."""
+        p = self.onehots[name]
+        length = length if length is not None else max(widths)
+        w = torch.as_tensor(list(widths), device=p.device)
+        m = (torch.arange(length, device=p.device)[None, :] < w[:, None]).to(p.dtype)
+        return p @ m
+
+    def gate(self, name: str, index: int) -> torch.Tensor:
+        """Straight-through scalar for a non-prefix decision (kernel size, resolution): p[index]."""
+        return self.onehots[name][index]
+
+    def to(self, device) -> "ArchSample":
+        return ArchSample(self.space, {k: v.to(device) for k, v in self.onehots.items()})

@@ -1,0 +1,66 @@
+import pytest
+import torch
+
+from shiftnas import _ext
+from shiftnas.ops import ElasticLayerNorm, dispatch, ref
+
+
+@pytest.fixture(autouse=True)
+def _clear_cache():
+    dispatch._CACHE.clear()
+    yield
+    dispatch._CACHE.clear()
+
+
+def test_every_op_has_ref():
+    assert set(dispatch.backends()["ref"].ops) >= {"linear", "layer_norm", "attention", "conv2d", "batch_norm"}
+
+
+def test_cpu_layer_norm_served_by_extension():
+    name, _ = dispatch.select("layer_norm", torch.device("cpu"), torch.float32)
+    if _ext.load() is None:
+        assert name == "ref"
+        pytest.fail(f"the cpu backend cannot run: {_ext.unavailable_reason()}")
+    assert name == "cpu"
+
+
+def test_forced_backend(monkeypatch):
+    monkeypatch.setenv("SHIFTNAS_BACKEND", "ref")
+    assert dispatch.select("layer_norm", torch.device("cpu"), torch.float32)[0] == "ref"
+    monkeypatch.setenv("SHIFTNAS_BACKEND", "cuda")
+    with pytest.raises(RuntimeError, match="SHIFTNAS_BACKEND=cuda cannot run layer_norm.*cuda.*tensors, got cpu"):
+        dispatch.select("layer_norm", torch.device("cpu"), torch.float32)
+    monkeypatch.setenv("SHIFTNAS_BACKEND", "fast")
+    with pytest.raises(ValueError, match=r"SHIFTNAS_BACKEND='fast'; allowed: \['triton', 'cuda', 'cpu', 'ref'\]"):
+        dispatch.select("layer_norm", torch.device("cpu"), torch.float32)
+
+
+def test_elastic_layer_norm_backends_agree(monkeypatch):
+    torch.manual_seed(0)
+    ln = ElasticLayerNorm(240)
+    with torch.no_grad():
+        ln.weight.normal_()
+        ln.bias.normal_()
+    x = torch.randn(3, 50, 240)
+    out = {}
+    for b in ("ref", "cpu"):
+        monkeypatch.setenv("SHIFTNAS_BACKEND", b)
+        dispatch._CACHE.clear()
+        xi = x.clone().requires_grad_()
+        ln.zero_grad()
+        y = ln(xi, 216)
+        (y * torch.linspace(-1, 1, 216)).sum().backward()
+        out[b] = (y, xi.grad, ln.weight.grad.clone(), ln.bias.grad.clone())
+    for a, b in zip(out["ref"], out["cpu"]):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    assert out["cpu"][2][216:].abs().sum() == 0
+
+
+def test_report_lists_every_op():
+    ops = {row[0] for row in dispatch.report("cpu")}
+    assert ops >= {"linear", "layer_norm", "attention", "conv2d", "batch_norm"}
+
+
+def test_ref_linear_bad_activation():
+    with pytest.raises(ValueError, match="activation='relu'"):
+        ref.linear(torch.randn(2, 4), torch.randn(4, 4), None, 4, "relu")
