@@ -10,7 +10,9 @@ Both sides get fresh gradients each iteration (``.grad = None``, as with
 ``zero_grad(set_to_none=True)``).
 
 Timings are medians over ``--repeats`` runs after ``--warmup`` runs; the reference
-and ours alternate within each round so background load hits both alike.
+and ours alternate within each round so background load hits both alike. Each case
+records ``foreign_cpu_load`` (CPUs used by other processes meanwhile): on a 2-core
+machine anything above ~0.1 makes the 2-thread numbers meaningless.
 Writes ``bench/results/layer_norm_cpu.json``.
 
 Usage: python bench/bench_layer_norm_cpu.py [--threads 2] [--repeats 30] [--dtype float32]
@@ -19,6 +21,7 @@ Usage: python bench/bench_layer_norm_cpu.py [--threads 2] [--repeats 30] [--dtyp
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import os
 import platform
@@ -83,6 +86,24 @@ def _git_commit() -> str | None:
     if out.returncode != 0:
         return None  # not a git checkout, or no commit yet
     return out.stdout.strip() or None
+
+
+def _tune_malloc() -> bool:
+    """Stop glibc from returning freed heap to the OS between iterations.
+
+    Each iteration allocates and frees several MB. With glibc's default dynamic
+    trim/mmap thresholds, that memory is sometimes unmapped and re-faulted
+    (~1500 page faults per iteration), which adds up to ~1 ms of noise to
+    whichever side happens to trigger it. Applied to both sides alike.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        m_trim_threshold, m_mmap_threshold = -1, -3
+        return bool(libc.mallopt(m_trim_threshold, 1 << 30)) and bool(
+            libc.mallopt(m_mmap_threshold, 1 << 30)
+        )
+    except (OSError, AttributeError):
+        return False
 
 
 def _cpu_jiffies() -> tuple[int, int] | None:
@@ -176,6 +197,12 @@ def main() -> int:
     ap.add_argument(
         "--dtype", default="float32", choices=["float32", "bfloat16", "float16", "float64"]
     )
+    ap.add_argument(
+        "--malloc-tuning",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="raise glibc's trim/mmap thresholds to remove page-fault noise (default: on)",
+    )
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "layer_norm_cpu.json")
     args = ap.parse_args()
     if args.repeats < 20:
@@ -186,6 +213,7 @@ def main() -> int:
         print(_ext.unavailable_reason(), file=sys.stderr)
         return 1
     torch.set_num_threads(args.threads)
+    malloc_tuned = _tune_malloc() if args.malloc_tuning else False
     dtype = getattr(torch, args.dtype)
 
     cases = []
@@ -226,6 +254,7 @@ def main() -> int:
         },
         "git_commit": _git_commit(),
         "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "malloc_tuned": malloc_tuned,
         "dtype": args.dtype,
         "repeats": args.repeats,
         "warmup": args.warmup,

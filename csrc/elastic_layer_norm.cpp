@@ -196,17 +196,26 @@ SHIFTNAS_INLINE void backward_rows_impl(
     const acc_t rs = rstd[r];
 
     // Pass 1: the two row sums for grad_x, plus this block's dw/db columns.
+    // Two accumulator pairs (even/odd vectors) halve the add chains.
     constexpr int64_t W = kW<acc_t>;
-    simd_t<acc_t> vg = {}, vgx = {};
-    int64_t c = 0;
-    for (; c + W <= D; c += W) {
+    simd_t<acc_t> vg[2] = {}, vgx[2] = {};
+    const auto step = [&](int64_t c, int k) {
       const simd_t<acc_t> g = vload(gr + c);
       const simd_t<acc_t> xc = vload(xr + c) - mu;
       const simd_t<acc_t> gw = g * vload(w + c);
-      vg += gw;
-      vgx += gw * xc;
+      vg[k] += gw;
+      vgx[k] += gw * xc;
       vstore(dw + c, vload(dw + c) + g * (xc * rs));
       vstore(db + c, vload(db + c) + g);
+    };
+    int64_t c = 0;
+    for (; c + 2 * W <= D; c += 2 * W) {
+      step(c, 0);
+      step(c + W, 1);
+    }
+    if (c + W <= D) {
+      step(c, 0);
+      c += W;
     }
     acc_t sum_g = 0, sum_gx = 0;
     for (; c < D; ++c) {
@@ -218,8 +227,8 @@ SHIFTNAS_INLINE void backward_rows_impl(
       dw[c] += g * (xc * rs);
       db[c] += g;
     }
-    sum_g += hsum<acc_t>(vg);
-    sum_gx += hsum<acc_t>(vgx);
+    sum_g += hsum<acc_t>(vg[0] + vg[1]);
+    sum_gx += hsum<acc_t>(vgx[0] + vgx[1]);
 
     const acc_t c1 = -rs * rs * rs * sum_gx * inv_d;
     const acc_t c3 = -rs * sum_g * inv_d;

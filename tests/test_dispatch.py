@@ -64,3 +64,13 @@ def test_report_lists_every_op():
 def test_ref_linear_bad_activation():
     with pytest.raises(ValueError, match="activation='relu'"):
         ref.linear(torch.randn(2, 4), torch.randn(4, 4), None, 4, "relu")
+
+
+def test_layer_norm_bf16_input_fp32_weights():
+    """Mixed precision: bf16 activations with fp32 master weights still reach the extension."""
+    ln = ElasticLayerNorm(64)
+    x = torch.randn(4, 64, dtype=torch.bfloat16, requires_grad=True)
+    y = ln(x, 48)
+    assert y.dtype == torch.bfloat16 and y.shape == (4, 48)
+    y.float().sum().backward()
+    assert ln.weight.grad.dtype == torch.float32 and ln.weight.grad[48:].abs().sum() == 0

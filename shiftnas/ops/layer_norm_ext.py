@@ -33,9 +33,15 @@ class _ElasticLayerNormFn(torch.autograd.Function):
         return gx.reshape(ctx.x_shape), gw, gb, None, None, None
 
 
+def _apply(x, weight, bias, active: int, eps: float, suffix: str):
+    if weight.dtype != x.dtype:  # mixed precision: the kernels take one dtype (fp32 accumulate)
+        weight, bias = weight.to(x.dtype), bias.to(x.dtype)
+    return _ElasticLayerNormFn.apply(x, weight, bias, active, eps, suffix)
+
+
 def layer_norm_cpu(x, weight, bias, active: int, eps: float):
-    return _ElasticLayerNormFn.apply(x, weight, bias, active, eps, "")
+    return _apply(x, weight, bias, active, eps, "")
 
 
 def layer_norm_cuda(x, weight, bias, active: int, eps: float):
-    return _ElasticLayerNormFn.apply(x, weight, bias, active, eps, "_cuda")
+    return _apply(x, weight, bias, active, eps, "_cuda")
