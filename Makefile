@@ -46,10 +46,33 @@ $(STAMP): setup.py pyproject.toml kernels/__init__.py $(CSRC)
 		print("shiftnas._C:", "ok" if m else _ext.unavailable_reason(), "| CUDA ops:", _ext.has_cuda_ops())'
 	@touch $@
 
-test: install
+FMNIST_SRC ?= /usr/share/datasets/fashion-mnist
+SHIFTNAS_DATA ?= $(HOME)/.cache/shiftnas
+export SHIFTNAS_DATA
+
+.PHONY: data bench-loader
+
+# Fashion-MNIST (Debian dataset-fashion-mnist) -> $(SHIFTNAS_DATA)/fashion-mnist; a no-op when done.
+data: install
+	@if [ ! -f $(FMNIST_SRC)/train-images-idx3-ubyte.gz ]; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+			echo "installing dataset-fashion-mnist"; \
+			DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist || \
+			{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist; }; \
+		else \
+			echo "Fashion-MNIST is missing from $(FMNIST_SRC): run 'sudo apt-get install dataset-fashion-mnist'" \
+			     "or set FMNIST_SRC to a folder holding the four IDX .gz files" >&2; exit 1; \
+		fi; \
+	fi
+	$(PY) -m shiftnas.cli prepare fashion-mnist --source $(FMNIST_SRC) --out $(SHIFTNAS_DATA)/fashion-mnist
+
+bench-loader: install data
+	$(PY) bench/bench_loader.py
+
+test: install data
 	$(PY) -m pytest -q -x -p no:cacheprovider tests
 
-demo: install
+demo: install data
 	$(PY) -m shiftnas.demo
 
 bench: install

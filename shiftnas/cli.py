@@ -1,4 +1,4 @@
-"""The `shiftnas` command line. Later issues add prepare, generate, search, evaluate, rank."""
+"""The `shiftnas` command line. Later issues add generate, search, evaluate, rank."""
 from __future__ import annotations
 
 import argparse
@@ -12,6 +12,7 @@ EXAMPLES = """examples:
   shiftnas sample --space vit-fmnist -n 3 --seed 0
   shiftnas cost --arch runs/demo/arch.json
   shiftnas backends
+  shiftnas prepare fashion-mnist --out ~/.cache/shiftnas/fashion-mnist
 """
 
 
@@ -98,6 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="default: cpu")
     p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16", "float64"])
     p.set_defaults(fn=_cmd_backends)
+    from .data.prepare import add_prepare_parser
+
+    add_prepare_parser(sub)
     return ap
 
 
