@@ -19,9 +19,10 @@ the hidden `--_mem-child` flag), so allocator state never leaks between models.
 Targets (reported, not asserted): supernet/exported <= 1.05 at every arch; exported ViT no
 slower than timm.
 
-    python bench/bench_supernet.py                       # full run -> bench/results/supernet_cpu.json
+    python bench/bench_supernet.py       # full run -> bench/results/supernet_cpu.json
     python bench/bench_supernet.py --spaces vit-fmnist --repeats 10 --no-memory
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,7 +43,14 @@ ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = ROOT / "bench" / "results" / "supernet_cpu.json"
 DEFAULT_SPACES = ("vit-fmnist", "cnn-fmnist", "autoformer-t")
 # Batch per space: the fmnist spaces at their training batch, autoformer-t small (224 px).
-BATCH = {"vit-fmnist": 64, "cnn-fmnist": 64, "autoformer-t": 8, "autoformer-s": 8, "autoformer-b": 8, "cnn-bignas": 8}
+BATCH = {
+    "vit-fmnist": 64,
+    "cnn-fmnist": 64,
+    "autoformer-t": 8,
+    "autoformer-s": 8,
+    "autoformer-b": 8,
+    "cnn-bignas": 8,
+}
 ARCH_LABELS = ("min", "middle", "max")
 MODELS = ("supernet", "exported", "timm")
 MEMORY_STEPS = 3
@@ -51,7 +59,7 @@ if str(ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(ROOT))
 
 
-# -- building ------------------------------------------------------------------------------------
+# -- building -------------------------------------------------------------------------------------
 def make_arch(space, label: str):
     """min / max of the space; middle = the middle candidate (index len // 2) of every decision."""
     if label == "min":
@@ -64,27 +72,29 @@ def make_arch(space, label: str):
 
 
 def timm_shape(space, arch) -> dict | None:
-    """timm VisionTransformer kwargs of `arch`, or None when timm's uniform ViT cannot express it."""
+    """timm VisionTransformer kwargs of `arch`; None when a uniform timm ViT cannot express it."""
     if space.family != "vit":
         return None
     hp = space.hparams
     E, d = arch["embed_dim"], hp["head_dim"]
-    layers = [(arch[f"layers.{i}.num_heads"], arch[f"layers.{i}.mlp_ratio"]) for i in range(arch["depth"])]
+    layers = [
+        (arch[f"layers.{i}.num_heads"], arch[f"layers.{i}.mlp_ratio"]) for i in range(arch["depth"])
+    ]
     if any(h * d != E for h, _ in layers) or len({r for _, r in layers}) != 1:
         return None
-    return dict(
-        img_size=hp["img_size"],
-        patch_size=hp["patch_size"],
-        in_chans=hp["in_chans"],
-        num_classes=hp["num_classes"],
-        embed_dim=E,
-        depth=arch["depth"],
-        num_heads=layers[0][0],
-        mlp_ratio=layers[0][1],
-        qkv_bias=True,
-        class_token=True,
-        global_pool="token",
-    )
+    return {
+        "img_size": hp["img_size"],
+        "patch_size": hp["patch_size"],
+        "in_chans": hp["in_chans"],
+        "num_classes": hp["num_classes"],
+        "embed_dim": E,
+        "depth": arch["depth"],
+        "num_heads": layers[0][0],
+        "mlp_ratio": layers[0][1],
+        "qkv_bias": True,
+        "class_token": True,
+        "global_pool": "token",
+    }
 
 
 def make_inputs(space, arch, batch: int, seed: int = 0):
@@ -163,9 +173,9 @@ def ratio(num: list[float], den: list[float]) -> dict:
     }
 
 
-# -- timing -----------------------------------------------------------------------------------------
+# -- timing ---------------------------------------------------------------------------------------
 def time_interleaved(models: dict, x, y, warmup: int, repeats: int) -> dict[str, list[float]]:
-    """Per model, `repeats` step times in ms; each repeat runs every model once, in rotating order."""
+    """Per model, `repeats` step times (ms); each repeat runs every model once, order rotating."""
     names = list(models)
     for _ in range(warmup):
         for n in names:
@@ -181,7 +191,7 @@ def time_interleaved(models: dict, x, y, warmup: int, repeats: int) -> dict[str,
     return times
 
 
-# -- memory (fresh subprocess per model and arch) ---------------------------------------------------------
+# -- memory (fresh subprocess per model and arch) -------------------------------------------------
 def _rss_mb() -> float:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
@@ -216,7 +226,7 @@ def _malloc_trim() -> None:
 
 
 def memory_child(spec: str, threads: int) -> None:
-    """Hidden `--_mem-child space:label:model`: print one JSON line with this model's RSS numbers."""
+    """Hidden `--_mem-child space:label:model`: print one JSON line of this model's RSS."""
     import torch
 
     torch.set_num_threads(threads)
@@ -239,43 +249,53 @@ def memory_child(spec: str, threads: int) -> None:
     x, y = make_inputs(space, arch, BATCH[space_name])
     rss_build = _rss_mb()
     hwm_reset = _reset_hwm()
-    maxrss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     for _ in range(MEMORY_STEPS):
         train_step(module, fwd, x, y)
-    hwm = _hwm_mb()
-    maxrss_after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    peak = hwm if (hwm_reset and hwm is not None) else maxrss_after
+    hwm = _hwm_mb() if hwm_reset else None
+    if hwm is None:
+        # ru_maxrss is a fallback only: Linux carries it across exec, so in this child it starts at
+        # the parent's peak (1.6 GB in the full run) and hides the step's own peak.
+        hwm = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(
         json.dumps(
             {
                 "rss_model_mb": round(rss_build - rss_start, 1),
-                "peak_rss_mb_step": round(peak - rss_build, 1),
-                "peak_source": "VmHWM after clear_refs" if (hwm_reset and hwm is not None) else "ru_maxrss",
-                "ru_maxrss_mb_before_steps": round(maxrss_before, 1),
-                "ru_maxrss_mb_after_steps": round(maxrss_after, 1),
+                "peak_rss_mb_step": round(hwm - rss_build, 1),
+                "peak_source": "VmHWM after clear_refs" if hwm_reset else "ru_maxrss (upper bound)",
             }
         )
     )
 
 
 def measure_memory(space_name: str, label: str, model: str, threads: int) -> dict | None:
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--_mem-child", f"{space_name}:{label}:{model}", "--threads", str(threads)]
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--_mem-child",
+        f"{space_name}:{label}:{model}",
+        "--threads",
+        str(threads),
+    ]
     try:
-        p = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=str(ROOT))
+        p = subprocess.run(
+            cmd, check=False, capture_output=True, text=True, timeout=900, cwd=str(ROOT)
+        )
     except subprocess.TimeoutExpired:
         return {"error": "timeout"}
     if p.returncode != 0:
-        return {"error": (p.stderr.strip().splitlines() or ["rc %d" % p.returncode])[-1]}
+        return {"error": (p.stderr.strip().splitlines() or [f"rc {p.returncode}"])[-1]}
     out = json.loads(p.stdout.strip().splitlines()[-1])
     return None if out.get("skipped") else out
 
 
-# -- provenance -------------------------------------------------------------------------------------
+# -- provenance -----------------------------------------------------------------------------------
 def machine() -> dict:
     cpu_model = None
     try:
         with open("/proc/cpuinfo") as f:
-            cpu_model = next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), None)
+            cpu_model = next(
+                (l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), None
+            )
     except OSError:
         pass
     return {
@@ -294,22 +314,39 @@ def environment() -> dict:
     """Settings that change CPU timings: threading env vars and the backend chosen per op."""
     from shiftnas.ops import dispatch
 
-    env = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME", "SHIFTNAS_BACKEND")}
-    return {"env": env, "backends_cpu_float32": {op: chosen for op, chosen, _ in dispatch.report("cpu")}}
+    env = {
+        k: os.environ.get(k)
+        for k in (
+            "OMP_NUM_THREADS",
+            "OMP_WAIT_POLICY",
+            "GOMP_SPINCOUNT",
+            "KMP_BLOCKTIME",
+            "SHIFTNAS_BACKEND",
+        )
+    }
+    return {
+        "env": env,
+        "backends_cpu_float32": {op: chosen for op, chosen, _ in dispatch.report("cpu")},
+    }
 
 
 def git_commit() -> str | None:
     try:
-        p = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=str(ROOT), timeout=10)
+        p = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            check=False,
+            capture_output=True,
+            text=True,
+            cwd=str(ROOT),
+            timeout=10,
+        )
     except (OSError, subprocess.TimeoutExpired):
         return None
     return p.stdout.strip() if p.returncode == 0 and p.stdout.strip() else None
 
 
-# -- driver -------------------------------------------------------------------------------------------
+# -- driver ---------------------------------------------------------------------------------------
 def bench_space(space_name: str, args) -> list[dict]:
-    import torch
-
     import shiftnas
 
     space = shiftnas.get_space(space_name)
@@ -337,7 +374,11 @@ def bench_space(space_name: str, args) -> list[dict]:
             row["ratios"]["exported/timm"] = ratio(times["exported"], times["timm"])
             row["ratios"]["supernet/timm"] = ratio(times["supernet"], times["timm"])
         rows.append(row)
-        print(f"  {space_name:13s} {label:6s} done in {row['bench_seconds']:.0f}s", file=sys.stderr, flush=True)
+        print(
+            f"  {space_name:13s} {label:6s} done in {row['bench_seconds']:.0f}s",
+            file=sys.stderr,
+            flush=True,
+        )
         del models
         gc.collect()
     return rows
@@ -345,7 +386,8 @@ def bench_space(space_name: str, args) -> list[dict]:
 
 def print_table(rows: list[dict]) -> None:
     hdr = (
-        f"{'space':13s} {'arch':6s} {'MMACs':>8s} {'Mparam':>7s} | {'supernet ms':>17s} {'exported ms':>17s} "
+        f"{'space':13s} {'arch':6s} {'MMACs':>8s} {'Mparam':>7s} | "
+        f"{'supernet ms':>17s} {'exported ms':>17s} "
         f"{'timm ms':>17s} | {'sup/exp':>7s} {'exp/timm':>8s} | {'peak MB s/e/t':>17s}"
     )
     print(hdr)
@@ -360,11 +402,15 @@ def print_table(rows: list[dict]) -> None:
         et = r["ratios"].get("exported/timm", {}).get("of_medians")
         mem = r.get("memory") or {}
         peaks = "/".join(
-            f"{mem[m]['peak_rss_mb_step']:.0f}" if mem.get(m) and "peak_rss_mb_step" in mem[m] else "-" for m in MODELS
+            f"{mem[m]['peak_rss_mb_step']:.0f}"
+            if mem.get(m) and "peak_rss_mb_step" in mem[m]
+            else "-"
+            for m in MODELS
         )
         flag = " !" if se > 1.05 else ""
         print(
-            f"{r['space']:13s} {r['arch']:6s} {r['mflops']:8.1f} {r['params_m']:7.3f} | {cell(t.get('supernet')):>17s} "
+            f"{r['space']:13s} {r['arch']:6s} {r['mflops']:8.1f} {r['params_m']:7.3f} | "
+            f"{cell(t.get('supernet')):>17s} "
             f"{cell(t.get('exported')):>17s} {cell(t.get('timm')):>17s} | {se:7.3f} "
             f"{(f'{et:8.3f}' if et else '       -')} | {peaks:>17s}{flag}"
         )
@@ -374,12 +420,19 @@ def print_table(rows: list[dict]) -> None:
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--spaces", default=",".join(DEFAULT_SPACES), help="comma-separated space names")
-    p.add_argument("--archs", default=",".join(ARCH_LABELS), help="comma-separated subset of min,middle,max")
+    p.add_argument(
+        "--archs", default=",".join(ARCH_LABELS), help="comma-separated subset of min,middle,max"
+    )
     p.add_argument("--repeats", type=int, default=20, help="timed steps per model (>= 10)")
     p.add_argument("--warmup", type=int, default=5, help="untimed steps per model first")
+    # Fixed, and the same for every model. On a loaded machine (load average 5 on 2 cores) two
+    # threads ran vit-fmnist min 3-10x slower than one (190-760 ms vs 62-70 ms per step): threads
+    # wait at every parallel region for a descheduled peer. Compare runs at equal load only.
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
     p.add_argument("--out", default=str(DEFAULT_OUT), help="JSON output path")
-    p.add_argument("--no-memory", action="store_true", help="skip the per-model memory subprocesses")
+    p.add_argument(
+        "--no-memory", action="store_true", help="skip the per-model memory subprocesses"
+    )
     p.add_argument("--_mem-child", dest="mem_child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
 
@@ -413,7 +466,10 @@ def main(argv=None) -> None:
 
     result = {
         "benchmark": "bench/bench_supernet.py",
-        "what": "one training step: zero_grad(set_to_none=True) + forward + cross_entropy + backward (no optimizer step), fp32",
+        "what": (
+            "one training step: zero_grad(set_to_none=True) + forward + cross_entropy + backward "
+            "(no optimizer step), fp32"
+        ),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "git_commit": git_commit(),
         "machine": machine_start,
@@ -425,24 +481,38 @@ def main(argv=None) -> None:
         "repeats": args.repeats,
         "warmup": args.warmup,
         "method": (
-            "models of one arch timed side by side in one process, interleaved: each repeat runs one "
-            "step of every model, the starting model rotating; median and p20/p80 over the repeats "
-            "(time.perf_counter). Ratio 'of_medians' = median(a)/median(b); 'paired_*' = quantiles "
-            "of the per-repeat ratio a_i/b_i."
+            "models of one arch timed side by side in one process, interleaved: each repeat runs "
+            "one step of every model, the starting model rotating; median and p20/p80 over the "
+            "repeats (time.perf_counter). Ratio 'of_medians' = median(a)/median(b); 'paired_*' = "
+            "quantiles of the per-repeat ratio a_i/b_i."
         ),
         "definitions": {
             "middle": "space.from_indices({d: len(d.choices) // 2}) for every decision",
-            "mflops": "shiftnas.count_flops / 1e6: multiply-accumulates (the AutoFormer/ShiftNAS convention)",
+            "mflops": (
+                "shiftnas.count_flops / 1e6: multiply-accumulates (the AutoFormer/ShiftNAS "
+                "convention)"
+            ),
             "params_m": "shiftnas.count_params / 1e6",
-            "timm": "timm VisionTransformer(qkv_bias=True, class_token=True, global_pool='token'), fused SDPA; "
-            "only where every layer has heads*head_dim == embed_dim and one mlp ratio",
-            "rss_model_mb": "RSS after building the model (plus the input batch) minus RSS after imports, in a fresh "
-            "process per (model, arch); the exported model's supernet is freed (gc + malloc_trim) first",
-            "peak_rss_mb_step": f"peak RSS during {MEMORY_STEPS} training steps (VmHWM, reset via "
-            "/proc/self/clear_refs just before the steps; ru_maxrss if that fails) minus RSS right before "
-            "the steps (model built, input created)",
+            "timm": (
+                "timm VisionTransformer(qkv_bias=True, class_token=True, global_pool='token'), "
+                "fused SDPA; only where every layer has heads*head_dim == embed_dim and one mlp "
+                "ratio"
+            ),
+            "rss_model_mb": (
+                "RSS after building the model (plus the input batch) minus RSS after imports, in "
+                "a fresh process per (model, arch); the exported model's supernet is freed "
+                "(gc + malloc_trim) first"
+            ),
+            "peak_rss_mb_step": (
+                f"peak RSS during {MEMORY_STEPS} training steps (VmHWM, reset via "
+                "/proc/self/clear_refs just before the steps; ru_maxrss if that fails) minus RSS "
+                "right before the steps (model built, input created)"
+            ),
         },
-        "targets": {"supernet/exported": "<= 1.05 at every arch", "exported/timm": "<= 1.0 (exported ViT no slower)"},
+        "targets": {
+            "supernet/exported": "<= 1.05 at every arch",
+            "exported/timm": "<= 1.0 (exported ViT no slower)",
+        },
         "results": rows,
     }
     out = Path(args.out)

@@ -7,9 +7,9 @@ from shiftnas.ops import ElasticLayerNorm, dispatch, ref
 
 @pytest.fixture(autouse=True)
 def _clear_cache():
-    dispatch._CACHE.clear()
+    dispatch.refresh()
     yield
-    dispatch._CACHE.clear()
+    dispatch.refresh()
 
 
 def test_every_op_has_ref():
@@ -26,11 +26,14 @@ def test_cpu_layer_norm_served_by_extension():
 
 def test_forced_backend(monkeypatch):
     monkeypatch.setenv("SHIFTNAS_BACKEND", "ref")
+    dispatch.refresh()
     assert dispatch.select("layer_norm", torch.device("cpu"), torch.float32)[0] == "ref"
     monkeypatch.setenv("SHIFTNAS_BACKEND", "cuda")
+    dispatch.refresh()
     with pytest.raises(RuntimeError, match="SHIFTNAS_BACKEND=cuda cannot run layer_norm.*cuda.*tensors, got cpu"):
         dispatch.select("layer_norm", torch.device("cpu"), torch.float32)
     monkeypatch.setenv("SHIFTNAS_BACKEND", "fast")
+    dispatch.refresh()
     with pytest.raises(ValueError, match=r"SHIFTNAS_BACKEND='fast'; allowed: \['triton', 'cuda', 'cpu', 'ref'\]"):
         dispatch.select("layer_norm", torch.device("cpu"), torch.float32)
 
@@ -45,7 +48,7 @@ def test_elastic_layer_norm_backends_agree(monkeypatch):
     out = {}
     for b in ("ref", "cpu"):
         monkeypatch.setenv("SHIFTNAS_BACKEND", b)
-        dispatch._CACHE.clear()
+        dispatch.refresh()
         xi = x.clone().requires_grad_()
         ln.zero_grad()
         y = ln(xi, 216)
@@ -54,6 +57,14 @@ def test_elastic_layer_norm_backends_agree(monkeypatch):
     for a, b in zip(out["ref"], out["cpu"]):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
     assert out["cpu"][2][216:].abs().sum() == 0
+
+
+def test_forced_backend_needs_refresh(monkeypatch):
+    """The variable is read when choices are made; refresh() makes a change take effect."""
+    assert dispatch.select("layer_norm", torch.device("cpu"), torch.float32)[0] != "none"
+    monkeypatch.setenv("SHIFTNAS_BACKEND", "ref")
+    dispatch.refresh()
+    assert dispatch.select("layer_norm", torch.device("cpu"), torch.float32)[0] == "ref"
 
 
 def test_report_lists_every_op():
