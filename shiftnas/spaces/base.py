@@ -201,20 +201,23 @@ class ArchConfig:
     values: tuple[tuple[str, Any], ...]
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "values", get_space(self.space).validate(dict(self.values)))
+        values = get_space(self.space).validate(dict(self.values))
+        object.__setattr__(self, "values", values)
+        # Not a field (eq/hash ignore it): supernet forwards look decisions up per layer.
+        object.__setattr__(self, "_map", dict(values))
 
     def __getitem__(self, name: str) -> Any:
-        for k, v in self.values:
-            if k == name:
-                return v
-        get_space(self.space).decision(name)  # unknown name -> error with close matches
-        raise KeyError(f"decision {name!r} is inactive in this arch")
+        try:
+            return self._map[name]
+        except KeyError:
+            get_space(self.space).decision(name)  # unknown name -> error with close matches
+            raise KeyError(f"decision {name!r} is inactive in this arch") from None
 
     def get(self, name: str, default: Any = None) -> Any:
-        return dict(self.values).get(name, default)
+        return self._map.get(name, default)
 
     def to_dict(self) -> dict[str, Any]:
-        return dict(self.values)
+        return dict(self._map)
 
     @classmethod
     def from_dict(cls, space: str, values: Mapping[str, Any]) -> "ArchConfig":
