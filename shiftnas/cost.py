@@ -26,6 +26,7 @@ from .spaces.arch_sample import ArchSample
 
 __all__ = [
     "CostTerm",
+    "cost_terms",
     "tabulate",
     "count_flops",
     "count_params",
@@ -66,6 +67,13 @@ def _terms(space_name: str, what: str, num_classes: int | None) -> tuple[CostTer
         raise ValueError(f"no cost model for family {space.family!r}")
     flops, params = fn(space, num_classes)
     return tuple(flops if what == "flops" else params)
+
+
+def cost_terms(space: SearchSpace | str, what: str = "flops", num_classes: int | None = None) -> tuple[CostTerm, ...]:
+    """The terms whose sum is the cost (cached per space): for samplers that walk the space."""
+    if what not in ("flops", "params"):
+        raise ValueError(f"what={what!r}; allowed: 'flops', 'params'")
+    return _terms(get_space(space).name, what, num_classes)
 
 
 def _count(space: SearchSpace | str, arch: ArchConfig, what: str, num_classes: int | None) -> int:
