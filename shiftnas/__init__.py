@@ -8,6 +8,7 @@ Public API::
     sub = shiftnas.export_subnet(net, arch); shiftnas.save_subnet(sub, arch, path)
     sub2 = shiftnas.load_subnet(path)
 """
+from .generator import ArchGenerator
 from .cost import FlopsBins, count_flops, count_params, expected_cost, flops_range
 from .models.export import export_subnet, load_subnet, save_subnet
 from .models.registry import build_supernet
@@ -18,6 +19,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ArchConfig",
+    "ArchGenerator",
     "ArchSample",
     "FlopsBins",
     "SearchSpace",

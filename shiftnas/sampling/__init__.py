@@ -1,7 +1,9 @@
 """Subnet samplers behind one interface: `sampler.next(step) -> [(arch, role), ...]`.
 
 `build_sampler(name, space, **cfg)` builds one by name: uniform (AutoFormer/SPOS), sandwich
-(BigNAS), attentive (AttentiveNAS), bin_uniform (the paper's ablation).
+(BigNAS), attentive (AttentiveNAS), bin_uniform (the paper's ablation). `ProbabilityShift` is the learnable bin distribution B of
+ShiftNAS (PAPER.md section 3); the `shift` sampler that joins it with the generator comes with
+the training engine.
 """
 
 from .attentive import AttentiveSampler
@@ -18,10 +20,12 @@ from .base import (
 )
 from .bin_uniform import BinUniformSampler
 from .sandwich import SandwichSampler
+from .shift import ProbabilityShift
 from .uniform import UniformSampler
 
 __all__ = [
     "ROLES",
+    "ProbabilityShift",
     "AttentiveSampler",
     "BinDraw",
     "BinUniformSampler",

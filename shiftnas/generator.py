@@ -1,0 +1,155 @@
+"""`ArchGenerator`: the LSTM that maps a FLOPs bin to an architecture (PAPER.md section 2).
+
+One `nn.LSTMCell` emits one decision per step, in `space.decisions` order. Step 0 reads a
+linear embedding of the bin vector G(B) (so the target stays differentiable w.r.t. B);
+step i > 0 reads a learned embedding of decision i-1's one-hot (Zoph & Le style). Each
+decision *kind* has one linear head (4 for the ViT spaces, 6 for the CNN spaces here) and
+one input embedding. Decisions of one kind may differ in choice count (CNN stage widths have
+2 or 3 candidates): the kind's head and embedding are sized for its largest count and a
+decision with n candidates uses the first n rows / columns (candidate index j means "the
+j-th smallest" for every decision of the kind, which is what a shared head can learn).
+
+Each decision is drawn with hard Gumbel-softmax (straight-through, PAPER.md Eq. 9); the
+supernet turns the one-hots into prefix masks, so the task loss and the resource loss
+L_RC = lambda * ((cost(p) - C) / F_max)^2 (Eq. 10) both reach the generator.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .cost import FlopsBins, expected_cost
+from .spaces import ArchConfig, SearchSpace, get_space
+from .spaces.arch_sample import ArchSample
+
+__all__ = ["ArchGenerator"]
+
+
+def _key(kind: str) -> str:
+    # ModuleDict keys may not contain "." (they become state_dict path separators).
+    return kind.replace(".", "_")
+
+
+class ArchGenerator(nn.Module):
+    """Bin vector [n_bins] -> `ArchSample` with straight-through one-hots.
+
+    Temperature is an argument (`forward(bin_vec, tau)`), not module state: the trainer
+    computes it with `tau_at(progress)`.
+    """
+
+    def __init__(
+        self,
+        space: SearchSpace | str,
+        n_bins: int,
+        hidden: int = 64,
+        embed: int = 64,
+        tau_start: float = 5.0,
+        tau_end: float = 0.5,
+        device=None,
+        dtype=None,
+    ):
+        super().__init__()
+        self.space = get_space(space)
+        self.bins = FlopsBins(self.space, n_bins=n_bins)
+        self.n_bins = len(self.bins)
+        if not (tau_start > 0 and tau_end > 0):
+            raise ValueError(
+                f"ArchGenerator: tau_start={tau_start}, tau_end={tau_end} must both be > 0"
+            )
+        self.tau_start, self.tau_end = float(tau_start), float(tau_end)
+        self.hidden, self.embed = hidden, embed
+        dd = {"device": device, "dtype": dtype}
+
+        n_max: dict[str, int] = {}
+        for d in self.space.decisions:
+            n_max[d.kind] = max(n_max.get(d.kind, 0), len(d.choices))
+        self.bin_embed = nn.Linear(self.n_bins, embed, **dd)
+        self.cell = nn.LSTMCell(embed, hidden, **dd)
+        self.choice_embed = nn.ModuleDict(
+            {_key(k): nn.Linear(n_max[k], embed, **dd) for k in self.space.kinds}
+        )
+        self.heads = nn.ModuleDict(
+            {_key(k): nn.Linear(hidden, n_max[k], **dd) for k in self.space.kinds}
+        )
+        # Bin centres (MACs, float64); a buffer so it follows .to(device) and is saved.
+        self.register_buffer("targets", self.bins.centers.clone(), persistent=False)
+
+    # -- temperature ---------------------------------------------------------------------------
+    def tau_at(self, progress: float) -> float:
+        """Exponential anneal tau_start -> tau_end: tau_start * (tau_end / tau_start) ** progress.
+
+        Exponential rather than linear so the temperature spends as long in [5, 1.6] as in
+        [1.6, 0.5]; `progress` (fraction of training done) is clamped to [0, 1].
+        """
+        p = min(max(float(progress), 0.0), 1.0)
+        return self.tau_start * (self.tau_end / self.tau_start) ** p
+
+    # -- decoding ------------------------------------------------------------------------------
+    def _decode(
+        self, bin_vec: torch.Tensor, tau: float | None, argmax: bool
+    ) -> dict[str, torch.Tensor]:
+        w = self.bin_embed.weight
+        if bin_vec.shape != (self.n_bins,):
+            raise ValueError(
+                f"ArchGenerator: bin_vec must have shape ({self.n_bins},) (one entry per FLOPs bin), "
+                f"got {tuple(bin_vec.shape)}"
+            )
+        x = self.bin_embed(bin_vec.to(device=w.device, dtype=w.dtype))[None]
+        state = None
+        onehots: dict[str, torch.Tensor] = {}
+        for d in self.space.decisions:
+            k, n = _key(d.kind), len(d.choices)
+            h, c = self.cell(x, state)
+            state = (h, c)
+            logits = self.heads[k](h)[0, :n]
+            if argmax:
+                p = F.one_hot(logits.argmax(), n).to(logits.dtype)
+            else:
+                p = F.gumbel_softmax(logits, tau=tau, hard=True)
+            onehots[d.name] = p
+            emb = self.choice_embed[k]
+            x = F.linear(p, emb.weight[:, :n], emb.bias)[None]
+        return onehots
+
+    def forward(self, bin_vec: torch.Tensor, tau: float | None = None) -> ArchSample:
+        """Sample one architecture for bin vector `bin_vec` ([n_bins], hard one-hot from G(B)).
+
+        `tau=None` uses `tau_end`. Gradients flow to the generator and to `bin_vec`.
+        """
+        tau = self.tau_end if tau is None else float(tau)
+        if not tau > 0:
+            raise ValueError(f"ArchGenerator: tau={tau} must be > 0")
+        return ArchSample(self.space.name, self._decode(bin_vec, tau, argmax=False))
+
+    def bin_vector(self, k: int) -> torch.Tensor:
+        """The hard one-hot of bin `k` (on the generator's device)."""
+        if not 0 <= k < self.n_bins:
+            raise ValueError(f"bin index {k} out of range [0, {self.n_bins - 1}]")
+        return F.one_hot(torch.tensor(k, device=self.targets.device), self.n_bins).float()
+
+    @torch.no_grad()
+    def generate(self, target_flops: float) -> ArchConfig:
+        """Deployment (PAPER.md section 2): arg-max of every decision for the bin of `target_flops`.
+
+        Deterministic (no Gumbel noise). Raises when `target_flops` is outside the space's range.
+        """
+        k = self.bins.bin_of(float(target_flops))
+        onehots = self._decode(self.bin_vector(k), None, argmax=True)
+        return ArchSample(self.space.name, onehots).hard()
+
+    # -- loss ----------------------------------------------------------------------------------
+    def resource_loss(self, sample: ArchSample, target_flops, lam: float = 1.0) -> torch.Tensor:
+        """L_RC = lam * ((cost(p) - C) / F_max)^2 (PAPER.md Eq. 10), a float64 scalar.
+
+        `target_flops` may be a float or a tensor (e.g. C = G(B) @ centres, differentiable in B).
+        """
+        cost = expected_cost(self.space, sample)
+        target = torch.as_tensor(target_flops, dtype=torch.float64, device=cost.device)
+        return lam * ((cost - target.to(torch.float64)) / self.bins.hi) ** 2
+
+    def extra_repr(self) -> str:
+        return (
+            f"space={self.space.name!r}, n_bins={self.n_bins}, tau={self.tau_start}->{self.tau_end}"
+        )

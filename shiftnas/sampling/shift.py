@@ -1,0 +1,193 @@
+"""`ProbabilityShift`: the learnable bin distribution softmax(B) and its update (PAPER.md 1, 3).
+
+B (K logits, zeros = uniform) picks a FLOPs bin each step through hard Gumbel-softmax G(B),
+giving the target C = G(B) . centres. After a warm-up (B stays uniform while the generator
+learns to hit targets) B is updated every `update_every` steps with its own Adam (lr 1e-3)
+on the finite-difference hypergradient (Eq. 7-8):
+
+    min_B  L_val(w_t, alpha | G(B)) - L_val(w_{t-1}, alpha | G(B))
+
+both losses on one validation batch for the one architecture the generator emits for G(B);
+the gradient reaches B through the generator and the supernet's masks. Bins whose loss still
+drops fast (a large negative difference) gain probability.
+
+Previous weights. w_{t-1} are the weights one optimizer step before w_t. Cloning them every
+step would double the weight memory traffic for nothing, so the trainer clones only when the
+*next* step is an update step:
+
+    for step in ...:
+        if shift.should_update(step):                    # start of step: weights are w_t
+            shift.update(supernet, generator, prev, x_val, y_val, step)
+        if shift.needs_snapshot(step):                   # before this step's optimizer step
+            prev = shift.snapshot(supernet)              # = w_{t-1} for step t = step + 1
+        ... draw, generate, task + resource loss, optimizer step (B not in that optimizer) ...
+
+Any B.grad those training steps leave behind is ignored: `update` overwrites it (draw under
+`torch.no_grad()` or detach the bin vector there to skip that work).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
+
+from ..cost import FlopsBins
+
+__all__ = ["ProbabilityShift"]
+
+
+class ProbabilityShift(nn.Module):
+    """Learnable logits B over K FLOPs bins, drawn with hard Gumbel-softmax (PAPER.md section 1)."""
+
+    def __init__(
+        self,
+        bins: FlopsBins | torch.Tensor,
+        warmup_steps: int = 0,
+        update_every: int = 100,
+        lr: float = 1e-3,
+        device=None,
+    ):
+        super().__init__()
+        centers = bins.centers if isinstance(bins, FlopsBins) else torch.as_tensor(bins)
+        if centers.dim() != 1 or len(centers) < 1:
+            raise ValueError(
+                f"ProbabilityShift: bin centres must be a non-empty vector, got shape {tuple(centers.shape)}"
+            )
+        if not (isinstance(update_every, int) and update_every >= 1):
+            raise ValueError(
+                f"ProbabilityShift: update_every={update_every!r} must be an integer >= 1"
+            )
+        if not (isinstance(warmup_steps, int) and warmup_steps >= 0):
+            raise ValueError(
+                f"ProbabilityShift: warmup_steps={warmup_steps!r} must be an integer >= 0"
+            )
+        self.n_bins = len(centers)
+        self.warmup_steps, self.update_every, self.lr = warmup_steps, update_every, lr
+        self.B = nn.Parameter(torch.zeros(self.n_bins, device=device))
+        self.register_buffer(
+            "centers", centers.to(device=device, dtype=torch.float64), persistent=False
+        )
+        # B has its own optimizer: the trainer's optimizer never sees it, so B stays frozen
+        # while the generator and supernet step (PAPER.md section 3).
+        self.optimizer = torch.optim.Adam([self.B], lr=lr)
+        self.history: list[dict[str, Any]] = []
+
+    # -- the distribution ----------------------------------------------------------------------
+    def probs(self) -> torch.Tensor:
+        """softmax(B), detached."""
+        return F.softmax(self.B.detach(), dim=0)
+
+    def draw(self, tau: float = 1.0, generator: torch.Generator | None = None):
+        """One bin from G(B): (bin_vec [K] hard one-hot, straight-through to B; k; C = bin_vec . centres).
+
+        `generator` (a `torch.Generator` on B's device) makes the draw reproducible.
+        """
+        if not tau > 0:
+            raise ValueError(f"ProbabilityShift.draw: tau={tau} must be > 0")
+        u = torch.rand(self.n_bins, generator=generator, device=self.B.device)
+        expo = -torch.log(u.clamp_min(1e-20))  # Exp(1); clamps keep u = 0 finite
+        gumbel = -torch.log(expo.clamp_min(1e-20))
+        soft = F.softmax((self.B + gumbel) / tau, dim=0)
+        k = int(soft.detach().argmax())
+        hard = F.one_hot(torch.tensor(k, device=soft.device), self.n_bins).to(soft.dtype)
+        bin_vec = hard - soft.detach() + soft
+        target = bin_vec.double() @ self.centers
+        return bin_vec, k, target
+
+    # -- schedule ------------------------------------------------------------------------------
+    def in_warmup(self, step: int) -> bool:
+        """B stays uniform (no updates) for steps < warmup_steps."""
+        return step < self.warmup_steps
+
+    def should_update(self, step: int) -> bool:
+        """Update B at step t when t >= warmup_steps, t > 0 (w_{t-1} exists) and t % update_every == 0."""
+        return step > 0 and not self.in_warmup(step) and step % self.update_every == 0
+
+    def needs_snapshot(self, step: int) -> bool:
+        """True when step + 1 updates B: clone the weights now (before this step's optimizer step)."""
+        return self.should_update(step + 1)
+
+    @staticmethod
+    @torch.no_grad()
+    def snapshot(supernet: nn.Module) -> dict[str, torch.Tensor]:
+        """Detached clones of the supernet's parameters and buffers: the previous weights w_{t-1}."""
+        out = {n: p.detach().clone() for n, p in supernet.named_parameters()}
+        out.update({n: b.detach().clone() for n, b in supernet.named_buffers()})
+        return out
+
+    # -- the update ----------------------------------------------------------------------------
+    def update(
+        self,
+        supernet: nn.Module,
+        generator: nn.Module,
+        prev: Mapping[str, torch.Tensor] | nn.Module,
+        x_val: torch.Tensor,
+        y_val: torch.Tensor,
+        step: int,
+        tau: float = 1.0,
+        gen_tau: float | None = None,
+        rng: torch.Generator | None = None,
+    ) -> dict[str, Any]:
+        """One Adam step on B along d/dB [L_val(w_t | G(B)) - L_val(w_{t-1} | G(B))] (Eq. 7-8).
+
+        `prev` is `snapshot(supernet)` taken one step earlier (or a module holding w_{t-1}).
+        Only B changes: the gradient is taken w.r.t. B alone, and both forwards run on cloned
+        buffers, so BN running statistics of the supernet are left as they were. The supernet
+        runs in whatever mode (train/eval) the caller left it in.
+        """
+        if isinstance(prev, nn.Module):
+            prev = self.snapshot(prev)
+        bin_vec, k, _ = self.draw(tau, generator=rng)
+        sample = generator(bin_vec, tau=gen_tau)  # one architecture for both losses
+
+        params = dict(supernet.named_parameters())
+        cur = {**params, **{n: b.detach().clone() for n, b in supernet.named_buffers()}}
+        old = {n: t.clone() if n not in params else t for n, t in prev.items()}
+        missing = sorted(set(cur) - set(old))
+        if missing:
+            raise ValueError(
+                f"ProbabilityShift.update: previous weights lack {missing[:5]}; pass snapshot(supernet)"
+            )
+        loss_t = F.cross_entropy(functional_call(supernet, cur, (x_val, sample)), y_val)
+        loss_prev = F.cross_entropy(functional_call(supernet, old, (x_val, sample)), y_val)
+        diff = loss_t - loss_prev
+        (grad,) = torch.autograd.grad(diff, [self.B], allow_unused=True)
+        self.B.grad = torch.zeros_like(self.B) if grad is None else grad
+        self.optimizer.step()
+        rec = {
+            "step": int(step),
+            "bin": k,
+            "probs": self.probs().tolist(),
+            "loss_t": float(loss_t.detach()),
+            "loss_prev": float(loss_prev.detach()),
+            "grad_norm": float(self.B.grad.norm()),
+        }
+        self.optimizer.zero_grad(set_to_none=True)
+        self.history.append(rec)
+        return rec
+
+    # -- checkpointing -------------------------------------------------------------------------
+    def get_extra_state(self) -> dict[str, Any]:
+        # Saved under "_extra_state" of state_dict(): the Adam moments of B. Deep copies:
+        # Adam's state_dict() hands out its live moment tensors, and loading keeps them, so
+        # without a copy two instances would share (and double-step) one set of moments.
+        return {"optimizer": copy.deepcopy(self.optimizer.state_dict())}
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(copy.deepcopy(state["optimizer"]))
+
+    def history_state(self) -> list[dict[str, Any]]:
+        """The update history as JSON-able lists (kept out of state_dict)."""
+        return [dict(r, probs=list(r["probs"])) for r in self.history]
+
+    def load_history(self, history: list[dict[str, Any]]) -> None:
+        self.history = [dict(r, probs=list(r["probs"])) for r in history]
+
+    def extra_repr(self) -> str:
+        return f"n_bins={self.n_bins}, warmup_steps={self.warmup_steps}, update_every={self.update_every}, lr={self.lr}"

@@ -1,0 +1,138 @@
+"""ProbabilityShift: uniform start, draw statistics, the B-only hypergradient update, schedule, state."""
+
+import copy
+import json
+
+import pytest
+import torch
+
+from shiftnas.generator import ArchGenerator
+from shiftnas.models.registry import build_supernet
+from shiftnas.sampling.shift import ProbabilityShift
+
+SPACE = "vit-fmnist"
+
+
+@pytest.fixture
+def parts():
+    torch.manual_seed(0)
+    gen = ArchGenerator(SPACE, n_bins=6)
+    net = build_supernet(SPACE)
+    shift = ProbabilityShift(gen.bins, warmup_steps=0, update_every=1, lr=0.1)
+    return gen, net, shift
+
+
+def _batch(n=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 1, 28, 28, generator=g), torch.randint(0, 10, (n,), generator=g)
+
+
+def _perturb(net):
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+
+
+def test_uniform_at_start(parts):
+    _, _, shift = parts
+    assert torch.allclose(shift.probs(), torch.full((6,), 1 / 6))
+
+
+def test_draw_matches_probs():
+    shift = ProbabilityShift(torch.arange(5.0) * 10)
+    with torch.no_grad():
+        shift.B.copy_(torch.tensor([0.0, 1.0, -1.0, 0.5, 2.0]))
+    rng = torch.Generator().manual_seed(0)
+    n = 4000
+    counts = torch.zeros(5)
+    for _ in range(n):
+        bin_vec, k, target = shift.draw(tau=1.0, generator=rng)
+        assert bin_vec[k] == 1 and bin_vec.sum() == 1
+        assert float(target.detach()) == 10.0 * k
+        counts[k] += 1
+    expect = shift.probs() * n
+    chi2 = float(((counts - expect) ** 2 / expect).sum())
+    assert chi2 < 18.5, (counts, expect)  # chi-square, 4 dof, p = 0.001
+
+
+def test_draw_gradient_reaches_B():
+    shift = ProbabilityShift(torch.arange(4.0))
+    _, _, target = shift.draw()
+    target.backward()
+    assert shift.B.grad is not None and shift.B.grad.abs().sum() > 0
+
+
+def test_update_changes_only_B(parts):
+    gen, net, shift = parts
+    prev = shift.snapshot(net)
+    _perturb(net)  # w_t != w_{t-1}: non-zero finite difference
+    gen_before = {n: p.clone() for n, p in gen.state_dict().items()}
+    net_before = {n: p.clone() for n, p in net.state_dict().items()}
+    B_before = shift.B.detach().clone()
+    x, y = _batch()
+    rec = shift.update(net, gen, prev, x, y, step=1)
+    assert rec["grad_norm"] > 0
+    assert not torch.equal(shift.B.detach(), B_before)
+    assert rec["loss_t"] != rec["loss_prev"]
+    assert rec["probs"] == pytest.approx(shift.probs().tolist())
+    for n, t in gen.state_dict().items():
+        assert torch.equal(t, gen_before[n]), n
+    for n, t in net.state_dict().items():
+        assert torch.equal(t, net_before[n]), n
+    assert all(p.grad is None for p in gen.parameters())
+    assert all(p.grad is None for p in net.parameters())
+    assert len(shift.history) == 1 and shift.history[0]["step"] == 1
+
+
+def test_update_from_prev_module_equals_snapshot(parts):
+    gen, net, shift = parts
+    prev_net = copy.deepcopy(net)
+    prev = shift.snapshot(net)
+    _perturb(net)
+    x, y = _batch()
+    twin = copy.deepcopy(shift)
+    torch.manual_seed(5)
+    a = shift.update(net, gen, prev_net, x, y, step=1, rng=torch.Generator().manual_seed(1))
+    torch.manual_seed(5)
+    b = twin.update(net, gen, prev, x, y, step=1, rng=torch.Generator().manual_seed(1))
+    assert a == b and a["loss_t"] != a["loss_prev"]
+    with pytest.raises(ValueError, match="previous weights lack"):
+        shift.update(net, gen, {}, x, y, step=2)
+
+
+def test_schedule():
+    shift = ProbabilityShift(torch.arange(3.0), warmup_steps=250, update_every=100)
+    assert shift.in_warmup(0) and shift.in_warmup(249) and not shift.in_warmup(250)
+    updates = [s for s in range(1000) if shift.should_update(s)]
+    assert updates == [300, 400, 500, 600, 700, 800, 900]
+    snaps = [s for s in range(1000) if shift.needs_snapshot(s)]
+    assert snaps == [u - 1 for u in updates] + [999]
+    s0 = ProbabilityShift(torch.arange(3.0), update_every=50)
+    assert not s0.should_update(0) and s0.should_update(50) and s0.needs_snapshot(49)
+    with pytest.raises(ValueError, match="update_every"):
+        ProbabilityShift(torch.arange(3.0), update_every=0)
+
+
+def test_state_dict_round_trip(parts):
+    gen, net, shift = parts
+    prev = shift.snapshot(net)
+    _perturb(net)
+    x, y = _batch()
+    shift.update(net, gen, prev, x, y, step=1)
+    shift.update(net, gen, prev, x, y, step=2)
+    sd = shift.state_dict()
+    hist = json.loads(json.dumps(shift.history_state()))
+
+    other = ProbabilityShift(gen.bins, warmup_steps=0, update_every=1, lr=0.1)
+    other.load_state_dict(sd)
+    other.load_history(hist)
+    assert torch.equal(other.B, shift.B)
+    assert other.history == shift.history
+    st_a, st_b = shift.optimizer.state_dict()["state"][0], other.optimizer.state_dict()["state"][0]
+    for key in ("exp_avg", "exp_avg_sq", "step"):
+        assert torch.equal(torch.as_tensor(st_a[key]), torch.as_tensor(st_b[key])), key
+    # Same next step on both: resumed Adam continues identically.
+    for s in (shift, other):
+        s.B.grad = torch.ones(6)
+        s.optimizer.step()
+    assert torch.equal(other.B, shift.B)
