@@ -12,6 +12,8 @@ it with the same seed draw the same architectures, and `state_dict()` / `load_st
 
 from __future__ import annotations
 
+import abc
+
 import difflib
 import random
 from collections.abc import Callable
@@ -42,7 +44,7 @@ ScoreFn = Callable[[ArchConfig], float]  # arch -> minibatch loss (lower is bett
 _SAMPLERS: dict[str, type] = {}
 
 
-class Sampler:
+class Sampler(abc.ABC):
     """Base class: owns the space, a seeded RNG and the (de)serialisation of its state."""
 
     name = "base"
@@ -58,9 +60,9 @@ class Sampler:
         """Whether non-max subnets learn from the max subnet's soft logits (in-place KD)."""
         return False
 
+    @abc.abstractmethod
     def next(self, step: int, score_fn: ScoreFn | None = None) -> list[Sampled]:
         """The (arch, role) pairs to train at `step`."""
-        raise NotImplementedError
 
     # -- resume -------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

@@ -226,8 +226,7 @@ def test_shiftnas_cli_prepare(tmp_path, small_source, capsys):
     from shiftnas import cli
 
     sub = next(a for a in cli.build_parser()._actions if a.dest == "cmd")
-    if "prepare" not in sub.choices:
-        pytest.skip("shiftnas/cli.py does not register `prepare` yet (add_prepare_parser)")
+    assert "prepare" in sub.choices
     out = tmp_path / "fm"
     argv = ["prepare", "fashion-mnist", "--out", str(out), "--source", str(small_source)]
     assert cli.main([*argv, "--minival", "20"]) == 0 and is_prepared(out)
