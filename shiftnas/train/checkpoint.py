@@ -1,0 +1,209 @@
+"""Atomic, weights-only checkpoints, auto-resume, run-directory path safety, RNG state.
+
+    path = save_checkpoint(run_dir, {"model": net.state_dict(), "step": step, "rng": capture_rng_state()}, step)
+    ckpt = latest_checkpoint(run_dir)        # newest complete checkpoint-XXXXXXXX.pt, or None
+    state = load_checkpoint(ckpt)            # torch.load(..., weights_only=True)
+    restore_rng_state(state["rng"])
+
+A checkpoint is ``run_dir/checkpoint-{step:08d}.pt``. It is written to a temporary file in the
+same directory (``*.tmp``), flushed and fsynced, moved into place with ``os.replace`` and the
+directory is fsynced, so a crash leaves either the old set of checkpoints or the new one, plus
+at most a ``*.tmp`` leftover that is ignored (and removed by the next save). Only the newest
+``keep`` checkpoints are kept.
+
+State may hold only what ``torch.load(weights_only=True)`` accepts: tensors, dicts, lists,
+tuples, ints, floats, str, bool, None (plus torch dtypes/devices/sizes); ``save_checkpoint``
+checks this up front so a run never writes a checkpoint it cannot resume from. A file crafted
+to run code when unpickled is refused by ``load_checkpoint`` with a ``ValueError``.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import random
+import re
+import sys
+import warnings
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+CKPT_RE = re.compile(r"^checkpoint-(\d{8,})\.pt$")
+_SAFE_LEAVES = (torch.Tensor, int, float, str, bool, bytes, type(None), torch.dtype,
+                torch.device, torch.Size)
+
+
+def safe_path(run_dir: str | os.PathLike, relative: str | os.PathLike) -> Path:
+    """``run_dir / relative``, resolved; ``ValueError`` if it is absolute or escapes ``run_dir``
+    (through ``..`` or through a symlink that points outside)."""
+    rel = os.fspath(relative)
+    if "\x00" in rel:
+        raise ValueError(f"output path {rel!r} contains a NUL byte")
+    if os.path.isabs(rel) or Path(rel).is_absolute() or Path(rel).drive:
+        raise ValueError(f"output path {rel!r} must be relative to the run directory {os.fspath(run_dir)!r}")
+    base = Path(run_dir).resolve()
+    target = (base / rel).resolve()
+    if target != base and base not in target.parents:
+        raise ValueError(
+            f"output path {rel!r} escapes the run directory {str(base)!r} (resolves to {str(target)!r})"
+        )
+    return target
+
+
+def _check_safe(obj: Any, where: str) -> None:
+    if isinstance(obj, _SAFE_LEAVES):
+        return
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            if not isinstance(k, (str, int)):
+                raise ValueError(f"checkpoint state {where}: key {k!r} is not a str or int")  # noqa: TRY004 - the API promises ValueError
+            _check_safe(v, f"{where}[{k!r}]")
+        return
+    if isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            _check_safe(v, f"{where}[{i}]")
+        return
+    raise ValueError(
+        f"checkpoint state {where}: {type(obj).__module__}.{type(obj).__qualname__} cannot be "
+        "loaded with weights_only=True; store tensors, dicts, lists, numbers, str, bool or None"
+    )
+
+
+def _fsync_dir(d: Path) -> None:
+    try:
+        fd = os.open(d, os.O_RDONLY)
+    except OSError:  # e.g. Windows cannot open directories
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def list_checkpoints(run_dir: str | os.PathLike) -> list[tuple[int, Path]]:
+    """Numbered checkpoints in ``run_dir`` as ``(step, path)``, oldest first (``*.tmp`` ignored)."""
+    d = Path(run_dir)
+    if not d.is_dir():
+        return []
+    found = [(int(m.group(1)), d / p.name) for p in d.iterdir() if (m := CKPT_RE.match(p.name))]
+    return sorted(found)
+
+
+def save_checkpoint(run_dir: str | os.PathLike, state: dict, step: int, keep: int = 2) -> Path:
+    """Write ``state`` atomically as ``run_dir/checkpoint-{step:08d}.pt``; keep the newest ``keep``."""
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise ValueError(f"step must be an int >= 0, got {step!r}")
+    if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
+        raise ValueError(f"keep must be an int >= 1, got {keep!r}")
+    if not isinstance(state, dict):
+        raise ValueError(f"checkpoint state must be a dict, got {type(state).__name__}")  # noqa: TRY004 - the API promises ValueError
+    _check_safe(state, "state")
+    d = Path(run_dir)
+    d.mkdir(parents=True, exist_ok=True)
+    final = safe_path(d, f"checkpoint-{step:08d}.pt")
+    tmp = safe_path(d, f"{final.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, final)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(final.parent)
+    for _, old in list_checkpoints(d)[:-keep]:
+        old.unlink(missing_ok=True)
+    for p in final.parent.glob("checkpoint-*.pt.*.tmp"):  # leftovers of crashed saves
+        p.unlink(missing_ok=True)
+    return final
+
+
+def _short(e: BaseException) -> str:
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    for ln in lines:
+        if "Unsupported" in ln or "GLOBAL" in ln:
+            return ln[:300]
+    return (lines[0] if lines else type(e).__name__)[:300]
+
+
+def _load(path: Path, mmap: bool) -> Any:
+    try:
+        mmap = mmap and zipfile.is_zipfile(path)  # mmap needs torch's zip format
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as e:
+        raise ValueError(
+            f"{path} is not a safe shiftnas checkpoint (refusing to unpickle code): {_short(e)}"
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError) as e:
+        if isinstance(e, FileNotFoundError):
+            raise
+        raise ValueError(
+            f"{path} is not a complete shiftnas checkpoint (truncated or corrupt): {_short(e)}"
+        ) from None
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict:
+    """``torch.load(path, map_location="cpu", weights_only=True)``; ``ValueError`` for a file that
+    would run code when unpickled, or that is truncated/corrupt."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"no checkpoint at {p}")
+    state = _load(p, mmap=False)
+    if not isinstance(state, dict):
+        raise ValueError(f"{p} is not a shiftnas checkpoint: holds {type(state).__name__}, not a dict")  # noqa: TRY004 - the API promises ValueError
+    return state
+
+
+def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
+    """The newest numbered checkpoint in ``run_dir`` that loads; ones that don't (a crash
+    mid-write, a corrupt or unsafe file) are skipped with a warning. None when there is none."""
+    for step, p in reversed(list_checkpoints(run_dir)):
+        try:
+            state = _load(p, mmap=True)  # mmap: verifies the archive without reading tensors
+            if not isinstance(state, dict):
+                raise ValueError(f"{p} holds {type(state).__name__}, not a dict")  # noqa: TRY004 - the API promises ValueError
+        except (ValueError, FileNotFoundError) as e:
+            warnings.warn(f"skipping checkpoint {p.name} (step {step}): {e}", stacklevel=2)
+            continue
+        return p
+    return None
+
+
+def capture_rng_state() -> dict:
+    """Python, NumPy (if imported), torch CPU and CUDA (if available) RNG states, weights_only-safe."""
+    version, internal, gauss = random.getstate()
+    out: dict[str, Any] = {"python": [version, list(internal), gauss], "torch": torch.get_rng_state()}
+    np = sys.modules.get("numpy")
+    if np is not None:
+        name, keys, pos, has_gauss, cached = np.random.get_state()
+        out["numpy"] = [name, [int(k) for k in keys], int(pos), int(has_gauss), float(cached)]
+    if torch.cuda.is_available():
+        out["cuda"] = list(torch.cuda.get_rng_state_all())
+    return out
+
+
+def restore_rng_state(state: dict) -> None:
+    """Inverse of ``capture_rng_state``; parts missing from ``state`` are left alone."""
+    if "python" in state:
+        version, internal, gauss = state["python"]
+        random.setstate((int(version), tuple(int(x) for x in internal), gauss))
+    if "torch" in state:
+        torch.set_rng_state(state["torch"].cpu().to(torch.uint8))
+    if "numpy" in state:
+        import numpy as np
+
+        name, keys, pos, has_gauss, cached = state["numpy"]
+        np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+    if "cuda" in state and torch.cuda.is_available():
+        saved = state["cuda"]
+        n = torch.cuda.device_count()
+        if len(saved) != n:
+            warnings.warn(f"checkpoint has CUDA RNG states for {len(saved)} devices, this machine "
+                          f"has {n}; restoring the first {min(n, len(saved))}", stacklevel=2)
+        for i, s in enumerate(saved[:n]):
+            torch.cuda.set_rng_state(s.cpu().to(torch.uint8), i)

@@ -1,0 +1,298 @@
+"""Typed training configuration: defaults <- YAML file <- ``section.key=value`` overrides.
+
+    cfg = load_config("configs/fmnist-vit-shift.yaml", ["optim.lr=5e-4", "run.seed=1"])
+    cfg.optim.lr, cfg.sampler.name; cfg.to_yaml()  # the resolved config a run writes
+
+Sections are frozen dataclasses; defaults = a few-minute CPU ShiftNAS run on Fashion-MNIST
+(PAPER.md sections 2-3). Unknown keys (with difflib close matches), wrong types and invalid
+values raise ValueError naming the key. YAML goes through a SafeLoader subclass that reads
+only true/false as booleans (``amp: off`` stays "off") and ``1e-3`` as a float.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import re
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+SAMPLERS = ("shift", "uniform", "sandwich", "attentive", "bin_uniform")
+AMP_MODES = ("bf16", "fp16", "off")
+DATA_BACKENDS = ("dali", "torch", "auto")
+ATTENTIVE_MODES = ("best", "worst")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    name: str = "fmnist-vit-shift"  # run directory: <out_dir>/<name>/
+    out_dir: str = "runs"
+    seed: int = 0
+    log_every: int = 20  # steps between metrics.jsonl lines
+    ckpt_every: int = 250  # steps between checkpoints (0: only at the end)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: str = "fashion-mnist"
+    root: str | None = None  # None: $SHIFTNAS_DATA/<dataset> (see shiftnas.data.prepare)
+    image_size: int = 28
+    batch_size: int = 128  # per rank
+    backend: str = "dali"  # dali | torch | auto
+    num_threads: int | None = None
+    augment: bool | None = None  # None: the dataset recipe's default
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    space: str = "vit-fmnist"
+    num_classes: int = 10
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    lr: float = 1e-3  # AdamW, cosine schedule after a linear warm-up
+    weight_decay: float = 0.05
+    warmup_steps: int = 100
+    steps: int = 1000  # total optimizer steps
+    grad_clip: float | None = 5.0  # None: no clipping
+    label_smoothing: float = 0.1
+    amp: str = "bf16"  # bf16 | fp16 (GradScaler, GPU) | off
+    ema_decay: float = 0.0  # 0: no EMA
+    mixup: float = 0.0  # alpha; 0: off
+    cutmix: float = 0.0  # alpha; 0: off
+
+
+@dataclass(frozen=True)
+class SamplerConfig:
+    name: str = "shift"
+    n_bins: int = 10  # FLOPs bins (shift, bin_uniform, attentive)
+    n_random: int = 2  # random subnets per step (sandwich, attentive)
+    n_candidates: int = 4  # candidates per FLOPs target (attentive)
+    mode: str = "best"  # attentive: best | worst
+
+
+@dataclass(frozen=True)
+class GeneratorConfig:
+    hidden: int = 64  # LSTM hidden units (paper)
+    tau_start: float = 5.0  # Gumbel-softmax temperature, annealed to tau_end
+    tau_end: float = 0.5
+    lam: float = 1.0  # weight of the resource loss on the normalised cost
+    lr: float = 1e-3
+
+
+@dataclass(frozen=True)
+class ShiftConfig:
+    warmup_frac: float = 0.25  # B stays uniform for this fraction of the steps
+    update_every: int = 100  # steps between updates of B (paper: 100)
+    lr: float = 1e-3  # Adam on B (paper)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    run: RunConfig = field(default_factory=RunConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
+    shift: ShiftConfig = field(default_factory=ShiftConfig)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=False)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        return _build(_merge(TrainConfig().to_dict(), d, ""))
+
+    def replace(self, overrides: list[str]) -> TrainConfig:
+        return _apply(self.to_dict(), None, overrides)
+
+
+# ---------------------------------------------------------------- YAML reading
+class _Loader(yaml.SafeLoader):
+    pass
+
+
+_Loader.yaml_implicit_resolvers = {
+    k: [(tag, rx) for tag, rx in v if tag != "tag:yaml.org,2002:bool"]
+    for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+_Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)[eE][-+]?[0-9]+$"), list("-+0123456789."))
+
+
+def _yaml_load(text: str, what: str) -> Any:
+    try:
+        return yaml.load(text, Loader=_Loader)
+    except yaml.YAMLError as e:
+        raise ValueError(f"{what}: not valid YAML: {str(e).splitlines()[0]}") from None
+    except (RecursionError, OverflowError) as e:  # pathological input
+        raise ValueError(f"{what}: not valid YAML: {type(e).__name__}") from None
+
+
+# ---------------------------------------------------------------- merging and checking
+def _sections() -> dict[str, type]:
+    return {f.name: typing.get_type_hints(TrainConfig)[f.name] for f in dataclasses.fields(TrainConfig)}
+
+
+def _all_keys() -> list[str]:
+    return [f"{s}.{f.name}" for s, c in _sections().items() for f in dataclasses.fields(c)]
+
+
+def _unknown(key: str) -> ValueError:
+    keys = _all_keys() if "." in key else list(_sections())
+    close = difflib.get_close_matches(key, keys, n=3, cutoff=0.8)
+    if not close and "." in key:  # e.g. 'optm.lrr': try the leaf name in every section
+        leaf = key.rsplit(".", 1)[1]
+        close = [k for k in _all_keys() if difflib.get_close_matches(leaf, [k.split(".")[1]], 1, 0.75)]
+    return ValueError(f"unknown config key {key!r}; close matches: {close[:3]}")
+
+
+def _merge(base: dict[str, Any], new: Any, prefix: str) -> dict[str, Any]:
+    if new is None:
+        return base
+    if not isinstance(new, dict):
+        where = f"config key {prefix.rstrip('.')!r}" if prefix else "the config"
+        raise ValueError(f"{where} must be a mapping of keys to values, got {type(new).__name__}")  # noqa: TRY004 - the API promises ValueError
+    out = dict(base)
+    for k, v in new.items():
+        key = f"{prefix}{k}"
+        if not isinstance(k, str) or k not in base:
+            raise _unknown(str(key))
+        out[k] = _merge(base[k], v, key + ".") if isinstance(base[k], dict) else v
+    return out
+
+
+def _type_name(t: Any) -> str:
+    args = [a for a in typing.get_args(t) if a is not type(None)]
+    return f"{args[0].__name__} or null" if args else t.__name__
+
+
+def _coerce(key: str, value: Any, t: Any) -> Any:
+    optional = type(None) in typing.get_args(t)
+    base = next((a for a in typing.get_args(t) if a is not type(None)), t)
+    if value is None and optional:
+        return None
+    ok = None
+    if isinstance(value, bool) or base is str:
+        ok = value if type(value) is base else None
+    elif base is int and isinstance(value, (int, float)):
+        ok = int(value) if isinstance(value, int) or value.is_integer() else None
+    elif base is float and isinstance(value, (int, float, str)):
+        try:
+            ok = float(value)
+        except (ValueError, OverflowError):
+            ok = None
+        if ok is not None and not math.isfinite(ok):
+            raise ValueError(f"config key {key!r}: value {value!r} is not finite")
+    if ok is None:
+        raise ValueError(f"config key {key!r}: value {value!r} ({type(value).__name__}) is not a valid {_type_name(t)}")
+    return ok
+
+
+_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]*$")
+_RULES: dict[str, tuple[Any, str]] = {
+    "run.name": (lambda v: bool(_NAME.match(v)), "a plain directory name: letters, digits, '.', '_', '-' (no '/', no leading '.')"),
+    "run.out_dir": (lambda v: v != "", "a non-empty path"),
+    "run.seed": (lambda v: v >= 0, ">= 0"),
+    "run.log_every": (lambda v: v >= 1, ">= 1"),
+    "run.ckpt_every": (lambda v: v >= 0, ">= 0 (0: only at the end)"),
+    "data.dataset": (lambda v: v != "", "a non-empty name"),
+    "data.image_size": (lambda v: v >= 1, ">= 1"),
+    "data.batch_size": (lambda v: v >= 1, ">= 1"),
+    "data.backend": (lambda v: v in DATA_BACKENDS, f"one of {list(DATA_BACKENDS)}"),
+    "data.num_threads": (lambda v: v is None or v >= 1, "null or >= 1"),
+    "model.num_classes": (lambda v: v >= 1, ">= 1"),
+    "optim.lr": (lambda v: v > 0, "> 0"),
+    "optim.weight_decay": (lambda v: v >= 0, ">= 0"),
+    "optim.warmup_steps": (lambda v: v >= 0, ">= 0"),
+    "optim.steps": (lambda v: v >= 1, ">= 1"),
+    "optim.grad_clip": (lambda v: v is None or v > 0, "null (off) or > 0"),
+    "optim.label_smoothing": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "optim.amp": (lambda v: v in AMP_MODES, f"one of {list(AMP_MODES)}"),
+    "optim.ema_decay": (lambda v: 0 <= v < 1, "in [0, 1) (0: off)"),
+    "optim.mixup": (lambda v: v >= 0, ">= 0 (0: off)"),
+    "optim.cutmix": (lambda v: v >= 0, ">= 0 (0: off)"),
+    "sampler.name": (lambda v: v in SAMPLERS, f"one of {list(SAMPLERS)}"),
+    "sampler.n_bins": (lambda v: v >= 1, ">= 1"),
+    "sampler.n_random": (lambda v: v >= 0, ">= 0"),
+    "sampler.n_candidates": (lambda v: v >= 1, ">= 1"),
+    "sampler.mode": (lambda v: v in ATTENTIVE_MODES, f"one of {list(ATTENTIVE_MODES)}"),
+    "generator.hidden": (lambda v: v >= 1, ">= 1"),
+    "generator.tau_start": (lambda v: v > 0, "> 0"),
+    "generator.tau_end": (lambda v: v > 0, "> 0"),
+    "generator.lam": (lambda v: v >= 0, ">= 0"),
+    "generator.lr": (lambda v: v > 0, "> 0"),
+    "shift.warmup_frac": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "shift.update_every": (lambda v: v >= 1, ">= 1"),
+    "shift.lr": (lambda v: v > 0, "> 0"),
+}
+
+
+def _check_space(v: str) -> None:
+    from ..spaces import list_spaces  # lazy: keep `import shiftnas.train.config` light
+
+    if v not in list_spaces():
+        raise ValueError(f"config key 'model.space': value {v!r} is not allowed; must be one of {list_spaces()}")
+
+
+def _build(d: dict[str, dict[str, Any]]) -> TrainConfig:
+    sections = {}
+    for s, cls in _sections().items():
+        hints = typing.get_type_hints(cls)
+        kw = {}
+        for f in dataclasses.fields(cls):
+            key = f"{s}.{f.name}"
+            v = _coerce(key, d[s][f.name], hints[f.name])
+            rule = _RULES.get(key)
+            if rule is not None and not rule[0](v):
+                raise ValueError(f"config key {key!r}: value {v!r} is not allowed; must be {rule[1]}")
+            kw[f.name] = v
+        sections[s] = cls(**kw)
+    cfg = TrainConfig(**sections)
+    _check_space(cfg.model.space)
+    if cfg.optim.warmup_steps > cfg.optim.steps:
+        raise ValueError(f"config key 'optim.warmup_steps': value {cfg.optim.warmup_steps} is not allowed; must be <= optim.steps ({cfg.optim.steps})")
+    return cfg
+
+
+def _parse_override(o: str) -> dict[str, Any]:
+    if not isinstance(o, str) or "=" not in o:
+        raise ValueError(f"override {o!r}: expected section.key=value (e.g. optim.lr=5e-4)")
+    key, raw = o.split("=", 1)
+    key = key.strip()
+    parts = key.split(".")
+    if len(parts) != 2 or not all(parts):
+        if key in _sections():  # a whole section as a YAML mapping: optim={lr: 1e-3}
+            return {key: _yaml_load(raw, f"override {o!r}")}
+        raise _unknown(key)
+    s, k = parts
+    if s not in _sections() or k not in {f.name for f in dataclasses.fields(_sections()[s])}:
+        raise _unknown(key)
+    hint = typing.get_type_hints(_sections()[s])[k]
+    if hint is str or (hint == (str | None) and raw.strip() not in ("null", "~", "")):
+        value: Any = raw  # strings verbatim: run.name=123, optim.amp=off
+    else:
+        value = _yaml_load(raw, f"override {o!r}")
+    return {s: {k: value}}
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
+    """Defaults, then the YAML file at ``path`` (if any), then ``section.key=value`` overrides."""
+    return _apply(TrainConfig().to_dict(), path, overrides)
+
+
+def _apply(d: dict, path: str | Path | None, overrides: Any) -> TrainConfig:
+    if path is not None:
+        d = _merge(d, _yaml_load(Path(path).read_text(encoding="utf-8"), str(path)), "")
+    for o in overrides:
+        d = _merge(d, _parse_override(o), "")
+    return _build(d)

@@ -1,0 +1,137 @@
+"""shiftnas.train.checkpoint: atomic save, pruning, auto-resume fallback, unsafe pickles, paths, RNG."""
+import os
+import pickle
+import random
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from shiftnas.train.checkpoint import (
+    capture_rng_state,
+    latest_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    restore_rng_state,
+    safe_path,
+    save_checkpoint,
+)
+
+
+def _state(step):
+    torch.manual_seed(step)
+    net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.LayerNorm(8), torch.nn.Linear(8, 2))
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-3)
+    net(torch.randn(3, 4)).sum().backward()
+    opt.step()
+    return net, opt, {"model": net.state_dict(), "optim": opt.state_dict(), "step": step,
+                      "B": torch.zeros(10), "history": [[0.1, 0.2]], "name": "x", "ema": None,
+                      "rng": capture_rng_state()}
+
+
+def test_round_trip(tmp_path):
+    net, opt, state = _state(7)
+    p = save_checkpoint(tmp_path, state, 7)
+    assert p == tmp_path.resolve() / "checkpoint-00000007.pt" and p.is_file()
+    got = load_checkpoint(p)
+    assert got["step"] == 7 and got["name"] == "x" and got["ema"] is None
+    net2 = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.LayerNorm(8), torch.nn.Linear(8, 2))
+    net2.load_state_dict(got["model"])
+    for a, b in zip(net.state_dict().values(), net2.state_dict().values()):
+        assert torch.equal(a, b)
+    opt2 = torch.optim.AdamW(net2.parameters(), lr=1e-3)
+    opt2.load_state_dict(got["optim"])
+    assert torch.equal(opt2.state_dict()["state"][0]["exp_avg"], opt.state_dict()["state"][0]["exp_avg"])
+    assert latest_checkpoint(tmp_path) == p
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_rejects_unsafe_state_up_front(tmp_path):
+    with pytest.raises(ValueError, match="weights_only"):
+        save_checkpoint(tmp_path, {"a": np.zeros(3)}, 1)
+    with pytest.raises(ValueError):
+        save_checkpoint(tmp_path, {"a": 1}, -1)
+    assert list_checkpoints(tmp_path) == []
+
+
+def test_pruning_keeps_newest(tmp_path):
+    for s in range(0, 50, 10):
+        save_checkpoint(tmp_path, {"step": s}, s, keep=2)
+    assert [s for s, _ in list_checkpoints(tmp_path)] == [30, 40]
+    save_checkpoint(tmp_path, {"step": 50}, 50, keep=3)
+    assert [s for s, _ in list_checkpoints(tmp_path)] == [30, 40, 50]
+    assert load_checkpoint(latest_checkpoint(tmp_path))["step"] == 50
+
+
+def test_crash_mid_write_falls_back(tmp_path):
+    assert latest_checkpoint(tmp_path) is None
+    assert latest_checkpoint(tmp_path / "missing") is None
+    save_checkpoint(tmp_path, {"step": 1, "w": torch.randn(100)}, 1)
+    p2 = save_checkpoint(tmp_path, {"step": 2, "w": torch.randn(100)}, 2)
+    # a crash before os.replace leaves only a temp file: ignored
+    (tmp_path / "checkpoint-00000003.pt.999.tmp").write_bytes(p2.read_bytes()[:100])
+    assert latest_checkpoint(tmp_path) == p2
+    # a truncated newest file (e.g. written by something non-atomic): skipped with a warning
+    data = p2.read_bytes()
+    p3 = tmp_path / "checkpoint-00000003.pt"
+    p3.write_bytes(data[: len(data) // 2])
+    with pytest.warns(UserWarning, match="checkpoint-00000003.pt"):
+        best = latest_checkpoint(tmp_path)
+    assert best == p2 and load_checkpoint(best)["step"] == 2
+    with pytest.raises(ValueError, match="not a complete shiftnas checkpoint"):
+        load_checkpoint(p3)
+    # the next save cleans leftovers
+    save_checkpoint(tmp_path, {"step": 4}, 4)
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+class _Evil:
+    def __init__(self, target):
+        self.target = target
+
+    def __reduce__(self):
+        return (os.system, (f"echo pwned > {self.target}",))
+
+
+@pytest.mark.parametrize("how", ["torch", "pickle"])
+def test_malicious_checkpoint_refused(tmp_path, how):
+    marker = tmp_path / "PWNED"
+    p = tmp_path / "checkpoint-00000009.pt"
+    payload = {"model": {}, "step": 9, "evil": _Evil(marker)}
+    if how == "torch":
+        torch.save(payload, p, _use_new_zipfile_serialization=True)
+    else:
+        p.write_bytes(pickle.dumps(payload, protocol=2))
+    with pytest.raises(ValueError, match="not a safe shiftnas checkpoint \\(refusing to unpickle code\\)"):
+        load_checkpoint(p)
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        assert latest_checkpoint(tmp_path) is None
+    assert any("refusing" in str(x.message) for x in w)
+    assert not marker.exists()
+
+
+def test_safe_path(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    assert safe_path(run, "plots/a.png") == run.resolve() / "plots" / "a.png"
+    assert safe_path(run, "a/../b.json") == run.resolve() / "b.json"
+    for bad in ["../x", "a/../../x", "/etc/passwd", str(run / "x")]:
+        with pytest.raises(ValueError):
+            safe_path(run, bad)
+    (run / "out").symlink_to(tmp_path)
+    with pytest.raises(ValueError, match="escapes"):
+        safe_path(run, "out/x")
+    (run / "inside").symlink_to(run / "plots")
+    assert safe_path(run, "inside/y") == run.resolve() / "plots" / "y"
+
+
+def test_rng_round_trip(tmp_path):
+    random.seed(1); np.random.seed(2); torch.manual_seed(3)
+    st = capture_rng_state()
+    p = save_checkpoint(tmp_path, {"rng": st}, 0)
+    a = (random.random(), np.random.rand(), torch.rand(3))
+    restore_rng_state(load_checkpoint(p)["rng"])
+    b = (random.random(), np.random.rand(), torch.rand(3))
+    assert a[0] == b[0] and a[1] == b[1] and torch.equal(a[2], b[2])
