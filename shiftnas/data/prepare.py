@@ -422,15 +422,9 @@ def add_prepare_parser(subparsers) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """``shiftnas prepare ...`` on its own: ``python -m shiftnas.data.prepare fashion-mnist --out DIR``."""
-    ap = argparse.ArgumentParser(prog="shiftnas")
-    sub = ap.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
-    add_prepare_parser(sub)
-    args = ap.parse_args(["prepare", *(sys.argv[1:] if argv is None else argv)])
-    try:
-        return args.fn(args)
-    except (ValueError, RuntimeError) as e:
-        print(f"shiftnas prepare: error: {e}", file=sys.stderr)
-        return 2
+    from ..cli import main as cli_main  # one parser and one error path for every subcommand
+
+    return cli_main(["prepare", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":
