@@ -32,6 +32,17 @@ def _key(kind: str) -> str:
     return kind.replace(".", "_")
 
 
+def _gumbel_hard(logits: torch.Tensor, tau: float, rng: torch.Generator | None) -> torch.Tensor:
+    """Hard Gumbel-softmax, straight-through (as `F.gumbel_softmax(hard=True)`, with a seedable
+    noise source and no host sync: the one-hot is built with scatter, not `one_hot(int)`)."""
+    u = torch.rand(logits.shape, generator=rng, device=logits.device, dtype=torch.float32)
+    expo = -torch.log(u.clamp_min(1e-20))  # Exp(1)
+    gumbel = -torch.log(expo.clamp_min(1e-20))
+    soft = F.softmax((logits + gumbel.to(logits.dtype)) / tau, dim=-1)
+    hard = torch.zeros_like(soft).scatter_(-1, soft.detach().argmax(-1, keepdim=True), 1.0)
+    return hard - soft.detach() + soft
+
+
 class ArchGenerator(nn.Module):
     """Bin vector [n_bins] -> `ArchSample` with straight-through one-hots.
 
@@ -88,7 +99,11 @@ class ArchGenerator(nn.Module):
 
     # -- decoding ------------------------------------------------------------------------------
     def _decode(
-        self, bin_vec: torch.Tensor, tau: float | None, argmax: bool
+        self,
+        bin_vec: torch.Tensor,
+        tau: float | None,
+        argmax: bool,
+        rng: torch.Generator | None = None,
     ) -> dict[str, torch.Tensor]:
         w = self.bin_embed.weight
         if bin_vec.shape != (self.n_bins,):
@@ -107,21 +122,25 @@ class ArchGenerator(nn.Module):
             if argmax:
                 p = F.one_hot(logits.argmax(), n).to(logits.dtype)
             else:
-                p = F.gumbel_softmax(logits, tau=tau, hard=True)
+                p = _gumbel_hard(logits, tau, rng)
             onehots[d.name] = p
             emb = self.choice_embed[k]
             x = F.linear(p, emb.weight[:, :n], emb.bias)[None]
         return onehots
 
-    def forward(self, bin_vec: torch.Tensor, tau: float | None = None) -> ArchSample:
+    def forward(
+        self, bin_vec: torch.Tensor, tau: float | None = None, rng: torch.Generator | None = None
+    ) -> ArchSample:
         """Sample one architecture for bin vector `bin_vec` ([n_bins], hard one-hot from G(B)).
 
-        `tau=None` uses `tau_end`. Gradients flow to the generator and to `bin_vec`.
+        `tau=None` uses `tau_end`. Gradients flow to the generator and to `bin_vec`. `rng` (a
+        `torch.Generator` on the generator's device) draws the Gumbel noise, so DDP ranks that
+        share its seed emit the same architecture and a resumed run continues the sequence.
         """
         tau = self.tau_end if tau is None else float(tau)
         if not tau > 0:
             raise ValueError(f"ArchGenerator: tau={tau} must be > 0")
-        return ArchSample(self.space.name, self._decode(bin_vec, tau, argmax=False))
+        return ArchSample(self.space.name, self._decode(bin_vec, tau, argmax=False, rng=rng))
 
     def bin_vector(self, k: int) -> torch.Tensor:
         """The hard one-hot of bin `k` (on the generator's device)."""

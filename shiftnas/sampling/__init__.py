@@ -1,9 +1,8 @@
 """Subnet samplers behind one interface: `sampler.next(step) -> [(arch, role), ...]`.
 
 `build_sampler(name, space, **cfg)` builds one by name: uniform (AutoFormer/SPOS), sandwich
-(BigNAS), attentive (AttentiveNAS), bin_uniform (the paper's ablation). `ProbabilityShift` is the learnable bin distribution B of
-ShiftNAS (PAPER.md section 3); the `shift` sampler that joins it with the generator comes with
-the training engine.
+(BigNAS), attentive (AttentiveNAS), bin_uniform (the paper's ablation) and shift (ShiftNAS: `ArchGenerator` + `ProbabilityShift`,
+the learnable bin distribution B of PAPER.md section 3).
 """
 
 from .attentive import AttentiveSampler
@@ -21,18 +20,20 @@ from .base import (
 from .bin_uniform import BinUniformSampler
 from .sandwich import SandwichSampler
 from .shift import ProbabilityShift
+from .shift_sampler import ShiftSampler
 from .uniform import UniformSampler
 
 __all__ = [
     "ROLES",
-    "ProbabilityShift",
     "AttentiveSampler",
     "BinDraw",
     "BinUniformSampler",
+    "ProbabilityShift",
     "Sampled",
     "Sampler",
     "SandwichSampler",
     "ScoreFn",
+    "ShiftSampler",
     "UniformSampler",
     "build_sampler",
     "list_samplers",

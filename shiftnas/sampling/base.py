@@ -13,7 +13,6 @@ it with the same seed draw the same architectures, and `state_dict()` / `load_st
 from __future__ import annotations
 
 import abc
-
 import difflib
 import random
 from collections.abc import Callable
@@ -63,6 +62,18 @@ class Sampler(abc.ABC):
     @abc.abstractmethod
     def next(self, step: int, score_fn: ScoreFn | None = None) -> list[Sampled]:
         """The (arch, role) pairs to train at `step`."""
+
+    def extra_loss(self, arch: Arch) -> Any:
+        """A loss term the sampler adds for `arch` (the shift sampler: the resource loss), or None."""
+        return None
+
+    def trainable(self) -> dict[str, Any]:
+        """Modules the trainer optimises together with the supernet (name -> nn.Module)."""
+        return {}
+
+    def to(self, device: Any) -> Sampler:
+        """Move the sampler's modules (if any) to `device`."""
+        return self
 
     # -- resume -------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

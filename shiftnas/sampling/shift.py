@@ -133,18 +133,23 @@ class ProbabilityShift(nn.Module):
         tau: float = 1.0,
         gen_tau: float | None = None,
         rng: torch.Generator | None = None,
+        prepare_input=None,
     ) -> dict[str, Any]:
         """One Adam step on B along d/dB [L_val(w_t | G(B)) - L_val(w_{t-1} | G(B))] (Eq. 7-8).
 
         `prev` is `snapshot(supernet)` taken one step earlier (or a module holding w_{t-1}).
         Only B changes: the gradient is taken w.r.t. B alone, and both forwards run on cloned
         buffers, so BN running statistics of the supernet are left as they were. The supernet
-        runs in whatever mode (train/eval) the caller left it in.
+        runs in whatever mode (train/eval) the caller left it in. `rng` draws both the bin and the
+        generator's Gumbel noise; `prepare_input(x, arch)` adapts the batch to the generated
+        arch (the CNN resizes to its resolution).
         """
         if isinstance(prev, nn.Module):
             prev = self.snapshot(prev)
         bin_vec, k, _ = self.draw(tau, generator=rng)
-        sample = generator(bin_vec, tau=gen_tau)  # one architecture for both losses
+        sample = generator(bin_vec, tau=gen_tau, rng=rng)  # one architecture for both losses
+        if prepare_input is not None:
+            x_val = prepare_input(x_val, sample.hard())
 
         params = dict(supernet.named_parameters())
         cur = {**params, **{n: b.detach().clone() for n, b in supernet.named_buffers()}}

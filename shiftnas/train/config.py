@@ -25,6 +25,7 @@ SAMPLERS = ("shift", "uniform", "sandwich", "attentive", "bin_uniform")
 AMP_MODES = ("bf16", "fp16", "off")
 DATA_BACKENDS = ("dali", "torch", "auto")
 ATTENTIVE_MODES = ("best", "worst")
+DEVICES = ("auto", "cpu", "cuda")
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,9 @@ class RunConfig:
     seed: int = 0
     log_every: int = 20  # steps between metrics.jsonl lines
     ckpt_every: int = 250  # steps between checkpoints (0: only at the end)
+    device: str = "auto"  # auto (cuda when available) | cpu | cuda
+    progress: bool = True  # rank 0 progress bar
+    tensorboard: bool = True  # TensorBoard events under <run>/tb
 
 
 @dataclass(frozen=True)
@@ -45,6 +49,9 @@ class DataConfig:
     backend: str = "dali"  # dali | torch | auto
     num_threads: int | None = None
     augment: bool | None = None  # None: the dataset recipe's default
+    train_split: str = "train"
+    minival_split: str = "minival"  # carved from train: the probability shift's L_val (shift only)
+    val_split: str = "val"  # per-bin top-1 at the end
 
 
 @dataclass(frozen=True)
@@ -93,6 +100,14 @@ class ShiftConfig:
 
 
 @dataclass(frozen=True)
+class EvalConfig:
+    max_images: int | None = None  # images of the val split per subnet (None: all)
+    batch_size: int = 256  # per rank
+    bn_calib_batches: int = 20  # training batches that recalibrate BN per subnet (CNN)
+    random_archs: bool = True  # also evaluate one fixed-seed random arch per bin (all samplers)
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     run: RunConfig = field(default_factory=RunConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -101,6 +116,7 @@ class TrainConfig:
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
     shift: ShiftConfig = field(default_factory=ShiftConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         return dataclasses.asdict(self)
@@ -210,6 +226,13 @@ _RULES: dict[str, tuple[Any, str]] = {
     "data.batch_size": (lambda v: v >= 1, ">= 1"),
     "data.backend": (lambda v: v in DATA_BACKENDS, f"one of {list(DATA_BACKENDS)}"),
     "data.num_threads": (lambda v: v is None or v >= 1, "null or >= 1"),
+    "data.train_split": (lambda v: bool(_NAME.match(v)), "a split folder name under data.root"),
+    "data.minival_split": (lambda v: bool(_NAME.match(v)), "a split folder name under data.root"),
+    "data.val_split": (lambda v: bool(_NAME.match(v)), "a split folder name under data.root"),
+    "run.device": (lambda v: v in DEVICES, f"one of {list(DEVICES)}"),
+    "eval.max_images": (lambda v: v is None or v >= 1, "null (all) or >= 1"),
+    "eval.batch_size": (lambda v: v >= 1, ">= 1"),
+    "eval.bn_calib_batches": (lambda v: v >= 1, ">= 1"),
     "model.num_classes": (lambda v: v >= 1, ">= 1"),
     "optim.lr": (lambda v: v > 0, "> 0"),
     "optim.weight_decay": (lambda v: v >= 0, ">= 0"),

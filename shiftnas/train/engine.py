@@ -1,0 +1,633 @@
+"""The training engine: one loop for every sampler (shift, uniform, sandwich, attentive, bin_uniform).
+
+    trainer = Trainer(load_config("configs/fmnist-vit-shift.yaml"), resume="auto")
+    summary = trainer.fit()          # summary.json's content (rank 0; other ranks get it too)
+
+One step (DESIGN.md "One training step"): the sampler returns the subnets to train; each is
+forwarded on the step's batch (the CNN resizes to the subnet's resolution) and back-propagated
+at once (gradients accumulate; DDP all-reduces on the last backward). The max subnet learns
+from labels; with a distilling sampler the others learn from its soft logits. The shift
+sampler adds the resource loss, and its generator is optimised with the supernet. Every
+`shift.update_every` steps after the warm-up B takes its finite-difference step on a minival
+batch, against the weights w_{t-1} cloned one step earlier.
+
+A step whose loss or gradient norm is not finite (on any rank) is skipped: no optimizer step,
+no EMA update; it is counted and logged, and after `MAX_BAD_STEPS` in a row training stops with
+`TrainingDiverged` without writing a checkpoint (the weights never took a non-finite step).
+
+Resume: a checkpoint holds everything a step reads (weights, optimizer, scheduler, scaler,
+EMA, sampler incl. generator and B, every rank's RNG state, counters, w_{t-1} when the next
+step updates B). The data position is derived from the step (epoch, batch within it) with
+`drop_last=True`, so `Trainer(cfg, resume="auto").fit()` continues where the run stopped: in
+fp32 on CPU, a run interrupted at step s and resumed ends with the same weights, B and AG as an
+uninterrupted run (tests/test_train_engine.py).
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..cost import FlopsBins, count_flops
+from ..models.registry import build_supernet
+from ..sampling import ShiftSampler, build_sampler
+from ..spaces import ArchConfig
+from ..spaces.arch_sample import ArchSample
+from .checkpoint import (
+    capture_rng_state,
+    latest_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    restore_rng_state,
+    save_checkpoint,
+)
+from .config import TrainConfig
+from .distributed import DistInfo, all_reduce_mean_grads, all_reduce_sum, barrier, init_distributed
+from .evaluate import arch_row, bin_archs, evaluate_arch, prepare_input
+from .runlog import RunLog, write_json_atomic
+
+__all__ = ["MAX_BAD_STEPS", "Trainer", "TrainingDiverged", "lr_factor"]
+
+MAX_BAD_STEPS = 10
+MIN_LR_RATIO = 0.01  # the cosine ends at lr * MIN_LR_RATIO
+
+
+class TrainingDiverged(RuntimeError):
+    """Raised after MAX_BAD_STEPS consecutive steps with a non-finite loss or gradient."""
+
+
+def lr_factor(step: int, warmup: int, total: int) -> float:
+    """Linear warm-up over `warmup` steps, then cosine from 1 to MIN_LR_RATIO at `total`."""
+    if step < warmup:
+        return (step + 1) / warmup
+    span = max(1, total - warmup)
+    t = min(1.0, (step - warmup) / span)
+    return MIN_LR_RATIO + (1 - MIN_LR_RATIO) * 0.5 * (1 + math.cos(math.pi * t))
+
+
+def _no_decay(name: str, p: nn.Parameter) -> bool:
+    # timm's rule: biases, norm weights and the position/class tokens take no weight decay.
+    return p.ndim <= 1 or name.endswith(("pos_embed", "cls_token"))
+
+
+def _soft_ce(logits: torch.Tensor, soft: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy against a distribution (in-place distillation, mixup targets)."""
+    return -(soft * F.log_softmax(logits.float(), dim=-1)).sum(-1).mean()
+
+
+def _data_root(cfg: TrainConfig) -> Path:
+    if cfg.data.root:
+        return Path(cfg.data.root).expanduser()
+    from ..data.prepare import default_data_root
+
+    return default_data_root() / cfg.data.dataset
+
+
+class Trainer:
+    """Builds data, supernet, sampler, optimizer from a `TrainConfig`; `fit()` trains and evaluates.
+
+    `resume`: None (a fresh run; refuses a run directory that already has checkpoints),
+    "auto" (the newest checkpoint of the run directory, or fresh when there is none) or a
+    checkpoint path.
+    """
+
+    def __init__(self, cfg: TrainConfig, resume: str | None = None, info: DistInfo | None = None):
+        self.cfg = cfg
+        self.info = info or init_distributed(cfg.run.device)
+        self.device = self.info.device
+        self.run_dir = Path(cfg.run.out_dir).expanduser() / cfg.run.name
+        self._resume_path = self._find_resume(resume)
+
+        torch.manual_seed(cfg.run.seed)  # identical initial weights on every rank
+        import random
+
+        import numpy as np
+
+        random.seed(cfg.run.seed + self.info.rank)
+        np.random.seed((cfg.run.seed * 1009 + self.info.rank) % 2**32)
+
+        self.space_name = cfg.model.space
+        self.net = build_supernet(cfg.model.space, num_classes=cfg.model.num_classes).to(self.device)
+        self.space = self.net.space
+        self.bins = FlopsBins(self.space, n_bins=cfg.sampler.n_bins)
+        self.sampler = self._build_sampler().to(self.device)
+        self.is_shift = isinstance(self.sampler, ShiftSampler)
+        self.extra = {k: m for k, m in self.sampler.trainable().items()}
+        self.extra_params = [p for m in self.extra.values() for p in m.parameters()]
+
+        self.amp_dtype, self.scaler = self._amp()
+        self.optimizer = self._build_optimizer()
+        total, warm = cfg.optim.steps, cfg.optim.warmup_steps
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: lr_factor(s, warm, total)
+        )
+        self.ema = None
+        if cfg.optim.ema_decay > 0:
+            from timm.utils import ModelEmaV3
+
+            self.ema = ModelEmaV3(self.net, decay=cfg.optim.ema_decay)
+        self.mixup = None
+        if cfg.optim.mixup > 0 or cfg.optim.cutmix > 0:
+            if cfg.data.batch_size % 2:
+                raise ValueError(
+                    f"mixup/cutmix need an even data.batch_size, got {cfg.data.batch_size}"
+                )
+            from timm.data import Mixup
+
+            self.mixup = Mixup(
+                mixup_alpha=cfg.optim.mixup, cutmix_alpha=cfg.optim.cutmix,
+                label_smoothing=cfg.optim.label_smoothing, num_classes=cfg.model.num_classes,
+            )
+        self.model: nn.Module = self.net
+        if self.info.distributed:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            self.model = DDP(
+                self.net,
+                device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=True,  # skipped blocks / inactive layers get no gradient
+            )
+
+        self.step = 0
+        self.bad_in_row = 0
+        self.skipped = 0
+        self.images_seen = 0
+        self.bin_counts = [0] * len(self.bins)
+        self.windows: list[dict[str, Any]] = []
+        self.prev: dict[str, torch.Tensor] | None = None
+        self._loaders_built = False
+        self.log = RunLog(self.run_dir, 0, 1, enabled=False)
+
+    # ------------------------------------------------------------------ building
+    def _find_resume(self, resume: str | None) -> Path | None:
+        if resume is None:
+            existing = list_checkpoints(self.run_dir) if self.run_dir.exists() else []
+            if existing:
+                raise ValueError(
+                    f"run directory {str(self.run_dir)!r} already has checkpoints (newest: "
+                    f"{existing[-1][1].name}); pass --resume auto to continue it, or set run.name / "
+                    "run.out_dir to start a new run (nothing was overwritten)"
+                )
+            return None
+        if resume == "auto":
+            return latest_checkpoint(self.run_dir) if self.run_dir.exists() else None
+        p = Path(resume).expanduser()
+        if not p.is_file():
+            raise ValueError(f"--resume {resume!r}: no such checkpoint file (use 'auto' or a checkpoint-*.pt path)")
+        return p
+
+    def _build_sampler(self):
+        c, name = self.cfg, self.cfg.sampler.name
+        kw: dict[str, Any] = {"seed": c.run.seed}
+        if name == "shift":
+            kw.update(
+                n_bins=c.sampler.n_bins, total_steps=c.optim.steps, hidden=c.generator.hidden,
+                tau_start=c.generator.tau_start, tau_end=c.generator.tau_end, lam=c.generator.lam,
+                warmup_steps=int(round(c.shift.warmup_frac * c.optim.steps)),
+                update_every=c.shift.update_every, shift_lr=c.shift.lr,
+            )
+        elif name == "sandwich":
+            kw.update(n_random=c.sampler.n_random)
+        elif name == "attentive":
+            kw.update(n_random=c.sampler.n_random, n_candidates=c.sampler.n_candidates,
+                      mode=c.sampler.mode, n_bins=c.sampler.n_bins)
+        elif name == "bin_uniform":
+            kw.update(n_bins=c.sampler.n_bins)
+        return build_sampler(name, self.space, **kw)
+
+    def _amp(self):
+        mode = self.cfg.optim.amp
+        if mode == "off":
+            return None, None
+        if mode == "fp16":
+            if self.device.type != "cuda":
+                raise ValueError("optim.amp=fp16 needs a GPU (GradScaler); on CPU use optim.amp=bf16 or off")
+            return torch.float16, torch.amp.GradScaler("cuda")
+        return torch.bfloat16, None
+
+    def _build_optimizer(self) -> torch.optim.Optimizer:
+        o = self.cfg.optim
+        decay, no_decay = [], []
+        for n, p in self.net.named_parameters():
+            (no_decay if _no_decay(n, p) else decay).append(p)
+        groups = [
+            {"params": decay, "weight_decay": o.weight_decay, "lr": o.lr},
+            {"params": no_decay, "weight_decay": 0.0, "lr": o.lr},
+        ]
+        if self.extra_params:
+            groups.append({"params": self.extra_params, "weight_decay": 0.0, "lr": self.cfg.generator.lr})
+        kw = {"fused": True} if self.device.type == "cuda" else {}
+        return torch.optim.AdamW(groups, lr=o.lr, **kw)
+
+    def _build_loaders(self) -> None:
+        from ..data import build_loader
+
+        c, info = self.cfg, self.info
+        root = _data_root(c)
+        needed = [c.data.train_split, c.data.val_split] + ([c.data.minival_split] if self.is_shift else [])
+        for split in needed:
+            if not (root / split).is_dir():
+                hint = (
+                    "run `shiftnas prepare fashion-mnist` (or `make data`)"
+                    if c.data.dataset == "fashion-mnist"
+                    else "see shiftnas/data/README.md for the ImageFolder layout"
+                )
+                raise ValueError(f"data split {split!r} not found: {str(root / split)!r} is not a directory; {hint}")
+        chans = self.space.hparams["in_chans"]
+        common = dict(backend=c.data.backend, num_threads=c.data.num_threads, device=self.device, channels=chans)
+        self.train_loader = build_loader(
+            root, c.data.train_split, c.data.batch_size, c.data.image_size, train=True,
+            rank=info.rank, world_size=info.world_size, seed=c.run.seed, augment=c.data.augment,
+            drop_last=True, **common,
+        )
+        if len(self.train_loader) < 1:
+            raise ValueError(
+                f"the train split has fewer images per rank than data.batch_size={c.data.batch_size}; lower it"
+            )
+        self.minival_loader = None
+        if self.is_shift:  # unsharded: every rank takes the same B step without communication
+            self.minival_loader = build_loader(
+                root, c.data.minival_split, c.data.batch_size, c.data.image_size, train=True,
+                augment=False, seed=c.run.seed + 1, drop_last=True, **common,
+            )
+        # A subset (eval.max_images) must not be the first classes of a class-sorted split: then
+        # read the split in a fixed shuffled order (no augmentation), the same for every arch.
+        subset = c.eval.max_images is not None
+        self.val_loader = build_loader(
+            root, c.data.val_split, c.eval.batch_size, c.data.image_size, train=subset,
+            augment=False if subset else None, seed=c.run.seed + 2,
+            rank=info.rank, world_size=info.world_size, **common,
+        )
+        self._loaders_built = True
+
+    # ------------------------------------------------------------------ data streams
+    def _stream(self, loader, start: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Batches from global batch index `start` on, epoch after epoch (set_epoch each pass)."""
+        n = len(loader)
+        epoch, skip = divmod(start, n)
+        while True:
+            loader.set_epoch(epoch)
+            for i, batch in enumerate(loader):
+                if i < skip:
+                    continue
+                yield batch
+            skip = 0
+            epoch += 1
+
+    # ------------------------------------------------------------------ checkpoints
+    def _state(self) -> dict[str, Any]:
+        rng = capture_rng_state()
+        if self.info.distributed:
+            import torch.distributed as dist
+
+            gathered: list[Any] = [None] * self.info.world_size
+            dist.all_gather_object(gathered, rng)
+            rngs = gathered
+        else:
+            rngs = [rng]
+        state = {
+            "step": self.step,
+            "model": self.net.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "sampler": self.sampler.state_dict(),
+            "rng": rngs,
+            "config": self.cfg.to_dict(),
+            "world_size": self.info.world_size,
+            "batches_per_epoch": len(self.train_loader),
+            "counters": {"skipped": self.skipped, "bad_in_row": self.bad_in_row, "images_seen": self.images_seen},
+            "bin_counts": list(self.bin_counts),
+            "windows": self.windows,
+        }
+        if self.scaler is not None:
+            state["scaler"] = self.scaler.state_dict()
+        if self.ema is not None:
+            state["ema"] = self.ema.module.state_dict()
+        if self.prev is not None:
+            state["prev"] = self.prev
+        return state
+
+    def save(self) -> Path | None:
+        state = self._state()  # every rank joins the RNG gather
+        path = None
+        if self.info.is_main:
+            path = save_checkpoint(self.run_dir, state, self.step)
+        barrier(self.info)
+        return path
+
+    def _load(self, path: Path) -> None:
+        state = load_checkpoint(path)
+        saved = state.get("config", {})
+        cur = self.cfg.to_dict()
+        for sec in ("model", "sampler", "generator", "shift"):
+            if saved.get(sec) != cur[sec]:
+                raise ValueError(
+                    f"cannot resume {str(path)!r}: config section {sec!r} differs from the run's "
+                    f"(saved {saved.get(sec)}, now {cur[sec]}); resume with the run's config.yaml"
+                )
+        if saved.get("data", {}).get("batch_size") != cur["data"]["batch_size"]:
+            raise ValueError(f"cannot resume {str(path)!r}: data.batch_size differs from the run's")
+        self.net.load_state_dict(state["model"])
+        self.sampler.load_state_dict(state["sampler"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.scaler is not None and "scaler" in state:
+            self.scaler.load_state_dict(state["scaler"])
+        if self.ema is not None and "ema" in state:
+            self.ema.module.load_state_dict(state["ema"])
+        self.prev = {k: v.to(self.device) for k, v in state["prev"].items()} if "prev" in state else None
+        self.step = int(state["step"])
+        c = state["counters"]
+        self.skipped, self.bad_in_row, self.images_seen = int(c["skipped"]), int(c["bad_in_row"]), int(c["images_seen"])
+        self.bin_counts = [int(x) for x in state["bin_counts"]]
+        self.windows = list(state["windows"])
+        rngs = state["rng"]
+        if state.get("world_size") == self.info.world_size:
+            restore_rng_state(rngs[self.info.rank])
+        else:
+            warnings.warn(
+                f"resuming a {state.get('world_size')}-process run with {self.info.world_size} processes: "
+                "the data order and random streams differ from the original run", stacklevel=2,
+            )
+            restore_rng_state(rngs[0])
+        if state.get("batches_per_epoch") != len(self.train_loader):
+            warnings.warn("batches per epoch changed since the checkpoint: the data order differs", stacklevel=2)
+
+    # ------------------------------------------------------------------ the step
+    def _autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def _input(self, x: torch.Tensor, arch: ArchConfig) -> torch.Tensor:
+        return prepare_input(self.net, x, arch)
+
+    def _score_fn(self, x: torch.Tensor, y: torch.Tensor):
+        def score(arch: ArchConfig) -> float:
+            with torch.no_grad(), self._autocast():
+                loss = F.cross_entropy(self.net(self._input(x, arch), arch).float(), y)
+            t = all_reduce_sum(loss.detach().reshape(1).double(), self.info)
+            return float(t) / self.info.world_size
+        return score
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
+        """One optimizer step on batch (x, y); returns the step's metrics (loss is the rank mean)."""
+        step = self.step
+        self.model.train()
+        if self.is_shift and self.sampler.shift.should_update(step):
+            self._update_shift()
+        if self.is_shift and self.sampler.shift.needs_snapshot(step):
+            self.prev = self.sampler.shift.snapshot(self.net)
+        elif self.is_shift:
+            self.prev = None  # w_(t-1) is kept only for the step that updates B
+
+        score_fn = self._score_fn(x, y) if self.sampler.needs_score_fn else None
+        picked = self.sampler.next(step, score_fn)
+        hard = [(a.hard() if isinstance(a, ArchSample) else a, a, role) for a, role in picked]
+
+        target = y
+        if self.mixup is not None:
+            x, target = self.mixup(x, y)
+        teacher = None
+        losses, extras = [], []
+        n = len(hard)
+        for i, (arch, fed, role) in enumerate(hard):
+            sync = contextlib.nullcontext()
+            if self.info.distributed and i < n - 1:
+                sync = self.model.no_sync()
+            with sync:
+                with self._autocast():
+                    logits = self.model(self._input(x, arch), fed)
+                if self.sampler.distill and role != "max" and teacher is not None:
+                    loss = _soft_ce(logits, teacher)
+                elif self.mixup is not None:
+                    loss = _soft_ce(logits, target)
+                else:
+                    loss = F.cross_entropy(logits.float(), target, label_smoothing=self.cfg.optim.label_smoothing)
+                if self.sampler.distill and role == "max":
+                    teacher = F.softmax(logits.detach().float(), dim=-1)
+                total = loss
+                extra = self.sampler.extra_loss(fed)
+                if extra is not None:
+                    extra = extra.float()
+                    total = total + extra
+                    extras.append(extra.detach())
+                if self.scaler is not None:
+                    self.scaler.scale(total).backward()
+                else:
+                    total.backward()
+                losses.append(loss.detach().float())
+
+        loss_sum = torch.stack(losses).sum()
+        stats = torch.stack([loss_sum, (~torch.isfinite(loss_sum)).float()]).double()
+        all_reduce_sum(stats, self.info)
+        all_reduce_mean_grads(self.extra_params, self.info)
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
+        clip = self.cfg.optim.grad_clip if self.cfg.optim.grad_clip is not None else float("inf")
+        gnorm = torch.nn.utils.clip_grad_norm_(self.net.parameters(), clip)
+        if self.extra_params:
+            torch.nn.utils.clip_grad_norm_(self.extra_params, clip)
+        mean_loss = float(stats[0]) / (self.info.world_size * n)
+        bad = bool(stats[1] > 0) or not math.isfinite(mean_loss) or not bool(torch.isfinite(gnorm))
+
+        lr = self.optimizer.param_groups[0]["lr"]
+        if bad:
+            self.optimizer.zero_grad(set_to_none=True)
+            if self.scaler is not None:
+                self.scaler.update()
+            self.skipped += 1
+            self.bad_in_row += 1
+        else:
+            self.bad_in_row = 0
+            if self.scaler is not None:
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+            else:
+                self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            if self.ema is not None:
+                self.ema.update(self.net, step=step)
+        self.scheduler.step()
+        self.step += 1
+        self.images_seen += x.shape[0] * self.info.world_size
+
+        flops = [count_flops(self.space, a) for a, _, _ in hard]
+        bins = [self.bins.bin_of(f) for f in flops]
+        for k in bins:
+            self.bin_counts[k] += 1
+        out = {
+            "loss": mean_loss, "lr": lr, "grad_norm": float(gnorm), "skipped": bad,
+            "mflops": flops[-1] / 1e6 if not self.is_shift else flops[0] / 1e6,
+            "bin": bins[0] if self.is_shift else bins[-1], "bins": bins, "n_subnets": n,
+        }
+        if extras:
+            out["resource_loss"] = float(torch.stack(extras).sum())
+        if self.is_shift:
+            out["target_bin"] = self.sampler.last["bin"]
+            out["tau"] = self.sampler.tau(step)
+        return out
+
+    def _update_shift(self) -> None:
+        if self.prev is None:
+            warnings.warn(f"step {self.step}: no w_(t-1) snapshot, skipping the update of B", stacklevel=2)
+            return
+        xv, yv = next(self._minival)
+        with self._autocast():
+            rec = self.sampler.update_shift(self.net, self.prev, xv, yv, self.step, prepare_input=self._input)
+        self.prev = None
+        self.log.log(self.step, {k: v for k, v in rec.items() if k != "step"}, kind="shift")
+
+    # ------------------------------------------------------------------ the loop
+    def fit(self) -> dict[str, Any]:
+        cfg = self.cfg
+        if not self._loaders_built:
+            self._build_loaders()
+        if self._resume_path is not None:
+            self._load(self._resume_path)
+        if self.info.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "config.yaml").write_text(cfg.to_yaml(), encoding="utf-8")
+        barrier(self.info)
+        self.log = RunLog(
+            self.run_dir, self.step, cfg.optim.steps, enabled=self.info.is_main,
+            progress=cfg.run.progress, tensorboard=cfg.run.tensorboard,
+        )
+        if self._resume_path is not None:
+            self.log.write(f"resumed from {self._resume_path} at step {self.step}")
+        stream = self._stream(self.train_loader, self.step)
+        if self.is_shift:
+            n_updates = sum(1 for s in range(self.step) if self.sampler.shift.should_update(s))
+            self._minival = self._stream(self.minival_loader, n_updates)
+        window = {"t": time.perf_counter(), "images": 0, "loss": 0.0, "n": 0, "counts": [0] * len(self.bins)}
+        try:
+            while self.step < cfg.optim.steps:
+                x, y = next(stream)
+                m = self.train_step(x, y)
+                window["images"] += x.shape[0] * self.info.world_size
+                if not m["skipped"]:
+                    window["loss"] += m["loss"]
+                    window["n"] += 1
+                for k in m["bins"]:
+                    window["counts"][k] += 1
+                if m["skipped"]:
+                    self.log.log(self.step - 1, {"loss": m["loss"], "grad_norm": m["grad_norm"],
+                                                  "in_a_row": self.bad_in_row, "skipped_total": self.skipped}, kind="skipped")
+                    if self.bad_in_row >= MAX_BAD_STEPS:
+                        raise TrainingDiverged(
+                            f"{self.bad_in_row} consecutive steps (up to step {self.step - 1}) had a non-finite "
+                            f"loss or gradient; stopping. No checkpoint was written for them; the newest good one "
+                            f"is {latest_checkpoint(self.run_dir)}. Lower optim.lr, set optim.grad_clip, or use optim.amp=off"
+                        )
+                dt = time.perf_counter() - window["t"]
+                ips = window["images"] / dt if dt > 0 else 0.0
+                self.log.progress(1, loss=f"{m['loss']:.3f}", lr=f"{m['lr']:.2e}", bin=m["bin"],
+                                  mflops=f"{m['mflops']:.1f}", ips=f"{ips:.0f}")
+                if self.step % cfg.run.log_every == 0 or self.step == cfg.optim.steps:
+                    rec = {k: v for k, v in m.items() if k not in ("bins", "skipped")}
+                    rec.update(loss=window["loss"] / max(1, window["n"]), img_per_s=ips,
+                               skipped_total=self.skipped, bin_counts=window["counts"])
+                    if self.is_shift:
+                        rec["probs"] = self.sampler.shift.probs().tolist()
+                    self.log.log(self.step, rec)
+                    self.windows.append({"step": self.step, "counts": window["counts"]})
+                    window = {"t": time.perf_counter(), "images": 0, "loss": 0.0, "n": 0, "counts": [0] * len(self.bins)}
+                if (cfg.run.ckpt_every and self.step % cfg.run.ckpt_every == 0 and self.step < cfg.optim.steps
+                        and self.bad_in_row == 0):  # never checkpoint in the middle of a bad streak
+                    self.save()
+            self.save()
+            stream.close()  # end the suspended passes before evaluate() reads the loaders again
+            if self.is_shift:
+                self._minival.close()
+            summary = self.evaluate()
+        finally:
+            self.log.close()
+        return summary
+
+    # ------------------------------------------------------------------ the end
+    def evaluate(self) -> dict[str, Any]:
+        """Per-bin inherited top-1 on the val split; writes summary.json, sampling.json, plots."""
+        cfg = self.cfg
+        net = self.ema.module if self.ema is not None else self.net
+        calib = None
+        if any(isinstance(m, nn.modules.batchnorm._BatchNorm) or "BatchNorm" in type(m).__name__ for m in net.modules()):
+            calib = []
+            for x, y in self.train_loader:
+                calib.append((x, y))
+                if len(calib) >= cfg.eval.bn_calib_batches:
+                    break
+        per_rank = None
+        if cfg.eval.max_images is not None:
+            per_rank = max(1, math.ceil(cfg.eval.max_images / self.info.world_size))
+        amp = self.amp_dtype
+
+        def run(arch, k, source):
+            self.val_loader.set_epoch(0)  # the same images (and shard) for every arch
+            metrics = evaluate_arch(net, arch, self.val_loader, amp_dtype=amp, max_images=per_rank,
+                                    calib_batches=calib, calib_n=cfg.eval.bn_calib_batches)
+            return arch_row(self.space, arch, self.bins, k, source, metrics, num_classes=cfg.model.num_classes)
+
+        rows = []
+        t0 = time.perf_counter()
+        if self.is_shift:
+            gen = self.sampler.generator
+            for k, c in enumerate(self.bins.centers.tolist()):
+                rows.append(run(gen.generate(c), k, "generator"))
+        if cfg.eval.random_archs:
+            for e in bin_archs(self.space, self.bins, seed=0):
+                if e["hit"]:
+                    rows.append(run(e["arch"], e["bin"], "random"))
+        edges = [e / 1e6 for e in self.bins.edges.tolist()]
+        centers = [c / 1e6 for c in self.bins.centers.tolist()]
+        summary = {
+            "run": cfg.run.name, "space": self.space.name, "sampler": cfg.sampler.name,
+            "steps": self.step, "images_seen": self.images_seen, "skipped_steps": self.skipped,
+            "world_size": self.info.world_size, "ema": self.ema is not None,
+            "eval_images_per_arch": rows[0]["images"] if rows else 0,
+            "eval_s": round(time.perf_counter() - t0, 2),
+            "bins": {"edges_mflops": edges, "centers_mflops": centers},
+            "rows": rows,
+        }
+        if self.is_shift:
+            summary["final_probs"] = self.sampler.shift.probs().tolist()
+            summary["generator_in_bin"] = sum(r["in_bin"] for r in rows if r["source"] == "generator")
+        sampling = {
+            "sampler": cfg.sampler.name, "bins": summary["bins"], "counts": self.bin_counts,
+            "windows": self.windows,
+            "updates": self.sampler.shift.history_state() if self.is_shift else [],
+        }
+        if self.info.is_main:
+            write_json_atomic(self.run_dir / "summary.json", summary)
+            write_json_atomic(self.run_dir / "sampling.json", sampling)
+            self._plots(summary, sampling)
+        barrier(self.info)
+        return summary
+
+    def _plots(self, summary: dict[str, Any], sampling: dict[str, Any]) -> None:
+        from .plots import plot_pareto, plot_sampling
+
+        K = len(self.bins)
+        centers = summary["bins"]["centers_mflops"]
+        if self.is_shift:
+            history = [{"step": 0, "probs": [1.0 / K] * K}] + [
+                {"step": r["step"], "probs": r["probs"]} for r in sampling["updates"]
+            ]
+            title = "ShiftNAS: softmax(B) over training"
+        else:  # the empirical bin frequencies per logging window
+            history = [
+                {"step": w["step"], "probs": [c / max(1, sum(w["counts"])) for c in w["counts"]]}
+                for w in sampling["windows"]
+            ]
+            title = f"{self.cfg.sampler.name}: sampled bin frequency per window"
+        plot_sampling(history, self.run_dir / "plots" / "sampling.png", centers_mflops=centers, title=title)
+        if summary["rows"]:
+            plot_pareto(summary["rows"], self.run_dir / "plots" / "pareto.png",
+                        title=f"{self.space.name} / {self.cfg.sampler.name}: inherited top-1")

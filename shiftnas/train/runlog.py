@@ -1,0 +1,138 @@
+"""What rank 0 shows and writes while training: a progress bar, `metrics.jsonl`, TensorBoard.
+
+`RunLog(run_dir, start_step, total_steps, enabled=rank == 0)`. On other ranks every method is a
+no-op. Lines carry `step`: for kind "train", the number of steps done; for "shift" (a B update) and
+"skipped" (a non-finite step), the index of their step. On resume (`start_step > 0`) lines
+written after the checkpoint being resumed are dropped, and TensorBoard purges its events from
+`start_step` on, so a resumed run's logs read as one run.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+__all__ = ["RunLog", "write_json_atomic"]
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any) -> Path:
+    """JSON to `path` through a temp file + fsync + rename (never a half-written file)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=1, allow_nan=False, default=_jsonable)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return path
+
+
+def _jsonable(o: Any) -> Any:
+    if hasattr(o, "tolist"):
+        return o.tolist()
+    if hasattr(o, "item"):
+        return o.item()
+    raise TypeError(f"not JSON-serialisable: {type(o).__name__}")
+
+
+def _clean(v: Any) -> Any:
+    """Floats that JSON cannot hold (nan/inf) become strings, so a bad step is still logged."""
+    if isinstance(v, float) and not math.isfinite(v):
+        return str(v)
+    return v
+
+
+class RunLog:
+    def __init__(
+        self,
+        run_dir: str | os.PathLike,
+        start_step: int,
+        total_steps: int,
+        enabled: bool = True,
+        progress: bool = True,
+        tensorboard: bool = True,
+    ):
+        self.enabled = enabled
+        self.run_dir = Path(run_dir)
+        self.path = self.run_dir / "metrics.jsonl"
+        self._bar = self._tb = None
+        if not enabled:
+            return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._truncate(start_step)
+        self._file = open(self.path, "a", encoding="utf-8")
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(str(self.run_dir / "tb"), purge_step=start_step if start_step > 0 else None)
+        if progress:
+            from tqdm import tqdm
+
+            self._bar = tqdm(
+                total=total_steps, initial=start_step, desc="train", unit="step",
+                dynamic_ncols=True, file=sys.stderr, mininterval=1.0,
+            )
+
+    def _truncate(self, start_step: int) -> None:
+        if not self.path.exists():
+            return
+        keep = []
+        for line in self.path.read_text(encoding="utf-8").splitlines():
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:  # a line cut by a crash
+                continue
+            if not (isinstance(rec, dict) and isinstance(rec.get("step"), int)):
+                continue
+            # "train" lines carry the number of steps done (the checkpoint at start_step follows
+            # that line); other kinds carry the index of their step, which the resumed run redoes.
+            if rec["step"] < start_step or (rec["step"] == start_step and rec.get("kind") == "train"):
+                keep.append(line)
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text("".join(x + "\n" for x in keep), encoding="utf-8")
+        os.replace(tmp, self.path)
+
+    def log(self, step: int, metrics: dict[str, Any], kind: str = "train") -> None:
+        """One line of metrics.jsonl and TensorBoard scalars `kind/<key>` for numeric values."""
+        if not self.enabled:
+            return
+        rec = {"step": int(step), "kind": kind, **{k: _clean(v) for k, v in metrics.items()}}
+        self._file.write(json.dumps(rec, default=_jsonable) + "\n")
+        self._file.flush()
+        if self._tb is not None:
+            for k, v in metrics.items():
+                if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+                    self._tb.add_scalar(f"{kind}/{k}", v, step)
+
+    def progress(self, n: int = 1, **postfix: Any) -> None:
+        if self._bar is not None:
+            if postfix:
+                self._bar.set_postfix(postfix, refresh=False)
+            self._bar.update(n)
+
+    def write(self, msg: str) -> None:
+        """A message on rank 0 that does not break the progress bar."""
+        if not self.enabled:
+            return
+        if self._bar is not None:
+            self._bar.write(msg, file=sys.stderr)
+        else:
+            print(msg, file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if not self.enabled:
+            return
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+        if self._tb is not None:
+            self._tb.flush()
+            self._tb.close()
+            self._tb = None
+        if not self._file.closed:
+            self._file.close()
