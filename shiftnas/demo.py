@@ -1,55 +1,87 @@
-"""`make demo`: build every supernet, sample subnets, print their cost, export one subnet.
+"""`make demo`: train ShiftNAS on Fashion-MNIST for a few CPU minutes, then use the generator.
 
-Until the training issue lands this is the tour of the foundation: spaces, supernets, the
-exact cost model and export. Run as `python -m shiftnas.demo [--out runs/demo]`.
+    python -m shiftnas.demo [--out runs] [--steps 1000] [overrides ...]
+
+1. Trains `configs/fmnist-vit-shift.yaml` (vit-fmnist supernet + architecture generator +
+   probability shift) into `runs/demo-shift/` with a progress bar.
+2. Prints the per-bin table: for every FLOPs bin, the generator's subnet and one fixed-seed
+   random subnet of that bin, with inherited top-1 on (a fixed subset of) the val split.
+3. Asks the generator for three budgets, prints the subnet it emits for each (no search, no
+   retraining), exports the middle one as a standalone model and checks it.
+
+A second `make demo` continues / re-reads the same run (`--resume auto`): a finished run is only
+re-evaluated. Delete `runs/demo-shift/` to train from scratch.
 """
 from __future__ import annotations
 
 import argparse
-import random
+import sys
 import time
+from pathlib import Path
 
 import torch
 
-from . import build_supernet, count_flops, count_params, export_subnet, get_space, list_spaces, load_subnet, save_subnet
+CONFIG = Path(__file__).resolve().parent.parent / "configs" / "fmnist-vit-shift.yaml"
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m shiftnas.demo", description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default="runs/demo", help="where the exported subnet goes (default: runs/demo)")
-    ap.add_argument("--samples", type=int, default=5, help="subnets sampled per space (default: 5)")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default="runs", help="parent of the run directory (default: runs)")
+    ap.add_argument("--name", default="demo-shift", help="run directory name (default: demo-shift)")
+    ap.add_argument("--steps", type=int, default=None, help="training steps (default: the config's)")
+    ap.add_argument("--eval-images", type=int, default=2000,
+                    help="val images per subnet in the table (default: 2000 of 10,000)")
+    ap.add_argument("overrides", nargs="*", metavar="section.key=value")
     args = ap.parse_args(argv)
-    if args.samples < 1:
-        ap.error(f"--samples must be >= 1, got {args.samples}")
-    torch.manual_seed(args.seed)
-    rng = random.Random(args.seed)
 
-    print(f"{'space':<13} {'arch':<64} {'MFLOPs':>9} {'params':>11}")
-    for name in list_spaces():
-        space = get_space(name)
+    from . import count_flops, count_params, export_subnet, load_subnet, save_subnet
+    from .train import Trainer, load_config
+    from .train.evaluate import format_bin_table
+
+    config = CONFIG if CONFIG.is_file() else None
+    ov = [f"run.out_dir={args.out}", f"run.name={args.name}", f"eval.max_images={args.eval_images}"]
+    if args.steps is not None:
+        ov.append(f"optim.steps={args.steps}")
+    try:
+        cfg = load_config(config, ov + list(args.overrides))
         t0 = time.perf_counter()
-        with torch.device("meta"):  # the ImageNet supernets hold ~100M weights: build shapes only
-            net = build_supernet(name)
-        n_super = sum(p.numel() for p in net.parameters())
-        for _ in range(args.samples):
-            arch = space.sample(rng)
-            desc = arch.short()
-            desc = desc if len(desc) <= 64 else desc[:61] + "..."
-            print(f"{name:<13} {desc:<64} {count_flops(space, arch) / 1e6:>9.1f} {count_params(space, arch):>11,}")
-        print(f"{'':<13} (supernet: {n_super:,} weights, built in {time.perf_counter() - t0:.2f}s)")
+        trainer = Trainer(cfg, resume="auto")
+        print(f"training {cfg.model.space} with the {cfg.sampler.name} sampler for {cfg.optim.steps} steps "
+              f"(batch {cfg.data.batch_size}, amp {cfg.optim.amp}) -> {trainer.run_dir}/", flush=True)
+        summary = trainer.fit()
+    except ValueError as e:
+        print(f"demo: error: {e}", file=sys.stderr)
+        return 2
+    dt = time.perf_counter() - t0
+    print(f"\n{summary['steps']} steps, {summary['images_seen']:,} images, {dt:.0f} s "
+          f"(evaluation {summary['eval_s']:.0f} s on {summary['eval_images_per_arch']} val images per subnet)\n")
+    print(format_bin_table(summary["rows"]))
+    if "final_probs" in summary:
+        probs = " ".join(f"{p:.3f}" for p in summary["final_probs"])
+        print(f"\nsoftmax(B) at the end (bins 0..{len(summary['final_probs']) - 1}): {probs}")
+        print(f"generator subnets inside their bin: {summary['generator_in_bin']}/{len(summary['final_probs'])}")
 
-    # Export one real subnet of the Fashion-MNIST ViT, check it against the supernet, reload it.
-    space = get_space("vit-fmnist")
-    net = build_supernet("vit-fmnist").eval()
-    arch = space.sample(rng)
+    space, gen = trainer.space, trainer.sampler.generator
+    centers, K = trainer.bins.centers.tolist(), len(trainer.bins)
+    budgets = [centers[k] for k in (K // 5, K // 2, (4 * K) // 5)]  # bin centres at ~20/50/80%
+    print("\nthe generator's subnet for three budgets (arg-max, inherited weights, no search):")
+    picked = []
+    for b in budgets:
+        arch = gen.generate(b)
+        f, p = count_flops(space, arch), count_params(space, arch)
+        picked.append(arch)
+        print(f"  budget {b / 1e6:6.1f} MFLOPs -> {f / 1e6:6.1f} MFLOPs, {p / 1e6:.3f} M params  {arch.short()}")
+
+    net = (trainer.ema.module if trainer.ema is not None else trainer.net).eval()
+    arch = picked[1]
     sub = export_subnet(net, arch)
-    path = save_subnet(sub, arch, args.out)
-    x = torch.randn(4, space.hparams["in_chans"], space.hparams["img_size"], space.hparams["img_size"])
+    path = save_subnet(sub, arch, trainer.run_dir / "subnet-mid")
+    x = next(iter(trainer.val_loader))[0][:8].to(next(net.parameters()).device)
     with torch.no_grad():
-        err = (load_subnet(path)(x) - net(x, arch)).abs().max().item()
-    print(f"\nexported vit-fmnist subnet {arch.short()} to {path}/ (model.safetensors + arch.json)")
-    print(f"reloaded without the supernet: max |logit difference| = {err:.2e}")
+        err = (load_subnet(path)(x.cpu()) - net(x, arch).cpu()).abs().max().item()
+    print(f"\nexported the middle subnet to {path}/ (model.safetensors + arch.json); "
+          f"reloaded without the supernet: max |logit difference| = {err:.2e}")
+    print(f"plots: {trainer.run_dir / 'plots' / 'sampling.png'}, {trainer.run_dir / 'plots' / 'pareto.png'}")
     return 0
 
 

@@ -1,6 +1,16 @@
 import os
 import random
 
+# Without a GPU, Triton kernels run in its interpreter (on CPU tensors). The switch is read
+# when a kernel is decorated, i.e. when shiftnas.kernels modules are imported: set it first.
+try:
+    import torch as _torch
+
+    if not _torch.cuda.is_available():
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+except ImportError:  # pragma: no cover
+    pass
+
 import pytest
 import torch
 

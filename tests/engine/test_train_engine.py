@@ -197,3 +197,40 @@ def test_train_py_errors_exit_2(tiny_root, tmp_path):
     r = subprocess.run([sys.executable, str(repo / "train.py"), "--resume", str(tmp_path / "none.pt"),
                         f"run.out_dir={tmp_path}", f"data.root={tiny_root}"], capture_output=True, text=True, cwd=tmp_path)
     assert r.returncode == 2 and "no such checkpoint file" in r.stderr
+
+
+def test_demo_trains_prints_the_table_and_three_budgets(tiny_root, tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import tiny_overrides
+
+    ov = [o for o in tiny_overrides(tiny_root, tmp_path, "x") if not o.startswith(("run.name", "run.out_dir", "eval.max_images", "optim.steps"))]
+    cmd = [sys.executable, "-m", "shiftnas.demo", "--out", str(tmp_path), "--steps", "4", "--eval-images", "20", *ov]
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=300, check=False)
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = r.stdout
+    assert "source" in out and out.count("generator") >= 4
+    assert out.count("  budget ") == 3 and "max |logit difference|" in out
+    assert (tmp_path / "demo-shift" / "subnet-mid" / "arch.json").is_file()
+    # a second run re-reads the finished run instead of refusing or retraining
+    r2 = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=300, check=False)
+    assert r2.returncode == 0 and "resumed from" in r2.stderr and "4 steps" in r2.stdout
+
+
+def test_mixup_cutmix_ema_bf16_and_tensorboard(tiny_cfg):
+    cfg = tiny_cfg("aug", "sampler.name=uniform", "optim.steps=3", "optim.mixup=0.8", "optim.cutmix=1.0",
+                   "optim.ema_decay=0.5", "optim.amp=bf16", "run.tensorboard=true", "optim.grad_clip=1.0")
+    tr, summary = _fit(cfg)
+    assert summary["ema"] and summary["skipped_steps"] == 0
+    assert tr.mixup is not None and tr.amp_dtype is torch.bfloat16
+    ema, net = tr.ema.module.state_dict(), tr.net.state_dict()
+    assert any(not torch.equal(ema[k], net[k]) for k in net if net[k].is_floating_point())
+    assert list((tr.run_dir / "tb").glob("events.out.tfevents.*"))
+    state = load_checkpoint(list_checkpoints(tr.run_dir)[-1][1])
+    assert "ema" in state
+
+
+def test_odd_batch_with_mixup_is_refused(tiny_cfg):
+    with pytest.raises(ValueError, match="even data.batch_size"):
+        Trainer(tiny_cfg("odd", "optim.mixup=0.2", "data.batch_size=15"))

@@ -1,0 +1,748 @@
+"""Shift-sampler training-step time split into generator / supernet / shift update vs. uniform (CPU).
+
+One ShiftNAS training step (`Trainer.train_step` with the `shift` sampler) is taken apart and
+each part timed with `time.perf_counter`, per space:
+
+  gen fwd     `sampler.next(step)` (bin draw from G(B) + LSTM decode with hard Gumbel-softmax),
+              `sample.hard()` (the trainer does it right after), `sampler.extra_loss(sample)`
+              (the resource loss L_RC forward)
+  gen bwd     the generator's share of the backward: from the gradient the supernet's masks
+              hand to the one-hots, plus L_RC, back through the LSTM; plus the generator's
+              gradient clipping
+  supernet    `model(x, sample)` under autocast (the masked ArchSample path), label-smoothed
+              cross-entropy, backward into the supernet weights (and the masks)
+  optim       clip_grad_norm_ of the supernet, AdamW step (supernet + generator groups),
+              zero_grad(set_to_none=True), scheduler step
+  shift upd   `ProbabilityShift.snapshot(net)` (w_{t-1}, once per update) and
+              `sampler.update_shift(net, prev, x_val, y_val, step)` under autocast, timed
+              apart; amortised = (snapshot + update) / update_every (100 as the paper; the
+              paper's ablated minimum 50 is reported too)
+
+How the generator's backward is separated: the supernet is run on a *leaf copy* of the
+sample (the same one-hot values, detached, requires_grad), so `loss.backward()` stops at the
+one-hots and holds only the supernet's backward (weights + masks); then
+`torch.autograd.backward([L_RC, *onehots], [None, *leaf grads])` carries those gradients on
+through the generator. By the chain rule this is the trainer's single
+`(CE + L_RC).backward()`, split at the one-hots; the split is checked once per space against
+the fused backward (max gradient difference in the JSON, `split_check`).
+
+Baseline `uniform`: the same supernet step with the hard `ArchConfig` of the same sample (no
+generator, no masks, no resource loss; the generator's AdamW group gets no gradient, so it
+is skipped) -- the plain uniform-sampler step on the same subnet. `trainer`: the unmodified
+`Trainer.train_step(x, y)` drawing the same sample (same RNG state), as a check that the parts
+add up (it also does the trainer's per-step bookkeeping: loss stats, count_flops, bin counts).
+
+Every repeat draws a fresh architecture (the sampler's RNG is reseeded per repeat, and every
+path of the repeat starts from that state, so shift / uniform / trainer train the same subnet;
+the JSON counts how often the regenerated arch matched). Paths are interleaved, the starting
+path rotating per repeat; median and p20/p80 over the repeats after warm-up. Inputs and labels
+are synthetic (fixed seed); no data loader. Built through `Trainer(cfg)` (the default config:
+lr 1e-3, wd 0.05, label smoothing 0.1, grad clip 5, generator hidden 64, lam 1) with
+n_bins 10, update_every 100, shift warm-up 0.
+
+Target (reported, not asserted): (gen fwd + gen bwd + amortised shift) / step total <= 10%.
+
+    python bench/bench_train_step.py                   # -> bench/results/train_step_cpu.json
+    python bench/bench_train_step.py --quick           # smoke run -> $TMPDIR/train_step_cpu_quick.json
+    python bench/bench_train_step.py --spaces vit-fmnist --amp off --repeats 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import gc
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_OUT = ROOT / "bench" / "results" / "train_step_cpu.json"
+QUICK_OUT = Path(tempfile.gettempdir()) / "train_step_cpu_quick.json"
+DEFAULT_SPACES = ("vit-fmnist", "autoformer-t")
+BATCH = {
+    "vit-fmnist": 64,
+    "cnn-fmnist": 64,
+    "autoformer-t": 8,
+    "autoformer-s": 8,
+    "autoformer-b": 8,
+    "cnn-bignas": 8,
+}
+N_BINS = 10
+UPDATE_EVERY = 100  # the paper's
+UPDATE_EVERY_MIN = 50  # the paper's ablated minimum (amortised number only)
+TOTAL_STEPS = 1000  # the config default; only sets the Gumbel temperature schedule
+PATHS = ("shift", "uniform", "trainer", "update")
+SEED = 0
+
+if str(ROOT) not in sys.path:  # run as a script from anywhere
+    sys.path.insert(0, str(ROOT))
+
+
+# -- statistics -----------------------------------------------------------------------------------
+def quantile(xs: list[float], q: float) -> float:
+    """Linear-interpolation quantile (numpy's default)."""
+    s = sorted(xs)
+    pos = q * (len(s) - 1)
+    lo = int(pos)
+    hi = min(lo + 1, len(s) - 1)
+    return s[lo] + (s[hi] - s[lo]) * (pos - lo)
+
+
+def summary(ms: list[float]) -> dict:
+    return {
+        "median_ms": round(quantile(ms, 0.5), 3),
+        "p20_ms": round(quantile(ms, 0.2), 3),
+        "p80_ms": round(quantile(ms, 0.8), 3),
+        "min_ms": round(min(ms), 3),
+    }
+
+
+# -- provenance -----------------------------------------------------------------------------------
+def machine() -> dict:
+    cpu_model = None
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu_model = next(
+                (l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), None
+            )
+    except OSError:
+        pass
+    return {
+        "node": platform.node(),
+        "platform": platform.platform(),
+        "processor": platform.processor() or None,
+        "cpu_model": cpu_model,
+        "cpu_count": os.cpu_count(),
+        "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "python": platform.python_version(),
+        "loadavg_1_5_15": [round(v, 2) for v in os.getloadavg()],
+    }
+
+
+def environment() -> dict:
+    """Settings that change CPU timings: threading env vars and the backend chosen per op."""
+    env = {
+        k: os.environ.get(k)
+        for k in (
+            "OMP_NUM_THREADS",
+            "OMP_WAIT_POLICY",
+            "GOMP_SPINCOUNT",
+            "KMP_BLOCKTIME",
+            "SHIFTNAS_BACKEND",
+        )
+    }
+    out: dict = {"env": env}
+    try:
+        import torch
+
+        from shiftnas.ops import dispatch
+
+        out["backends_cpu_float32"] = {op: c for op, c, _ in dispatch.report("cpu")}
+        out["backends_cpu_bfloat16"] = {
+            op: c for op, c, _ in dispatch.report("cpu", torch.bfloat16)
+        }
+        out["torch_cpu_capability"] = torch.backends.cpu.get_cpu_capability()
+    except (ImportError, AttributeError, RuntimeError) as e:  # provenance only
+        out["backends_error"] = repr(e)
+    return out
+
+
+def _git(*args: str) -> str | None:
+    try:
+        p = subprocess.run(
+            ["git", *args], check=False, capture_output=True, text=True, cwd=str(ROOT), timeout=10
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return p.stdout.strip() if p.returncode == 0 else None
+
+
+def git_info() -> dict:
+    commit = _git("rev-parse", "HEAD") or None
+    status = _git("status", "--porcelain", "--untracked-files=no")
+    return {"git_commit": commit, "git_dirty": None if status is None else bool(status)}
+
+
+def _cpu_jiffies() -> tuple[int, int] | None:
+    """(busy jiffies of the whole machine, jiffies used by this process), Linux only."""
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+        vals = [int(v) for v in fields[:8]]
+        busy = sum(vals) - vals[3] - vals[4]  # minus idle and iowait
+        own = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        return busy, int(own[11]) + int(own[12])  # utime + stime
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _foreign_load(before, after, seconds: float) -> float | None:
+    """Average number of CPUs used by *other* processes between two _cpu_jiffies()."""
+    if before is None or after is None or seconds <= 0:
+        return None
+    other = (after[0] - before[0]) - (after[1] - before[1])
+    return round(max(0, other) / os.sysconf("SC_CLK_TCK") / seconds, 2)
+
+
+# -- building -------------------------------------------------------------------------------------
+def input_size(space) -> int:
+    hp = space.hparams
+    if "img_size" in hp:
+        return hp["img_size"]
+    return max(space.decision("resolution").choices)  # CNN: prepare_input resizes per subnet
+
+
+def build_trainer(space_name: str, batch: int, amp: str, run_dir: str):
+    """A CPU `Trainer` for the space with the shift sampler (no data: its loaders are lazy)."""
+    import shiftnas
+    from shiftnas.train.config import TrainConfig
+    from shiftnas.train.engine import Trainer
+
+    space = shiftnas.get_space(space_name)
+    cfg = TrainConfig.from_dict(
+        {
+            "run": {
+                "name": f"bench-{space_name}",
+                "out_dir": run_dir,
+                "seed": SEED,
+                "device": "cpu",
+                "progress": False,
+                "tensorboard": False,
+            },
+            "data": {"batch_size": batch, "image_size": input_size(space)},
+            "model": {"space": space_name, "num_classes": space.hparams["num_classes"]},
+            "optim": {"amp": amp, "steps": TOTAL_STEPS},
+            "sampler": {"name": "shift", "n_bins": N_BINS},
+            "shift": {"update_every": UPDATE_EVERY, "warmup_frac": 0.0},
+        }
+    )
+    tr = Trainer(cfg, resume=None)
+    assert tr.is_shift and tr.sampler.shift.update_every == UPDATE_EVERY
+    assert tr.sampler.shift.warmup_steps == 0 and len(tr.sampler.bins) == N_BINS
+    return tr
+
+
+def make_batch(space, batch: int, seed: int):
+    import torch
+
+    hp = space.hparams
+    s = input_size(space)
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, hp["in_chans"], s, s, generator=g)
+    y = torch.randint(0, hp["num_classes"], (batch,), generator=g)
+    return x, y
+
+
+class Bench:
+    """The timed paths of one space; every path leaves all gradients None (as the trainer does)."""
+
+    def __init__(self, tr, x, y, xv, yv):
+        import torch
+        import torch.nn.functional as F
+
+        from shiftnas.spaces.arch_sample import ArchSample
+
+        self.torch, self.F, self.ArchSample = torch, F, ArchSample
+        self.tr, self.net, self.sampler = tr, tr.net, tr.sampler
+        self.x, self.y, self.xv, self.yv = x, y, xv, yv
+        c = tr.cfg.optim
+        self.ls = c.label_smoothing
+        self.clip = c.grad_clip if c.grad_clip is not None else float("inf")
+        self.net_params = list(self.net.parameters())
+        self.gen_params = list(tr.extra_params)
+        self.net.train()
+
+    # the RNG state every path of a repeat starts from
+    def seed_rng(self, seed: int) -> None:
+        self.sampler.torch_rng.manual_seed(seed)
+
+    def peek_arch(self, seed: int, step: int):
+        """The hard arch the shift path will draw from `seed` (untimed; RNG left at `seed`)."""
+        self.seed_rng(seed)
+        with self.torch.no_grad():
+            arch = self.sampler.next(step)[0][0].hard()
+        self.seed_rng(seed)
+        return arch
+
+    def _optim(self) -> None:
+        tr, torch = self.tr, self.torch
+        gnorm = torch.nn.utils.clip_grad_norm_(self.net_params, self.clip)
+        if not bool(torch.isfinite(gnorm)):  # the trainer's skip rule (never hit here)
+            raise RuntimeError("non-finite gradient norm in the benchmark step")
+        tr.optimizer.step()
+        tr.optimizer.zero_grad(set_to_none=True)
+        tr.scheduler.step()
+
+    def shift_split(self, step: int) -> tuple[dict[str, float], object]:
+        """The shift step, split into parts; returns ({part: ms}, hard arch)."""
+        torch, F, pc = self.torch, self.F, time.perf_counter
+        tr, sampler = self.tr, self.sampler
+        t0 = pc()
+        sample = sampler.next(step)[0][0]
+        arch = sample.hard()
+        extra = sampler.extra_loss(sample).float()
+        t1 = pc()
+        # untimed harness: the leaf copy the supernet backward stops at
+        leaf = self.ArchSample(
+            sample.space, {n: v.detach().requires_grad_(True) for n, v in sample.onehots.items()}
+        )
+        t2 = pc()
+        with tr._autocast():
+            logits = tr.model(tr._input(self.x, arch), leaf)
+        loss = F.cross_entropy(logits.float(), self.y, label_smoothing=self.ls)
+        loss.backward()
+        t3 = pc()
+        outs, grads = [extra], [None]
+        for n, v in leaf.onehots.items():
+            if v.grad is not None:
+                outs.append(sample.onehots[n])
+                grads.append(v.grad)
+        torch.autograd.backward(outs, grads)
+        torch.nn.utils.clip_grad_norm_(self.gen_params, self.clip)
+        t4 = pc()
+        self._optim()
+        t5 = pc()
+        ms = {"gen_fwd": t1 - t0, "supernet_fwd_bwd": t3 - t2, "gen_bwd": t4 - t3, "optim": t5 - t4}
+        return {k: v * 1e3 for k, v in ms.items()}, arch
+
+    def uniform(self, arch) -> dict[str, float]:
+        """The plain uniform-sampler step on `arch` (an ArchConfig): no generator, no masks."""
+        F, pc, tr = self.F, time.perf_counter, self.tr
+        t0 = pc()
+        with tr._autocast():
+            logits = tr.model(tr._input(self.x, arch), arch)
+        loss = F.cross_entropy(logits.float(), self.y, label_smoothing=self.ls)
+        loss.backward()
+        t1 = pc()
+        self._optim()
+        t2 = pc()
+        return {"fwd_bwd": (t1 - t0) * 1e3, "optim": (t2 - t1) * 1e3}
+
+    def trainer_step(self, step: int) -> tuple[float, float]:
+        """`Trainer.train_step` as is, at a step that neither updates B nor snapshots."""
+        tr = self.tr
+        shift = self.sampler.shift
+        assert not shift.should_update(step) and not shift.needs_snapshot(step)
+        tr.step = step
+        t0 = time.perf_counter()
+        m = tr.train_step(self.x, self.y)
+        return (time.perf_counter() - t0) * 1e3, m["mflops"]
+
+    def update(self, step: int) -> dict[str, float]:
+        """The probability-shift update: snapshot of w_{t-1}, then the update of B, apart."""
+        from shiftnas.sampling.shift import ProbabilityShift
+
+        pc, tr = time.perf_counter, self.tr
+        t0 = pc()
+        prev = ProbabilityShift.snapshot(self.net)
+        t1 = pc()
+        with tr._autocast():
+            self.sampler.update_shift(
+                self.net, prev, self.xv, self.yv, step, prepare_input=tr._input
+            )
+        t2 = pc()
+        del prev
+        return {"snapshot": (t1 - t0) * 1e3, "update_shift": (t2 - t1) * 1e3}
+
+    def split_check(self, seed: int, step: int) -> dict:
+        """Gradients of the split backward vs. the trainer's fused (CE + L_RC).backward(), no step."""
+        torch, F, tr, sampler = self.torch, self.F, self.tr, self.sampler
+        params = self.net_params + self.gen_params
+
+        def grads():
+            g = [
+                p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p)
+                for p in params
+            ]
+            tr.optimizer.zero_grad(set_to_none=True)
+            return g
+
+        self.seed_rng(seed)
+        sample = sampler.next(step)[0][0]
+        arch = sample.hard()
+        with tr._autocast():
+            logits = tr.model(tr._input(self.x, arch), sample)
+        loss = F.cross_entropy(logits.float(), self.y, label_smoothing=self.ls)
+        (loss + sampler.extra_loss(sample).float()).backward()
+        fused = grads()
+
+        self.seed_rng(seed)
+        sample = sampler.next(step)[0][0]
+        extra = sampler.extra_loss(sample).float()
+        leaf = self.ArchSample(
+            sample.space, {n: v.detach().requires_grad_(True) for n, v in sample.onehots.items()}
+        )
+        with tr._autocast():
+            logits = tr.model(tr._input(self.x, sample.hard()), leaf)
+        F.cross_entropy(logits.float(), self.y, label_smoothing=self.ls).backward()
+        outs, gs = [extra], [None]
+        for n, v in leaf.onehots.items():
+            if v.grad is not None:
+                outs.append(sample.onehots[n])
+                gs.append(v.grad)
+        torch.autograd.backward(outs, gs)
+        split = grads()
+
+        n_net = len(self.net_params)
+
+        def maxdiff(a, b):
+            d = max((float((u - v).abs().max()) for u, v in zip(a, b)), default=0.0)
+            s = max((float(u.abs().max()) for u in a), default=0.0)
+            return d, s
+
+        dn, sn = maxdiff(fused[:n_net], split[:n_net])
+        dg, sg = maxdiff(fused[n_net:], split[n_net:])
+        return {
+            "supernet_max_abs_diff": dn,
+            "supernet_max_abs_grad": sn,
+            "generator_max_abs_diff": dg,
+            "generator_max_abs_grad": sg,
+        }
+
+
+def step_of(r: int) -> int:
+    """A training step that neither updates B nor snapshots (1 .. UPDATE_EVERY - 2)."""
+    return 1 + r % (UPDATE_EVERY - 2)
+
+
+def run_repeat(b: Bench, r: int, order: list[str], rec: dict | None) -> None:
+    step = step_of(r)
+    seed = 1000 + r
+    arch = b.peek_arch(seed, step)
+    for path in order:
+        if path == "shift":
+            b.seed_rng(seed)
+            parts, got = b.shift_split(step)
+            if rec is not None:
+                for k, v in parts.items():
+                    rec["shift"][k].append(v)
+                rec["shift"]["step"].append(sum(parts.values()))
+                rec["same_arch"]["shift"] += int(got == arch)
+        elif path == "uniform":
+            parts = b.uniform(arch)
+            if rec is not None:
+                for k, v in parts.items():
+                    rec["uniform"][k].append(v)
+                rec["uniform"]["step"].append(sum(parts.values()))
+        elif path == "trainer":
+            b.seed_rng(seed)
+            ms, mflops = b.trainer_step(step)
+            if rec is not None:
+                rec["trainer"]["step"].append(ms)
+                rec["same_arch"]["trainer"] += int(abs(mflops - rec["mflops_of"](arch)) < 1e-6)
+        elif path == "update":
+            b.seed_rng(seed + 500_000)  # the update draws its own bin and arch
+            parts = b.update(step)
+            if rec is not None:
+                for k, v in parts.items():
+                    rec["update"][k].append(v)
+                rec["update"]["total"].append(sum(parts.values()))
+    if rec is not None:
+        rec["archs_mflops"].append(round(rec["mflops_of"](arch), 3))
+
+
+# -- driver ---------------------------------------------------------------------------------------
+def bench_space(space_name: str, args) -> dict:
+    import shiftnas
+
+    space = shiftnas.get_space(space_name)
+    batch = BATCH.get(space_name, 8)
+    with tempfile.TemporaryDirectory(prefix="bench_train_step_") as run_dir:
+        tr = build_trainer(space_name, batch, args.amp, run_dir)
+    x, y = make_batch(space, batch, seed=SEED)
+    xv, yv = make_batch(space, batch, seed=SEED + 1)  # the minival batch of the shift update
+    b = Bench(tr, x, y, xv, yv)
+    check = b.split_check(seed=7, step=1)
+
+    def mflops_of(arch):
+        return shiftnas.count_flops(space, arch) / 1e6
+
+    rec = {
+        "shift": {k: [] for k in ("gen_fwd", "gen_bwd", "supernet_fwd_bwd", "optim", "step")},
+        "uniform": {k: [] for k in ("fwd_bwd", "optim", "step")},
+        "trainer": {"step": []},
+        "update": {k: [] for k in ("snapshot", "update_shift", "total")},
+        "same_arch": {"shift": 0, "trainer": 0},
+        "archs_mflops": [],
+        "mflops_of": mflops_of,
+    }
+    paths = list(PATHS)
+    t0, j0 = time.perf_counter(), _cpu_jiffies()
+    for w in range(args.warmup):
+        run_repeat(b, 10_000 + w, paths, None)
+    for r in range(args.repeats):
+        k = r % len(paths)
+        run_repeat(b, r, paths[k:] + paths[:k], rec)
+    seconds = time.perf_counter() - t0
+    foreign = _foreign_load(j0, _cpu_jiffies(), seconds)
+    del rec["mflops_of"]
+
+    med = {
+        g: {k: quantile(v, 0.5) for k, v in d.items()}
+        for g, d in rec.items()
+        if g in ("shift", "uniform", "trainer", "update")
+    }
+    upd = med["update"]["total"]
+    amort = {n: upd / n for n in (UPDATE_EVERY, UPDATE_EVERY_MIN)}
+    gen = med["shift"]["gen_fwd"] + med["shift"]["gen_bwd"]
+    res = {
+        "space": space_name,
+        "batch": batch,
+        "input": list(x.shape),
+        "amp": args.amp,
+        "n_decisions": len(space.decisions),
+        "supernet_params_m": round(sum(p.numel() for p in b.net_params) / 1e6, 4),
+        "generator_params": sum(p.numel() for p in b.gen_params),
+        "archs_mflops": rec["archs_mflops"],
+        "archs_mflops_median": round(quantile(rec["archs_mflops"], 0.5), 3),
+        "same_arch_as_uniform": {k: f"{v}/{args.repeats}" for k, v in rec["same_arch"].items()},
+        "split_check": check,
+        "times": {
+            g: {k: summary(v) for k, v in rec[g].items()}
+            for g in ("shift", "uniform", "trainer", "update")
+        },
+        "amortised_shift_ms": {f"every_{n}": round(v, 3) for n, v in amort.items()},
+        "foreign_cpu_load": foreign,
+        "bench_seconds": round(seconds, 1),
+    }
+    derived = {}
+    for n, a in amort.items():
+        total = med["shift"]["step"] + a
+        paired = [(s + a) / u - 1 for s, u in zip(rec["shift"]["step"], rec["uniform"]["step"])]
+        derived[f"every_{n}"] = {
+            "total_ms": round(total, 3),
+            "generator_ms": round(gen, 3),
+            "overhead_pct": round(100 * (gen + a) / total, 2),
+            "generator_pct": round(100 * gen / total, 2),
+            "shift_update_pct": round(100 * a / total, 2),
+            "vs_uniform_pct": round(
+                100 * (total - med["uniform"]["step"]) / med["uniform"]["step"], 2
+            ),
+            "vs_uniform_pct_paired_median": round(100 * quantile(paired, 0.5), 2),
+            "trainer_total_ms": round(med["trainer"]["step"] + a, 3),
+            "target_met": (gen + a) / total <= 0.10,
+        }
+    res["derived"] = derived
+    res["mask_overhead_pct"] = round(
+        100 * (med["shift"]["supernet_fwd_bwd"] / med["uniform"]["fwd_bwd"] - 1), 2
+    )
+    print(
+        f"  {space_name:13s} done in {seconds:.0f}s (foreign cpu load {foreign})",
+        file=sys.stderr,
+        flush=True,
+    )
+    del b, tr
+    gc.collect()
+    return res
+
+
+def print_space(r: dict) -> None:
+    t, d = r["times"], r["derived"]
+    s, u, up = t["shift"], t["uniform"], t["update"]
+
+    def line(label, x, extra=""):
+        print(f"  {label:44s} {x['median_ms']:9.2f}  [{x['p20_ms']:.1f}-{x['p80_ms']:.1f}]{extra}")
+
+    d100, d50 = d[f"every_{UPDATE_EVERY}"], d[f"every_{UPDATE_EVERY_MIN}"]
+    am = r["amortised_shift_ms"]
+    print(
+        f"\n{r['space']}  batch {r['batch']}, input {r['input']}, amp {r['amp']}, "
+        f"{len(r['archs_mflops'])} archs (median {r['archs_mflops_median']:.1f} MMACs), "
+        f"foreign cpu load {r['foreign_cpu_load']}"
+    )
+    print(f"  {'part':44s} {'median ms':>9s}  [p20-p80]")
+    line("generator fwd (draw + LSTM + hard + L_RC)", s["gen_fwd"])
+    line("generator bwd (LSTM + L_RC, + its clip)", s["gen_bwd"])
+    line("supernet fwd+bwd (masked ArchSample)", s["supernet_fwd_bwd"])
+    line("optimizer (clip + AdamW + zero_grad + sched)", s["optim"])
+    line("shift step (sum of the 4, per repeat)", s["step"])
+    line("shift update: snapshot w_{t-1}", up["snapshot"])
+    line("shift update: update_shift", up["update_shift"])
+    print(
+        f"  {'shift update amortised /100 | /50':44s} {am[f'every_{UPDATE_EVERY}']:9.2f}"
+        f"  | {am[f'every_{UPDATE_EVERY_MIN}']:.2f}"
+    )
+    print(f"  {'TOTAL shift step (+ amortised /100)':44s} {d100['total_ms']:9.2f}")
+    line("uniform fwd+bwd (ArchConfig, same arch)", u["fwd_bwd"])
+    line("uniform optimizer", u["optim"])
+    line("UNIFORM step", u["step"])
+    line(
+        "Trainer.train_step (check, no update)",
+        t["trainer"]["step"],
+        f"  (+amort/100: {d100['trainer_total_ms']:.1f})",
+    )
+    flag = "ok" if d100["target_met"] else "MISSED"
+    print(
+        f"  overhead (gen + amortised shift) / total: {d100['overhead_pct']:.2f}% "
+        f"(gen {d100['generator_pct']:.2f}% + shift {d100['shift_update_pct']:.2f}%)  "
+        f"target <= 10%: {flag};  at update_every 50: {d50['overhead_pct']:.2f}%"
+    )
+    print(
+        f"  shift vs uniform step: {d100['vs_uniform_pct']:+.2f}% (paired median "
+        f"{d100['vs_uniform_pct_paired_median']:+.2f}%); masks alone (supernet f+b): "
+        f"{r['mask_overhead_pct']:+.2f}%"
+    )
+    c = r["split_check"]
+    print(
+        f"  split check, max |fused - split| grad: supernet {c['supernet_max_abs_diff']:.2e} "
+        f"(max |g| {c['supernet_max_abs_grad']:.2e}), generator {c['generator_max_abs_diff']:.2e} "
+        f"(max |g| {c['generator_max_abs_grad']:.2e});  same arch: {r['same_arch_as_uniform']}"
+    )
+
+
+def print_summary(rows: list[dict]) -> None:
+    hdr = (
+        f"{'space':13s} {'amp':4s} | {'gen f+b':>8s} {'supernet':>9s} {'optim':>7s} "
+        f"{'amort100':>8s} {'total':>9s} | {'uniform':>9s} {'trainer':>9s} | "
+        f"{'ovh% 100':>8s} {'ovh% 50':>7s} {'vs unif%':>8s}"
+    )
+    print("\n" + hdr)
+    print("-" * len(hdr))
+    for r in rows:
+        t, d = r["times"], r["derived"][f"every_{UPDATE_EVERY}"]
+        d50 = r["derived"][f"every_{UPDATE_EVERY_MIN}"]
+        print(
+            f"{r['space']:13s} {r['amp']:4s} | {d['generator_ms']:8.2f} "
+            f"{t['shift']['supernet_fwd_bwd']['median_ms']:9.2f} {t['shift']['optim']['median_ms']:7.2f} "
+            f"{r['amortised_shift_ms'][f'every_{UPDATE_EVERY}']:8.2f} {d['total_ms']:9.2f} | "
+            f"{t['uniform']['step']['median_ms']:9.2f} {t['trainer']['step']['median_ms']:9.2f} | "
+            f"{d['overhead_pct']:8.2f} {d50['overhead_pct']:7.2f} {d['vs_uniform_pct']:+8.2f}"
+        )
+    print(
+        "(ms, medians; ovh% = (generator fwd+bwd + amortised shift update) / shift step total; "
+        "target <= 10%)"
+    )
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--spaces", default=",".join(DEFAULT_SPACES), help="comma-separated space names")
+    p.add_argument(
+        "--amp",
+        choices=("bf16", "off"),
+        default="bf16",
+        help="autocast dtype of the forwards (the trainer's optim.amp; default bf16)",
+    )
+    p.add_argument("--repeats", type=int, default=None, help="timed repeats (>= 10; default 20)")
+    p.add_argument("--warmup", type=int, default=None, help="untimed repeats first (default 5)")
+    # Fixed, as in bench_supernet.py: on a loaded 2-core machine 2 threads can be several times
+    # slower than 1. Compare runs at equal load only (foreign_cpu_load is recorded per space).
+    p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"smoke run: 3 repeats, 1 warm-up, output {QUICK_OUT} unless --out",
+    )
+    p.add_argument("--out", default=None, help=f"JSON output path (default {DEFAULT_OUT})")
+    args = p.parse_args(argv)
+    sys.stdout.reconfigure(line_buffering=True)  # keep the table and the stderr progress in order
+
+    if args.repeats is None:
+        args.repeats = 3 if args.quick else 20
+    if args.warmup is None:
+        args.warmup = 1 if args.quick else 5
+    if args.repeats < (1 if args.quick else 10):
+        p.error(f"--repeats {args.repeats}: need >= 10 for a median (or --quick for a smoke run)")
+    if args.warmup < 0:
+        p.error("--warmup must be >= 0")
+    if args.out is None:
+        args.out = str(QUICK_OUT if args.quick else DEFAULT_OUT)
+    args.spaces = [s for s in args.spaces.split(",") if s]
+
+    import timm
+    import torch
+
+    import shiftnas
+
+    for s in args.spaces:
+        shiftnas.get_space(s)  # fail early on a typo
+    torch.set_num_threads(args.threads)
+    machine_start = machine()
+    rows = [bench_space(s, args) for s in args.spaces]
+
+    result = {
+        "benchmark": "bench/bench_train_step.py",
+        "what": (
+            "one ShiftNAS training step (Trainer.train_step, shift sampler) split into generator "
+            "fwd/bwd, supernet fwd+bwd, optimizer, and the amortised probability-shift update; "
+            "vs. the uniform-sampler step on the same subnets"
+        ),
+        "quick": args.quick,
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        **git_info(),
+        "machine": machine_start,
+        "loadavg_at_end": [round(v, 2) for v in os.getloadavg()],
+        "environment": environment(),
+        "torch": torch.__version__,
+        "timm": timm.__version__,
+        "threads": torch.get_num_threads(),
+        "amp": args.amp,
+        "repeats": args.repeats,
+        "warmup": args.warmup,
+        "settings": {
+            "n_bins": N_BINS,
+            "update_every": UPDATE_EVERY,
+            "update_every_min": UPDATE_EVERY_MIN,
+            "shift_warmup_steps": 0,
+            "total_steps": TOTAL_STEPS,
+            "seed": SEED,
+            "trainer_config": "TrainConfig defaults (lr 1e-3, wd 0.05, label smoothing 0.1, "
+            "grad clip 5, generator hidden 64, lam 1, generator lr 1e-3)",
+            "inputs": "synthetic randn images / randint labels, fixed seed; minival batch = a "
+            "second synthetic batch of the same size",
+        },
+        "method": (
+            "per repeat: a fresh arch (sampler RNG reseeded per repeat; every path starts from "
+            "that state); paths shift (split), uniform, trainer, update run once each, "
+            "interleaved, the starting path rotating; time.perf_counter; median and p20/p80 over "
+            "the repeats after warm-up. Generator backward split off via a leaf copy of the "
+            "one-hots (see the module docstring); checked against the fused backward "
+            "(split_check)."
+        ),
+        "definitions": {
+            "shift.gen_fwd": "sampler.next(step) + sample.hard() + sampler.extra_loss(sample)",
+            "shift.gen_bwd": (
+                "autograd.backward([L_RC, *onehots], [None, *dL/d(onehots) from the supernet]) "
+                "through the LSTM + clip_grad_norm_ of the generator"
+            ),
+            "shift.supernet_fwd_bwd": (
+                "autocast model(x, leaf ArchSample) + label-smoothed CE + backward (weights and "
+                "masks, stopping at the one-hots)"
+            ),
+            "shift.optim": "clip_grad_norm_(supernet) + AdamW step + zero_grad + scheduler step",
+            "shift.step": "per-repeat sum of the four",
+            "uniform": "the same step on sample.hard() (ArchConfig): no generator, masks or L_RC",
+            "trainer.step": (
+                "Trainer.train_step(x, y) unmodified at a non-update step (includes its "
+                "bookkeeping: loss stats, count_flops, bin counts)"
+            ),
+            "update": "ProbabilityShift.snapshot(net) + sampler.update_shift(...) under autocast",
+            "amortised_shift_ms": "median(update.total) / update_every",
+            "derived.total_ms": "median(shift.step) + amortised shift update",
+            "derived.overhead_pct": "(median gen_fwd + median gen_bwd + amortised) / total_ms",
+            "derived.vs_uniform_pct": "(total_ms - median uniform.step) / median uniform.step",
+            "mask_overhead_pct": "median shift.supernet_fwd_bwd / median uniform.fwd_bwd - 1",
+            "same_arch_as_uniform": (
+                "repeats whose regenerated arch equalled the one the uniform path trained "
+                "(trainer: compared by MACs)"
+            ),
+        },
+        "targets": {"overhead_pct": "<= 10 (generator + amortised shift update, per step)"},
+        "results": rows,
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    for r in rows:
+        print_space(r)
+    print_summary(rows)
+    print(f"\nwrote {out}")
+
+
+if __name__ == "__main__":
+    main()
