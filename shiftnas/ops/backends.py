@@ -42,6 +42,7 @@ register(
             "layer_norm": ref.layer_norm,
             "attention": ref.attention,
             "conv2d": ref.conv2d,
+            "dwconv": ref.dwconv,
             "batch_norm": ref.batch_norm,
         },
     )

@@ -124,7 +124,7 @@ class ElasticDWConv2d(nn.Module):
     def forward(self, x: torch.Tensor, kernel: int) -> torch.Tensor:
         c = x.shape[1]
         w = self.active_weight(kernel, c)
-        return dispatch.call("conv2d", x, w, None, c, self.stride, kernel // 2, groups=c)
+        return dispatch.call("dwconv", x, w, None, self.stride, kernel // 2)
 
     def extra_repr(self) -> str:
         return (

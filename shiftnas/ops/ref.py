@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["linear", "layer_norm", "attention", "conv2d", "batch_norm"]
+__all__ = ["linear", "layer_norm", "attention", "conv2d", "dwconv", "batch_norm"]
 
 
 def linear(x, weight, bias, out_features: int, activation: str | None = None):
@@ -46,6 +46,14 @@ def conv2d(x, weight, bias, out_channels: int, stride: int, padding: int, groups
         w = weight[:out_channels]
     b = None if bias is None else bias[:out_channels]
     return F.conv2d(x, w, b, stride, padding, 1, groups)
+
+
+def dwconv(x, weight, bias, stride: int, padding: int):
+    """Depthwise conv of x [B, C, H, W] with the first C channels of `weight` [Cmax, 1, k, k]
+    (already cropped / transformed to the active kernel) and of `bias`."""
+    c = x.shape[1]
+    b = None if bias is None else bias[:c]
+    return F.conv2d(x, weight[:c], b, stride, padding, 1, c)
 
 
 def batch_norm(x, running_mean, running_var, weight, bias, training: bool, momentum: float, eps: float):
