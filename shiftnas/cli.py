@@ -66,9 +66,11 @@ def _cmd_backends(args) -> int:
     from .ops.dispatch import report
 
     dtype = getattr(torch, args.dtype)
-    print(f"{'op':<12} {'backend':<8} why the higher-priority backends were passed over ({args.device}, {args.dtype})")
-    for op, chosen, why in report(args.device, dtype):
-        print(f"{op:<12} {chosen:<8} {why or '-'}")
+    rows = report(args.device, dtype)
+    w = max([len("op")] + [len(op) for op, _, _ in rows])
+    print(f"{'op':<{w}} {'backend':<8} why the higher-priority backends were passed over ({args.device}, {args.dtype})")
+    for op, chosen, why in rows:
+        print(f"{op:<{w}} {chosen:<8} {why or '-'}")
     return 0
 
 

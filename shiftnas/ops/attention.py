@@ -29,8 +29,9 @@ class ElasticAttention(nn.Module):
         # unbind, not qkv[0..2]: indexing makes backward zero-fill and add three full-size
         # qkv gradients (vit-fmnist min step: supernet/exported 1.097 -> 1.029, 1 thread).
         q, k, v = self.qkv(x, 3 * heads * d).view(B, N, heads, 3, d).permute(3, 0, 2, 1, 4).unbind(0)
-        o = dispatch.call("attention", q, k, v)  # [B, heads, N, d]
-        if head_mask is not None:
-            o = o * head_mask.view(1, heads, 1, 1).to(o.dtype)
+        if head_mask is None:
+            o = dispatch.call("attention", q, k, v)  # [B, heads, N, d]
+        else:  # the mask multiply fused into the kernel where a backend has one
+            o = dispatch.call("attention_masked", q, k, v, head_mask)
         o = o.transpose(1, 2).reshape(B, N, heads * d)
         return self.proj(o, E)

@@ -1,8 +1,13 @@
-"""Registers the backends with the dispatcher: ref (always), cpu and cuda (`shiftnas._C`).
+"""Registers the backends with the dispatcher: ref (always), cpu and cuda (`shiftnas._C`),
+triton (`shiftnas.kernels`, CUDA tensors; CPU tensors only when forced under TRITON_INTERPRET=1).
 
-The triton backend is added by the kernels issue; until then `shiftnas backends` says so.
+Kernel modules are imported on first use, so `import shiftnas` stays light.
 """
 from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
 
 import torch
 
@@ -27,8 +32,40 @@ def _cuda_reason() -> str | None:
     return None
 
 
+def _interpret() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "on", "yes")
+
+
 def _triton_reason() -> str | None:
-    return "no Triton kernels are registered yet"
+    if importlib.util.find_spec("triton") is None:
+        return "triton is not installed"
+    if not _interpret() and not torch.cuda.is_available():
+        return "triton needs a CUDA GPU (or TRITON_INTERPRET=1 to run its interpreter on CPU)"
+    return None
+
+
+def _kernel(module: str, name: str):
+    """A function of shiftnas.kernels.<module>, imported at its first call."""
+    fn = None
+
+    def call(*args, **kwargs):
+        nonlocal fn
+        if fn is None:
+            fn = getattr(importlib.import_module(f"shiftnas.kernels.{module}"), name)
+        return fn(*args, **kwargs)
+
+    call.__name__ = f"{module}.{name}"
+    return call
+
+
+_t_dwconv = _kernel("dwconv", "elastic_dwconv")
+
+
+def _triton_dwconv(x, weight, bias, stride: int, padding: int):
+    k = weight.shape[-1]
+    if padding != k // 2:
+        raise ValueError(f"triton dwconv pads k // 2 = {k // 2}; got padding={padding}")
+    return _t_dwconv(x, weight, bias, stride)
 
 
 register(
@@ -39,8 +76,10 @@ register(
         available=lambda: None,
         ops={
             "linear": ref.linear,
+            "mlp": ref.mlp,
             "layer_norm": ref.layer_norm,
             "attention": ref.attention,
+            "attention_masked": ref.attention_masked,
             "conv2d": ref.conv2d,
             "dwconv": ref.dwconv,
             "batch_norm": ref.batch_norm,
@@ -49,4 +88,20 @@ register(
 )
 register(Backend("cpu", devices=("cpu",), dtypes=_FLOATS, available=_ext_reason, ops={"layer_norm": layer_norm_cpu}))
 register(Backend("cuda", devices=("cuda",), dtypes=_FLOATS, available=_cuda_reason, ops={"layer_norm": layer_norm_cuda}))
-register(Backend("triton", devices=("cuda",), dtypes=_FLOATS, available=_triton_reason, ops={}))
+register(
+    Backend(
+        "triton",
+        devices=("cuda", "cpu") if _interpret() else ("cuda",),
+        auto_devices=("cuda",),
+        dtypes=(torch.float32, torch.float16, torch.bfloat16),
+        available=_triton_reason,
+        ops={
+            "linear": _kernel("linear", "linear"),
+            "mlp": _kernel("mlp", "mlp"),
+            "layer_norm": _kernel("layer_norm", "layer_norm"),
+            "attention": _kernel("attention", "elastic_attention"),
+            "attention_masked": _kernel("attention", "elastic_attention_masked"),
+            "dwconv": _triton_dwconv,
+        },
+    )
+)

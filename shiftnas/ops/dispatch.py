@@ -32,8 +32,11 @@ class Backend:
     dtypes: tuple[torch.dtype, ...]
     available: Callable[[], str | None]  # None when usable, else why not (e.g. "_C not built")
     ops: dict[str, Callable] = field(default_factory=dict)
+    # Devices where the backend is chosen automatically; None = all of `devices`. (Triton runs
+    # CPU tensors only in its interpreter: allowed when forced, never picked by itself.)
+    auto_devices: tuple[str, ...] | None = None
 
-    def reasons(self, op: str, device: torch.device, dtype: torch.dtype) -> list[str]:
+    def reasons(self, op: str, device: torch.device, dtype: torch.dtype, forced: bool = False) -> list[str]:
         out = []
         if op not in self.ops:
             out.append(f"{self.name} does not implement {op}")
@@ -43,6 +46,11 @@ class Backend:
             out.append(why)
         if device.type not in self.devices:
             out.append(f"{self.name} runs on {list(self.devices)} tensors, got {device.type}")
+        elif not forced and self.auto_devices is not None and device.type not in self.auto_devices:
+            out.append(
+                f"{self.name} is chosen automatically only for {list(self.auto_devices)} tensors "
+                f"(SHIFTNAS_BACKEND={self.name} forces it on {device.type})"
+            )
         if dtype not in self.dtypes:
             out.append(f"{self.name} supports {[str(d) for d in self.dtypes]}, got {dtype}")
         return out
@@ -90,7 +98,7 @@ def select(op: str, device: torch.device, dtype: torch.dtype) -> tuple[str, Call
     _ensure_registered()
     forced = _forced()
     if forced is not None and forced in _BACKENDS and op in _BACKENDS[forced].ops:
-        why = _BACKENDS[forced].reasons(op, device, dtype)
+        why = _BACKENDS[forced].reasons(op, device, dtype, forced=True)
         if why:
             raise RuntimeError(f"SHIFTNAS_BACKEND={forced} cannot run {op}: " + "; ".join(why))
         choice = (forced, _BACKENDS[forced].ops[op])

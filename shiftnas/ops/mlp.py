@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from . import dispatch
 from .linear import ElasticLinear
 
 __all__ = ["ElasticMLP"]
@@ -17,7 +18,5 @@ class ElasticMLP(nn.Module):
 
     def forward(self, x: torch.Tensor, hidden: int, hidden_mask: torch.Tensor | None = None) -> torch.Tensor:
         """x[..., E] -> [..., E]; `hidden_mask` (width `hidden`) multiplies the GELU output."""
-        h = self.fc1(x, hidden, activation="gelu")
-        if hidden_mask is not None:
-            h = h * hidden_mask
-        return self.fc2(h, x.shape[-1])
+        f1, f2 = self.fc1, self.fc2
+        return dispatch.call("mlp", x, f1.weight, f1.bias, f2.weight, f2.bias, hidden, hidden_mask)

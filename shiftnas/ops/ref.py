@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["linear", "layer_norm", "attention", "conv2d", "dwconv", "batch_norm"]
+__all__ = ["linear", "mlp", "layer_norm", "attention", "attention_masked", "conv2d", "dwconv", "batch_norm"]
 
 
 def linear(x, weight, bias, out_features: int, activation: str | None = None):
@@ -22,6 +22,14 @@ def linear(x, weight, bias, out_features: int, activation: str | None = None):
     return y
 
 
+def mlp(x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, hidden: int, hidden_mask=None):
+    """fc2(GELU(fc1(x)) * hidden_mask) over `hidden` active hidden channels; output width x's."""
+    h = linear(x, fc1_weight, fc1_bias, hidden, "gelu")
+    if hidden_mask is not None:
+        h = h * hidden_mask.to(h.dtype)
+    return linear(h, fc2_weight, fc2_bias, x.shape[-1])
+
+
 def layer_norm(x, weight, bias, active: int, eps: float):
     """LayerNorm over the first `active` channels of x (x may be wider); output width `active`."""
     if x.shape[-1] != active:
@@ -32,6 +40,12 @@ def layer_norm(x, weight, bias, active: int, eps: float):
 def attention(q, k, v):
     """softmax(q k^T / sqrt(d)) v over [B, heads, N, d] tensors (fused SDPA)."""
     return F.scaled_dot_product_attention(q, k, v)
+
+
+def attention_masked(q, k, v, head_mask):
+    """attention(q, k, v) with head h's output times head_mask[h] (the generator's head mask)."""
+    o = attention(q, k, v)
+    return o * head_mask[: q.shape[1]].view(1, -1, 1, 1).to(o.dtype)
 
 
 def conv2d(x, weight, bias, out_channels: int, stride: int, padding: int, groups: int = 1):

@@ -1,0 +1,571 @@
+"""Flash-style elastic attention in Triton: forward and backward (FlashAttention-2).
+
+softmax(q k^T / sqrt(d)) v over [B, H, N, d] tensors, H = the active heads (a prefix the caller
+slices), d in {32, 64}, any N (the tail block is masked). Online softmax with fp32 accumulation;
+the N x N score matrix only ever lives in registers, one BLOCK_M x BLOCK_N tile at a time. The
+forward saves the row logsumexp (in log2 units) so the backward recomputes P tile by tile.
+
+The masked variant multiplies head h's output by head_mask[h] inside the kernel and can take the
+active head count as a *device* tensor (programs for heads >= num_heads write zeros and do no
+work; nothing syncs with the host). Its backward also returns d(head_mask)[h] =
+sum over (B, N, d) of dO * O_unmasked, zero for heads that were not computed.
+
+Layering (Triton tutorial 06-fused-attention): `@triton.jit` kernels -> launchers (checks,
+allocation, grid) -> custom ops `shiftnas::elastic_attention` / `..._backward` (+ fake impls,
+so torch.compile traces them) -> `ElasticAttentionFunction` (autograd; also registered as the
+op's autograd formula) -> `elastic_attention`, `elastic_attention_masked`; `attention_ref` is
+the pure-PyTorch definition they must match.
+
+References: Dao, "FlashAttention-2" (arXiv:2307.08691), Algorithms 1 and 2; Triton tutorial
+06-fused-attention.
+"""
+import math
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+import triton
+import triton.language as tl
+
+__all__ = [
+    "DTYPES",
+    "HEAD_DIMS",
+    "ElasticAttentionFunction",
+    "attention_ref",
+    "elastic_attention",
+    "elastic_attention_masked",
+]
+
+HEAD_DIMS = (32, 64)
+DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+_LOG2E = 1.4426950408889634  # scores are scaled by log2(e) so the kernels use exp2
+# One tile shape for every kernel: N is 50 or 197 in the search spaces, so bigger tiles only
+# add masked rows; 64 x 64 also keeps the interpreter's per-tile Python overhead low.
+_BLOCK_M = 64
+_BLOCK_N = 64
+_NUM_WARPS = 4
+_NUM_STAGES = 2
+
+
+# --------------------------------------------------------------------------------------------
+# Kernels. Program grid: (row or column tile, b * H + h). Offsets of a (b, h) slice are int64:
+# B * H * N * d passes 2**31 at ViT sizes with large batches.
+# --------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _tile(base, rows, cols, stride_r, stride_c):
+    """Pointers of the tile base[rows, cols] (pass (offs_d, cols) for a transposed tile)."""
+    return base + rows[:, None] * stride_r + cols[None, :] * stride_c
+
+
+@triton.jit
+def _attn_fwd(
+    Q, K, V, O, O_RAW, LSE2, HEAD_MASK, NUM_HEADS,
+    stride_qb, stride_qh, stride_qn, stride_qd,
+    stride_kb, stride_kh, stride_kn, stride_kd,
+    stride_vb, stride_vh, stride_vn, stride_vd,
+    stride_ob, stride_oh, stride_on, stride_od,
+    stride_rb, stride_rh, stride_rn, stride_rd,
+    stride_mask,
+    H, N, qk_scale,
+    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    HAS_MASK: tl.constexpr, HAS_NUM_HEADS: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = (pid_bh // H).to(tl.int64)
+    h = (pid_bh % H).to(tl.int64)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, HEAD_DIM)
+    row_ok = offs_m < N
+    k_base = K + b * stride_kb + h * stride_kh
+    v_base = V + b * stride_vb + h * stride_vh
+
+    q = tl.load(_tile(Q + b * stride_qb + h * stride_qh, offs_m, offs_d, stride_qn, stride_qd),
+                mask=row_ok[:, None], other=0.0)
+
+    # A head past the device-side head count runs zero iterations: its output is 0 (l_i = 0).
+    n_end = N
+    if HAS_NUM_HEADS:
+        n_end = tl.where(h < tl.load(NUM_HEADS), N, 0)
+
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+    for start_n in range(0, n_end, BLOCK_N):
+        cols = start_n + offs_n
+        col_ok = cols < N
+        kt_ptrs = _tile(k_base, offs_d, cols, stride_kd, stride_kn)
+        kt = tl.load(kt_ptrs, mask=col_ok[None, :], other=0.0)
+        s = tl.dot(q, kt, input_precision=DOT_PRECISION) * qk_scale
+        s = tl.where(col_ok[None, :], s, float("-inf"))
+        # Every tile holds >= 1 valid column, so m_new is finite and alpha = 0 on the first tile.
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        p = tl.exp2(s - m_new[:, None])
+        alpha = tl.exp2(m_i - m_new)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        v_ptrs = _tile(v_base, cols, offs_d, stride_vn, stride_vd)
+        v = tl.load(v_ptrs, mask=col_ok[:, None], other=0.0)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
+        m_i = m_new
+
+    l_safe = tl.where(l_i > 0.0, l_i, 1.0)
+    out = acc / l_safe[:, None]
+    tl.store(LSE2 + pid_bh.to(tl.int64) * N + offs_m, m_i + tl.log2(l_safe), mask=row_ok)
+    if HAS_MASK:
+        # The backward needs the unmasked output (delta and d(head_mask)), also where the mask
+        # is 0, so it is stored beside the masked one.
+        r_ptrs = _tile(O_RAW + b * stride_rb + h * stride_rh, offs_m, offs_d, stride_rn, stride_rd)
+        tl.store(r_ptrs, out.to(O_RAW.dtype.element_ty), mask=row_ok[:, None])
+        out = out * tl.load(HEAD_MASK + h * stride_mask).to(tl.float32)
+    o_ptrs = _tile(O + b * stride_ob + h * stride_oh, offs_m, offs_d, stride_on, stride_od)
+    tl.store(o_ptrs, out.to(O.dtype.element_ty), mask=row_ok[:, None])
+
+
+@triton.jit
+def _attn_bwd_preprocess(
+    O, DO, DELTA,
+    stride_ob, stride_oh, stride_on, stride_od,
+    stride_gb, stride_gh, stride_gn, stride_gd,
+    H, N,
+    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
+):
+    """delta = rowsum(dO * O) with the *unmasked* O and dO (the mask is applied later)."""
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = (pid_bh // H).to(tl.int64)
+    h = (pid_bh % H).to(tl.int64)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, HEAD_DIM)
+    row_ok = offs_m < N
+    o = tl.load(_tile(O + b * stride_ob + h * stride_oh, offs_m, offs_d, stride_on, stride_od),
+                mask=row_ok[:, None], other=0.0).to(tl.float32)
+    do = tl.load(_tile(DO + b * stride_gb + h * stride_gh, offs_m, offs_d, stride_gn, stride_gd),
+                 mask=row_ok[:, None], other=0.0).to(tl.float32)
+    tl.store(DELTA + pid_bh.to(tl.int64) * N + offs_m, tl.sum(o * do, 1), mask=row_ok)
+
+
+@triton.jit
+def _work_end(N, h, HEAD_MASK, NUM_HEADS, stride_mask,
+              HAS_MASK: tl.constexpr, HAS_NUM_HEADS: tl.constexpr):
+    """Loop bound of a backward program: 0 for heads past num_heads or with mask 0 (zero grads)."""
+    end = N
+    if HAS_NUM_HEADS:
+        end = tl.where(h < tl.load(NUM_HEADS), end, 0)
+    if HAS_MASK:
+        end = tl.where(tl.load(HEAD_MASK + h * stride_mask) != 0.0, end, 0)
+    return end
+
+
+@triton.jit
+def _attn_bwd_dkdv(
+    Q, K, V, DO, LSE2, DELTA, DK, DV, HEAD_MASK, NUM_HEADS,
+    stride_qb, stride_qh, stride_qn, stride_qd,
+    stride_kb, stride_kh, stride_kn, stride_kd,
+    stride_vb, stride_vh, stride_vn, stride_vd,
+    stride_gb, stride_gh, stride_gn, stride_gd,
+    stride_dkb, stride_dkh, stride_dkn, stride_dkd,
+    stride_dvb, stride_dvh, stride_dvn, stride_dvd,
+    stride_mask,
+    H, N, sm_scale, qk_scale,
+    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    HAS_MASK: tl.constexpr, HAS_NUM_HEADS: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """One key tile per program, looping over all query tiles: dV = P^T dO, dK = scale dS^T Q.
+
+    Works in the transposed frame (rows = keys) so P^T and dS^T come out of the dots directly.
+    Computed with the unmasked dO, then scaled by head_mask[h] once at the end.
+    """
+    pid_n = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = (pid_bh // H).to(tl.int64)
+    h = (pid_bh % H).to(tl.int64)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_m = tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, HEAD_DIM)
+    col_ok = offs_n < N
+    q_base = Q + b * stride_qb + h * stride_qh
+    do_base = DO + b * stride_gb + h * stride_gh
+    row_base = pid_bh.to(tl.int64) * N
+
+    k = tl.load(_tile(K + b * stride_kb + h * stride_kh, offs_n, offs_d, stride_kn, stride_kd),
+                mask=col_ok[:, None], other=0.0)
+    v = tl.load(_tile(V + b * stride_vb + h * stride_vh, offs_n, offs_d, stride_vn, stride_vd),
+                mask=col_ok[:, None], other=0.0)
+    dk = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
+    dv = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
+    m_end = _work_end(N, h, HEAD_MASK, NUM_HEADS, stride_mask, HAS_MASK, HAS_NUM_HEADS)
+    for start_m in range(0, m_end, BLOCK_M):
+        rows = start_m + offs_m
+        row_ok = rows < N
+        qt_ptrs = _tile(q_base, offs_d, rows, stride_qd, stride_qn)
+        qt = tl.load(qt_ptrs, mask=row_ok[None, :], other=0.0)
+        # Padding rows get lse = +inf, hence P = 0: they add nothing to dK or dV.
+        lse2 = tl.load(LSE2 + row_base + rows, mask=row_ok, other=float("inf"))
+        pt = tl.exp2(tl.dot(k, qt, input_precision=DOT_PRECISION) * qk_scale - lse2[None, :])
+        do_ptrs = _tile(do_base, rows, offs_d, stride_gn, stride_gd)
+        do = tl.load(do_ptrs, mask=row_ok[:, None], other=0.0)
+        dv += tl.dot(pt.to(do.dtype), do, input_precision=DOT_PRECISION)
+        delta = tl.load(DELTA + row_base + rows, mask=row_ok, other=0.0)
+        dpt = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)
+        dst = pt * (dpt - delta[None, :])
+        dk += tl.dot(dst.to(qt.dtype), tl.trans(qt), input_precision=DOT_PRECISION)
+
+    dk *= sm_scale
+    if HAS_MASK:
+        m_h = tl.load(HEAD_MASK + h * stride_mask).to(tl.float32)
+        dk *= m_h
+        dv *= m_h
+    dk_ptrs = _tile(DK + b * stride_dkb + h * stride_dkh, offs_n, offs_d, stride_dkn, stride_dkd)
+    tl.store(dk_ptrs, dk.to(DK.dtype.element_ty), mask=col_ok[:, None])
+    dv_ptrs = _tile(DV + b * stride_dvb + h * stride_dvh, offs_n, offs_d, stride_dvn, stride_dvd)
+    tl.store(dv_ptrs, dv.to(DV.dtype.element_ty), mask=col_ok[:, None])
+
+
+@triton.jit
+def _attn_bwd_dq(
+    Q, K, V, DO, LSE2, DELTA, DQ, HEAD_MASK, NUM_HEADS,
+    stride_qb, stride_qh, stride_qn, stride_qd,
+    stride_kb, stride_kh, stride_kn, stride_kd,
+    stride_vb, stride_vh, stride_vn, stride_vd,
+    stride_gb, stride_gh, stride_gn, stride_gd,
+    stride_dqb, stride_dqh, stride_dqn, stride_dqd,
+    stride_mask,
+    H, N, sm_scale, qk_scale,
+    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    HAS_MASK: tl.constexpr, HAS_NUM_HEADS: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """One query tile per program, looping over all key tiles: dQ = scale dS K."""
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = (pid_bh // H).to(tl.int64)
+    h = (pid_bh % H).to(tl.int64)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, HEAD_DIM)
+    row_ok = offs_m < N
+    row_base = pid_bh.to(tl.int64) * N
+    k_base = K + b * stride_kb + h * stride_kh
+    v_base = V + b * stride_vb + h * stride_vh
+
+    q = tl.load(_tile(Q + b * stride_qb + h * stride_qh, offs_m, offs_d, stride_qn, stride_qd),
+                mask=row_ok[:, None], other=0.0)
+    do = tl.load(_tile(DO + b * stride_gb + h * stride_gh, offs_m, offs_d, stride_gn, stride_gd),
+                 mask=row_ok[:, None], other=0.0)
+    lse2 = tl.load(LSE2 + row_base + offs_m, mask=row_ok, other=0.0)
+    delta = tl.load(DELTA + row_base + offs_m, mask=row_ok, other=0.0)
+    dq = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+    n_end = _work_end(N, h, HEAD_MASK, NUM_HEADS, stride_mask, HAS_MASK, HAS_NUM_HEADS)
+    for start_n in range(0, n_end, BLOCK_N):
+        cols = start_n + offs_n
+        col_ok = cols < N
+        # Padding columns load as 0 (not undefined) so that 0 * padding stays 0, never NaN.
+        kt_ptrs = _tile(k_base, offs_d, cols, stride_kd, stride_kn)
+        kt = tl.load(kt_ptrs, mask=col_ok[None, :], other=0.0)
+        vt_ptrs = _tile(v_base, offs_d, cols, stride_vd, stride_vn)
+        vt = tl.load(vt_ptrs, mask=col_ok[None, :], other=0.0)
+        s = tl.dot(q, kt, input_precision=DOT_PRECISION) * qk_scale
+        p = tl.where(col_ok[None, :], tl.exp2(s - lse2[:, None]), 0.0)
+        dp = tl.dot(do, vt, input_precision=DOT_PRECISION)
+        ds = p * (dp - delta[:, None])
+        dq += tl.dot(ds.to(kt.dtype), tl.trans(kt), input_precision=DOT_PRECISION)
+
+    dq *= sm_scale
+    if HAS_MASK:
+        dq *= tl.load(HEAD_MASK + h * stride_mask).to(tl.float32)
+    dq_ptrs = _tile(DQ + b * stride_dqb + h * stride_dqh, offs_m, offs_d, stride_dqn, stride_dqd)
+    tl.store(dq_ptrs, dq.to(DQ.dtype.element_ty), mask=row_ok[:, None])
+
+
+# --------------------------------------------------------------------------------------------
+# Launchers: checks, allocation, grid.
+# --------------------------------------------------------------------------------------------
+
+
+def _interpreted() -> bool:
+    """True when triton.jit gave interpreter functions (TRITON_INTERPRET=1 at import)."""
+    return not isinstance(_attn_fwd, triton.runtime.JITFunction)
+
+
+def _describe(t) -> str:
+    if isinstance(t, torch.Tensor):
+        return f"shape {tuple(t.shape)}, {t.dtype}, on {t.device}"
+    return type(t).__name__
+
+
+def _check_inputs(q, k, v, head_mask=None, num_heads=None) -> None:
+    """ValueError naming the bad argument, the allowed values and what to do.
+
+    Always ValueError, also for a wrong type, so callers catch one exception type.
+    """
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, torch.Tensor) or t.dim() != 4:
+            raise ValueError(f"{name} must be 4-D [B, heads, N, head_dim], got {_describe(t)}")
+    for name, t in (("k", k), ("v", v)):
+        if t.shape != q.shape:
+            raise ValueError(
+                f"{name} shape {tuple(t.shape)} != q shape {tuple(q.shape)}; "
+                "self-attention needs equal shapes"
+            )
+    if q.dtype not in DTYPES:
+        raise ValueError(f"q dtype {q.dtype} unsupported; allowed: {[str(d) for d in DTYPES]}")
+    for name, t in (("k", k), ("v", v)):
+        if t.dtype != q.dtype:
+            raise ValueError(f"{name} dtype {t.dtype} != q dtype {q.dtype}; use one dtype")
+    if q.dtype == torch.bfloat16 and _interpreted():
+        raise ValueError(
+            "q dtype torch.bfloat16 unsupported in the Triton interpreter (its tl.dot gives wrong "
+            "bf16 results); use float16/float32 or CUDA tensors"
+        )
+    if q.shape[-1] not in HEAD_DIMS:
+        raise ValueError(
+            f"head_dim d={q.shape[-1]} unsupported; allowed: {list(HEAD_DIMS)} (use ref instead)"
+        )
+    for name, t in (("k", k), ("v", v)):
+        if t.device != q.device:
+            raise ValueError(f"{name} is on {t.device} but q is on {q.device}; use one device")
+    if q.device.type not in ("cuda", "meta") and not _interpreted():
+        raise ValueError(
+            f"q is on {q.device}: the Triton kernels need CUDA tensors "
+            "(or TRITON_INTERPRET=1 set before import to run them in the interpreter)"
+        )
+    H = q.shape[1]
+    if head_mask is not None:
+        hm = head_mask
+        if not isinstance(hm, torch.Tensor) or hm.dim() != 1 or not hm.is_floating_point():
+            raise ValueError(f"head_mask must be a 1-D float tensor [>= {H}], got {_describe(hm)}")
+        if hm.shape[0] < H:
+            raise ValueError(f"head_mask has {hm.shape[0]} entries, fewer than the {H} heads of q")
+        if head_mask.device != q.device:
+            raise ValueError(f"head_mask is on {head_mask.device} but q is on {q.device}")
+    if num_heads is not None:
+        if (
+            not isinstance(num_heads, torch.Tensor)
+            or num_heads.numel() != 1
+            or num_heads.is_floating_point()
+            or num_heads.dtype == torch.bool
+        ):
+            raise ValueError(
+                "num_heads must be a one-element integer device tensor (no host sync), "
+                f"got {_describe(num_heads)}"
+            )
+        if num_heads.device != q.device:
+            raise ValueError(f"num_heads is on {num_heads.device} but q is on {q.device}")
+        if head_mask is None:
+            raise ValueError("num_heads needs head_mask (pass a mask of ones)")
+
+
+def _empty_bhnd(like: torch.Tensor) -> torch.Tensor:
+    """[B, H, N, d] laid out as [B, N, H, d]: the caller's o.transpose(1, 2).reshape(B, N, H*d)
+    is then a view, not a copy; the gradients get the layout of the head-major qkv they feed."""
+    B, H, N, d = like.shape
+    return like.new_empty((B, N, H, d)).transpose(1, 2)
+
+
+def _dot_precision(dtype: torch.dtype) -> str:
+    # fp32 inputs: full-precision dots; tf32 would put 1e-3 errors into an fp32 op.
+    return "ieee" if dtype == torch.float32 else "tf32"
+
+
+def _forward(q, k, v, head_mask, num_heads):
+    """(o, o_raw, lse2): o_raw (unmasked output) is empty without head_mask; lse2 [B, H, N] fp32."""
+    _check_inputs(q, k, v, head_mask, num_heads)
+    B, H, N, d = q.shape
+    o = _empty_bhnd(q)
+    o_raw = _empty_bhnd(q) if head_mask is not None else q.new_empty(0)
+    lse2 = q.new_empty((B, H, N), dtype=torch.float32)
+    if q.numel() == 0:
+        return o, o_raw, lse2
+    has_mask, has_nh = head_mask is not None, num_heads is not None
+    r = o_raw if has_mask else o
+    grid = (triton.cdiv(N, _BLOCK_M), B * H)
+    _attn_fwd[grid](
+        q, k, v, o, r, lse2, head_mask if has_mask else lse2, num_heads if has_nh else lse2,
+        *q.stride(), *k.stride(), *v.stride(), *o.stride(), *r.stride(),
+        head_mask.stride(0) if has_mask else 0,
+        H, N, _LOG2E / math.sqrt(d),
+        HEAD_DIM=d, BLOCK_M=_BLOCK_M, BLOCK_N=_BLOCK_N,
+        HAS_MASK=has_mask, HAS_NUM_HEADS=has_nh, DOT_PRECISION=_dot_precision(q.dtype),
+        num_warps=_NUM_WARPS, num_stages=_NUM_STAGES,
+    )
+    return o, o_raw, lse2
+
+
+def _backward(grad_o, q, k, v, o_raw, lse2, head_mask, num_heads):
+    """(dq, dk, dv, d_head_mask); d_head_mask is empty without head_mask."""
+    B, H, N, d = q.shape
+    if grad_o.shape != q.shape:
+        raise ValueError(f"grad_o shape {tuple(grad_o.shape)} != q shape {tuple(q.shape)}")
+    grad_o = grad_o.to(q.dtype)
+    dq, dk, dv = _empty_bhnd(q), _empty_bhnd(q), _empty_bhnd(q)
+    has_mask, has_nh = head_mask is not None, num_heads is not None
+    if q.numel() == 0:
+        dmask = torch.zeros_like(head_mask) if has_mask else q.new_empty(0)
+        return dq, dk, dv, dmask
+    delta = q.new_empty((B, H, N), dtype=torch.float32)
+    _attn_bwd_preprocess[(triton.cdiv(N, _BLOCK_M), B * H)](
+        o_raw, grad_o, delta, *o_raw.stride(), *grad_o.stride(), H, N,
+        HEAD_DIM=d, BLOCK_M=_BLOCK_M, num_warps=_NUM_WARPS,
+    )
+    mask_arg = head_mask if has_mask else delta
+    nh_arg = num_heads if has_nh else delta
+    stride_mask = head_mask.stride(0) if has_mask else 0
+    sm_scale = 1.0 / math.sqrt(d)
+    meta = {
+        "HEAD_DIM": d, "BLOCK_M": _BLOCK_M, "BLOCK_N": _BLOCK_N, "HAS_MASK": has_mask,
+        "HAS_NUM_HEADS": has_nh, "DOT_PRECISION": _dot_precision(q.dtype),
+        "num_warps": _NUM_WARPS, "num_stages": _NUM_STAGES,
+    }
+    # Separate dK/dV and dQ passes: each program owns its output tile, so no atomics and the
+    # result is deterministic, at the price of computing P twice.
+    _attn_bwd_dkdv[(triton.cdiv(N, _BLOCK_N), B * H)](
+        q, k, v, grad_o, lse2, delta, dk, dv, mask_arg, nh_arg,
+        *q.stride(), *k.stride(), *v.stride(), *grad_o.stride(), *dk.stride(), *dv.stride(),
+        stride_mask,
+        H, N, sm_scale, sm_scale * _LOG2E, **meta,
+    )
+    _attn_bwd_dq[(triton.cdiv(N, _BLOCK_M), B * H)](
+        q, k, v, grad_o, lse2, delta, dq, mask_arg, nh_arg,
+        *q.stride(), *k.stride(), *v.stride(), *grad_o.stride(), *dq.stride(), stride_mask,
+        H, N, sm_scale, sm_scale * _LOG2E, **meta,
+    )
+    if has_mask:
+        # d(head_mask)[h] = sum dO * O_raw = sum over (B, N) of delta; heads past num_heads
+        # have O_raw = 0, hence 0. A [B, H, N] reduction: negligible next to the kernels.
+        dmask = torch.zeros(head_mask.shape, dtype=torch.float32, device=q.device)
+        dmask[:H] = delta.sum(dim=(0, 2))
+        dmask = dmask.to(head_mask.dtype)
+    else:
+        dmask = q.new_empty(0)
+    return dq, dk, dv, dmask
+
+
+# --------------------------------------------------------------------------------------------
+# Custom ops (opaque to torch.compile, traced through their fake impls) and autograd.
+# --------------------------------------------------------------------------------------------
+
+
+@torch.library.custom_op("shiftnas::elastic_attention", mutates_args=())
+def _attention_op(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    head_mask: Optional[torch.Tensor] = None,  # noqa: UP045 (schema inference)
+    num_heads: Optional[torch.Tensor] = None,  # noqa: UP045 (schema inference)
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(o, o_raw, lse2); o_raw is empty unless head_mask is given. Public: elastic_attention*."""
+    return _forward(q, k, v, head_mask, num_heads)
+
+
+@_attention_op.register_fake
+def _(q, k, v, head_mask=None, num_heads=None):
+    _check_inputs(q, k, v, head_mask, num_heads)
+    B, H, N, _ = q.shape
+    o_raw = _empty_bhnd(q) if head_mask is not None else q.new_empty(0)
+    return _empty_bhnd(q), o_raw, q.new_empty((B, H, N), dtype=torch.float32)
+
+
+@torch.library.custom_op("shiftnas::elastic_attention_backward", mutates_args=())
+def _attention_backward_op(
+    grad_o: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    o_raw: torch.Tensor,
+    lse2: torch.Tensor,
+    head_mask: Optional[torch.Tensor] = None,  # noqa: UP045 (schema inference)
+    num_heads: Optional[torch.Tensor] = None,  # noqa: UP045 (schema inference)
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dq, dk, dv, d_head_mask); d_head_mask is empty unless head_mask is given."""
+    return _backward(grad_o, q, k, v, o_raw, lse2, head_mask, num_heads)
+
+
+@_attention_backward_op.register_fake
+def _(grad_o, q, k, v, o_raw, lse2, head_mask=None, num_heads=None):
+    dmask = head_mask.new_empty(head_mask.shape) if head_mask is not None else q.new_empty(0)
+    return _empty_bhnd(q), _empty_bhnd(q), _empty_bhnd(q), dmask
+
+
+class ElasticAttentionFunction(torch.autograd.Function):
+    """Autograd of (q, k, v, head_mask, num_heads) -> (o, o_raw, lse2); only o is differentiable.
+
+    `setup_context` and `backward` are also registered as the custom op's autograd formula, so
+    `torch.ops.shiftnas.elastic_attention` is differentiable when called directly.
+    """
+
+    @staticmethod
+    def forward(q, k, v, head_mask, num_heads):
+        return torch.ops.shiftnas.elastic_attention(q, k, v, head_mask, num_heads)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        q, k, v, head_mask, num_heads = inputs
+        o, o_raw, lse2 = output
+        # Without a mask the output itself is the unmasked output the backward needs.
+        o_unmasked = o if head_mask is None else o_raw
+        ctx.save_for_backward(q, k, v, o_unmasked, lse2, head_mask, num_heads)
+        ctx.mark_non_differentiable(o_raw, lse2)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_o, _grad_o_raw, _grad_lse2):
+        q, k, v, o_raw, lse2, head_mask, num_heads = ctx.saved_tensors
+        dq, dk, dv, dmask = torch.ops.shiftnas.elastic_attention_backward(
+            grad_o, q, k, v, o_raw, lse2, head_mask, num_heads
+        )
+        return dq, dk, dv, (dmask if head_mask is not None else None), None
+
+
+torch.library.register_autograd(
+    "shiftnas::elastic_attention",
+    ElasticAttentionFunction.backward,
+    setup_context=ElasticAttentionFunction.setup_context,
+)
+
+
+# --------------------------------------------------------------------------------------------
+# Public functions and the reference.
+# --------------------------------------------------------------------------------------------
+
+
+def elastic_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d)) v for q, k, v [B, heads, N, d], d in {32, 64}."""
+    return ElasticAttentionFunction.apply(q, k, v, None, None)[0]
+
+
+def elastic_attention_masked(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    head_mask: torch.Tensor,
+    num_heads: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """attention(q, k, v) * head_mask[h] per head; heads >= num_heads (a device int tensor) are 0.
+
+    head_mask [H_max >= heads] gets the gradient sum over (B, N, d) of dO * O_unmasked.
+    """
+    if num_heads is not None and not isinstance(num_heads, torch.Tensor):
+        # A Python int would fail in the op's schema check with a less helpful message.
+        _check_inputs(q, k, v, head_mask, num_heads)  # raises the ValueError
+    return ElasticAttentionFunction.apply(q, k, v, head_mask, num_heads)[0]
+
+
+def attention_ref(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    head_mask: torch.Tensor | None = None,
+    num_heads: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The definition: SDPA (as ops.ref.attention) * head_mask[:H]; heads >= num_heads give 0."""
+    o = F.scaled_dot_product_attention(q, k, v)
+    H = q.shape[1]
+    if num_heads is not None:
+        keep = torch.arange(H, device=q.device) < num_heads.reshape(())
+        o = o * keep.view(1, H, 1, 1).to(o.dtype)
+    if head_mask is not None:
+        o = o * head_mask[:H].view(1, H, 1, 1).to(o.dtype)
+    return o
