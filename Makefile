@@ -24,7 +24,7 @@ ifneq ($(CUDA_HOME),)
 export CUDA_HOME
 endif
 
-.PHONY: install test demo bench bench-ln clean distclean
+.PHONY: install test demo bench bench-ln bench-kernels bench-gpu clean distclean
 
 install: $(STAMP)
 
@@ -81,6 +81,15 @@ bench: install
 # Compiled LayerNorm vs PyTorch on CPU; writes bench/results/layer_norm_cpu.json.
 bench-ln: install
 	$(PY) bench/bench_layer_norm_cpu.py
+
+# Kernels vs slicing / full-width masking / the dense op; CPU: the cpu backend's ops.
+bench-kernels: install
+	$(PY) bench/bench_kernels.py --device cpu --repeats 20
+
+# The GPU suite (Triton + CUDA ops, bf16, AutoFormer-T/S/B shapes, whole-step check) in < 5 min
+# on one H200; writes bench/results/kernels_cuda.{json,png}.
+bench-gpu: install
+	$(PY) bench/bench_kernels.py --device cuda --budget-s 270
 
 # Keeps the venv (torch is a large download); `make distclean` removes it too.
 clean:

@@ -35,6 +35,9 @@ class Backend:
     # Devices where the backend is chosen automatically; None = all of `devices`. (Triton runs
     # CPU tensors only in its interpreter: allowed when forced, never picked by itself.)
     auto_devices: tuple[str, ...] | None = None
+    # Per-op dtype limits where an op is served for fewer dtypes than the backend's `dtypes`
+    # (op -> (dtypes, why)), e.g. a CPU kernel that loses to ref in bf16.
+    op_dtypes: dict[str, tuple[tuple[torch.dtype, ...], str]] = field(default_factory=dict)
 
     def reasons(self, op: str, device: torch.device, dtype: torch.dtype, forced: bool = False) -> list[str]:
         out = []
@@ -53,6 +56,9 @@ class Backend:
             )
         if dtype not in self.dtypes:
             out.append(f"{self.name} supports {[str(d) for d in self.dtypes]}, got {dtype}")
+        elif op in self.op_dtypes and dtype not in self.op_dtypes[op][0]:
+            dts, why = self.op_dtypes[op]
+            out.append(f"{self.name} serves {op} for {[str(d) for d in dts]} only ({why}), got {dtype}")
         return out
 
 
