@@ -5,6 +5,8 @@
 
 #include <cmath>
 
+#include "bias_gelu.h"
+#include "elastic_dwconv.h"
 #include "elastic_layer_norm.h"
 
 namespace {
@@ -141,6 +143,169 @@ past active) and dtype.
 
 }  // namespace
 
+// --- elastic depthwise conv and fused bias + GELU ----------------------------
+
+namespace {
+
+void check_dwconv_args(const at::Tensor& x, const at::Tensor& weight, int64_t stride,
+                       int64_t padding, const char* fn) {
+  TORCH_CHECK(x.dim() == 4, fn, ": x must be a 4-D tensor [B, C, H, W], got a ", x.dim(),
+              "-D tensor of shape ", x.sizes());
+  TORCH_CHECK(is_supported_dtype(x.scalar_type()), fn,
+              ": x must be float32, float64, bfloat16 or float16, got ", x.scalar_type());
+  TORCH_CHECK(x.size(1) >= 1, fn, ": x must have at least one channel, got shape ", x.sizes());
+  TORCH_CHECK(weight.dim() == 4 && weight.size(1) == 1, fn,
+              ": weight must be a depthwise weight [Cmax, 1, k, k], got shape ", weight.sizes());
+  TORCH_CHECK(weight.size(2) == weight.size(3) && weight.size(2) >= 1, fn,
+              ": weight must have a square k x k kernel with k >= 1, got shape ", weight.sizes());
+  TORCH_CHECK(weight.size(0) >= x.size(1), fn, ": weight must have at least C=", x.size(1),
+              " channels (x.size(1)), got shape ", weight.sizes());
+  TORCH_CHECK(weight.scalar_type() == x.scalar_type(), fn,
+              ": weight must have the same dtype as x (", x.scalar_type(), "), got ",
+              weight.scalar_type());
+  TORCH_CHECK(stride == 1 || stride == 2, fn, ": stride must be 1 or 2, got ", stride);
+  TORCH_CHECK(padding >= 0 && padding <= 64, fn, ": padding must be in [0, 64], got ", padding);
+  const int64_t k = weight.size(2);
+  TORCH_CHECK(x.size(2) + 2 * padding >= k && x.size(3) + 2 * padding >= k, fn,
+              ": x's spatial size ", x.size(2), "x", x.size(3), " with padding ", padding,
+              " is smaller than the kernel (k=", k, ")");
+}
+
+at::Tensor dwconv_forward_checked(const at::Tensor& x_in, const at::Tensor& weight_in,
+                                  const std::optional<at::Tensor>& bias_in, int64_t stride,
+                                  int64_t padding, bool cuda) {
+  const char* fn = cuda ? "elastic_dwconv_forward_cuda" : "elastic_dwconv_forward";
+  check_dwconv_args(x_in, weight_in, stride, padding, fn);
+  const int64_t C = x_in.size(1);
+  at::Tensor bias;
+  if (bias_in.has_value() && bias_in->defined()) {
+    const at::Tensor& b = *bias_in;
+    TORCH_CHECK(b.dim() == 1, fn, ": bias must be None or a 1-D tensor [Cmax], got shape ",
+                b.sizes());
+    TORCH_CHECK(b.size(0) >= C, fn, ": bias must have at least C=", C,
+                " elements (x.size(1)), got shape ", b.sizes());
+    TORCH_CHECK(b.scalar_type() == x_in.scalar_type(), fn, ": bias must have the same dtype as x (",
+                x_in.scalar_type(), "), got ", b.scalar_type());
+    check_device(b, "bias", x_in, cuda, fn);
+    bias = b.contiguous();
+  }
+  check_device(weight_in, "weight", x_in, cuda, fn);
+  check_device(x_in, "x", x_in, cuda, fn);
+
+  // NCHW; a channels_last or otherwise strided x is copied once here. A
+  // contiguous weight (the usual [Cmax, 1, k, k] parameter) is used in place.
+  const at::Tensor x = x_in.contiguous();
+  const at::Tensor weight = weight_in.contiguous();
+#ifdef WITH_CUDA
+  if (cuda) return shiftnas::elastic_dwconv_forward_cuda(x, weight, bias, stride, padding);
+#endif
+  return shiftnas::elastic_dwconv_forward_cpu(x, weight, bias, stride, padding);
+}
+
+Result dwconv_backward_checked(const at::Tensor& grad_y_in, const at::Tensor& x_in,
+                               const at::Tensor& weight_in, int64_t stride, int64_t padding,
+                               int64_t bias_size, std::array<bool, 3> output_mask, bool cuda) {
+  const char* fn = cuda ? "elastic_dwconv_backward_cuda" : "elastic_dwconv_backward";
+  check_dwconv_args(x_in, weight_in, stride, padding, fn);
+  const int64_t B = x_in.size(0), C = x_in.size(1), k = weight_in.size(2);
+  const int64_t Ho = (x_in.size(2) + 2 * padding - k) / stride + 1;
+  const int64_t Wo = (x_in.size(3) + 2 * padding - k) / stride + 1;
+  TORCH_CHECK(grad_y_in.dim() == 4 && grad_y_in.size(0) == B && grad_y_in.size(1) == C &&
+                  grad_y_in.size(2) == Ho && grad_y_in.size(3) == Wo,
+              fn, ": grad_y must have the forward output's shape [B, C, Ho, Wo] = [", B, ", ", C,
+              ", ", Ho, ", ", Wo, "], got ", grad_y_in.sizes());
+  TORCH_CHECK(grad_y_in.scalar_type() == x_in.scalar_type(), fn,
+              ": grad_y must have the same dtype as x (", x_in.scalar_type(), "), got ",
+              grad_y_in.scalar_type());
+  TORCH_CHECK(!output_mask[2] || bias_size >= C, fn, ": bias_size must be >= C=", C,
+              " when grad_bias is requested (output_mask[2]), got ", bias_size);
+  check_device(grad_y_in, "grad_y", x_in, cuda, fn);
+  check_device(weight_in, "weight", x_in, cuda, fn);
+  check_device(x_in, "x", x_in, cuda, fn);
+
+  const at::Tensor grad_y = grad_y_in.contiguous();
+  const at::Tensor x = x_in.contiguous();
+  const at::Tensor weight = weight_in.contiguous();
+#ifdef WITH_CUDA
+  if (cuda) {
+    return shiftnas::elastic_dwconv_backward_cuda(grad_y, x, weight, stride, padding, bias_size,
+                                                  output_mask);
+  }
+#endif
+  return shiftnas::elastic_dwconv_backward_cpu(grad_y, x, weight, stride, padding, bias_size,
+                                               output_mask);
+}
+
+void check_bias_gelu_args(const at::Tensor& x, const at::Tensor& bias, const char* fn) {
+  TORCH_CHECK(x.dim() == 2, fn, ": x must be a 2-D tensor [M, N], got a ", x.dim(),
+              "-D tensor of shape ", x.sizes());
+  TORCH_CHECK(is_supported_dtype(x.scalar_type()), fn,
+              ": x must be float32, float64, bfloat16 or float16, got ", x.scalar_type());
+  TORCH_CHECK(bias.dim() == 1, fn, ": bias must be a 1-D tensor [Nmax], got shape ", bias.sizes());
+  TORCH_CHECK(bias.size(0) >= x.size(1), fn, ": bias must have at least N=", x.size(1),
+              " elements (x.size(1)), got shape ", bias.sizes());
+  TORCH_CHECK(bias.scalar_type() == x.scalar_type(), fn, ": bias must have the same dtype as x (",
+              x.scalar_type(), "), got ", bias.scalar_type());
+  check_device(bias, "bias", x, false, fn);
+  check_device(x, "x", x, false, fn);
+}
+
+at::Tensor bias_gelu_forward_checked(const at::Tensor& x_in, const at::Tensor& bias_in) {
+  const char* fn = "bias_gelu_forward";
+  check_bias_gelu_args(x_in, bias_in, fn);
+  return shiftnas::bias_gelu_forward_cpu(with_unit_col_stride(x_in), bias_in.contiguous());
+}
+
+std::tuple<at::Tensor, at::Tensor> bias_gelu_backward_checked(const at::Tensor& grad_y_in,
+                                                              const at::Tensor& x_in,
+                                                              const at::Tensor& bias_in) {
+  const char* fn = "bias_gelu_backward";
+  check_bias_gelu_args(x_in, bias_in, fn);
+  TORCH_CHECK(grad_y_in.sizes() == x_in.sizes(), fn, ": grad_y must have x's shape ",
+              x_in.sizes(), ", got ", grad_y_in.sizes());
+  TORCH_CHECK(grad_y_in.scalar_type() == x_in.scalar_type(), fn,
+              ": grad_y must have the same dtype as x (", x_in.scalar_type(), "), got ",
+              grad_y_in.scalar_type());
+  check_device(grad_y_in, "grad_y", x_in, false, fn);
+  return shiftnas::bias_gelu_backward_cpu(with_unit_col_stride(grad_y_in),
+                                          with_unit_col_stride(x_in), bias_in.contiguous());
+}
+
+constexpr const char* kDwconvForwardDoc = R"doc(
+elastic_dwconv_forward(x, weight, bias, stride, padding) -> y
+
+Depthwise conv of x [B, C, H, W] with the first C channels of weight
+[Cmax, 1, k, k] and of bias [Cmax] (or None): F.conv2d(x, weight[:C],
+bias[:C], stride, padding, 1, C). stride is 1 or 2. y is [B, C, Ho, Wo] in
+x's dtype. x is used as NCHW (other layouts are copied); weight[:C] is read in
+place.
+)doc";
+
+constexpr const char* kDwconvBackwardDoc = R"doc(
+elastic_dwconv_backward(grad_y, x, weight, stride, padding, bias_size, output_mask)
+    -> (grad_x, grad_weight, grad_bias)
+
+Gradients of elastic_dwconv_forward; output_mask = (grad_x, grad_weight,
+grad_bias) says which to compute, the others are None. grad_weight has
+weight's full shape [Cmax, 1, k, k] and grad_bias is [bias_size], both zero
+past C (weight's / x's dtype). Deterministic for any thread count.
+)doc";
+
+constexpr const char* kBiasGeluForwardDoc = R"doc(
+bias_gelu_forward(x, bias) -> y
+
+y = gelu(x + bias[:N]) (exact erf GELU) for x [M, N] and bias [Nmax >= N]
+of x's dtype; y is a fresh contiguous [M, N]. x may have padded rows.
+)doc";
+
+constexpr const char* kBiasGeluBackwardDoc = R"doc(
+bias_gelu_backward(grad_y, x, bias) -> (grad_x, grad_bias)
+
+Gradients of bias_gelu_forward: grad_x [M, N]; grad_bias [Nmax], zero past N.
+)doc";
+
+}  // namespace
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "shiftnas compiled ops (import through shiftnas._ext, not directly).";
   namespace py = pybind11;
@@ -179,5 +344,47 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.attr("with_cuda") = true;
 #else
   m.attr("with_cuda") = false;
+#endif
+
+  m.def(
+      "elastic_dwconv_forward",
+      [](const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+         int64_t stride, int64_t padding) {
+        return dwconv_forward_checked(x, weight, bias, stride, padding, false);
+      },
+      py::arg("x"), py::arg("weight"), py::arg("bias"), py::arg("stride"), py::arg("padding"),
+      kDwconvForwardDoc, release);
+  m.def(
+      "elastic_dwconv_backward",
+      [](const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& weight, int64_t stride,
+         int64_t padding, int64_t bias_size, std::array<bool, 3> output_mask) {
+        return dwconv_backward_checked(grad_y, x, weight, stride, padding, bias_size, output_mask,
+                                       false);
+      },
+      py::arg("grad_y"), py::arg("x"), py::arg("weight"), py::arg("stride"), py::arg("padding"),
+      py::arg("bias_size"), py::arg("output_mask"), kDwconvBackwardDoc, release);
+  m.def("bias_gelu_forward", &bias_gelu_forward_checked, py::arg("x"), py::arg("bias"),
+        kBiasGeluForwardDoc, release);
+  m.def("bias_gelu_backward", &bias_gelu_backward_checked, py::arg("grad_y"), py::arg("x"),
+        py::arg("bias"), kBiasGeluBackwardDoc, release);
+#ifdef WITH_CUDA
+  m.def(
+      "elastic_dwconv_forward_cuda",
+      [](const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+         int64_t stride, int64_t padding) {
+        return dwconv_forward_checked(x, weight, bias, stride, padding, true);
+      },
+      py::arg("x"), py::arg("weight"), py::arg("bias"), py::arg("stride"), py::arg("padding"),
+      "CUDA variant of elastic_dwconv_forward.", release);
+  m.def(
+      "elastic_dwconv_backward_cuda",
+      [](const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& weight, int64_t stride,
+         int64_t padding, int64_t bias_size, std::array<bool, 3> output_mask) {
+        return dwconv_backward_checked(grad_y, x, weight, stride, padding, bias_size, output_mask,
+                                       true);
+      },
+      py::arg("grad_y"), py::arg("x"), py::arg("weight"), py::arg("stride"), py::arg("padding"),
+      py::arg("bias_size"), py::arg("output_mask"), "CUDA variant of elastic_dwconv_backward.",
+      release);
 #endif
 }

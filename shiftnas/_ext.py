@@ -11,8 +11,14 @@ Functions exposed by ``shiftnas._C`` (all take/return ``torch.Tensor``)::
     elastic_layer_norm_forward(x, weight, bias, active, eps=1e-5) -> (y, mean, rstd)
     elastic_layer_norm_backward(grad_y, x, weight, mean, rstd, active)
         -> (grad_x, grad_weight, grad_bias)
+    elastic_dwconv_forward(x, weight, bias, stride, padding) -> y
+    elastic_dwconv_backward(grad_y, x, weight, stride, padding, bias_size, output_mask)
+        -> (grad_x, grad_weight, grad_bias)
+    bias_gelu_forward(x, bias) -> y
+    bias_gelu_backward(grad_y, x, bias) -> (grad_x, grad_bias)
     # only when built with CUDA (see has_cuda_ops()):
     elastic_layer_norm_forward_cuda(...), elastic_layer_norm_backward_cuda(...)
+    elastic_dwconv_forward_cuda(...), elastic_dwconv_backward_cuda(...)
 """
 
 from __future__ import annotations

@@ -14,6 +14,7 @@ import torch
 from .. import _ext
 from . import ref
 from .dispatch import Backend, register
+from .dwconv_ext import dwconv_cpu, dwconv_cuda
 from .layer_norm_ext import layer_norm_cpu, layer_norm_cuda
 
 _FLOATS = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
@@ -86,8 +87,31 @@ register(
         },
     )
 )
-register(Backend("cpu", devices=("cpu",), dtypes=_FLOATS, available=_ext_reason, ops={"layer_norm": layer_norm_cpu}))
-register(Backend("cuda", devices=("cuda",), dtypes=_FLOATS, available=_cuda_reason, ops={"layer_norm": layer_norm_cuda}))
+# The cpu backend serves an op only where it measured >= 1.0x ref (bench/bench_kernels.py
+# --device cpu, bench/results/kernels_cpu.json). Depthwise conv: fp32 forward+backward 1.75-4.5x
+# (the weight gradient lands in the full-size buffer: no slice_backward); in bf16 it measured
+# 0.5-0.86x on 14x14 planes, so bf16 stays on ref. The fused bias+GELU (`bias_gelu_ext`) won
+# forward+backward in fp32 but lost the forward alone (0.76-0.84x) and everything in bf16
+# (0.24-0.39x): it is not dispatched.
+register(
+    Backend(
+        "cpu",
+        devices=("cpu",),
+        dtypes=_FLOATS,
+        available=_ext_reason,
+        ops={"layer_norm": layer_norm_cpu, "dwconv": dwconv_cpu},
+        op_dtypes={"dwconv": ((torch.float32,), "measured >= 1.0x ref in fp32 only")},
+    )
+)
+register(
+    Backend(
+        "cuda",
+        devices=("cuda",),
+        dtypes=_FLOATS,
+        available=_cuda_reason,
+        ops={"layer_norm": layer_norm_cuda, "dwconv": dwconv_cuda},
+    )
+)
 register(
     Backend(
         "triton",
