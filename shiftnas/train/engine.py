@@ -114,14 +114,12 @@ class Trainer:
         random.seed(cfg.run.seed + self.info.rank)
         np.random.seed((cfg.run.seed * 1009 + self.info.rank) % 2**32)
 
-        self.space_name = cfg.model.space
         self.net = build_supernet(cfg.model.space, num_classes=cfg.model.num_classes).to(self.device)
         self.space = self.net.space
         self.bins = FlopsBins(self.space, n_bins=cfg.sampler.n_bins)
         self.sampler = self._build_sampler().to(self.device)
         self.is_shift = isinstance(self.sampler, ShiftSampler)
-        self.extra = {k: m for k, m in self.sampler.trainable().items()}
-        self.extra_params = [p for m in self.extra.values() for p in m.parameters()]
+        self.extra_params = [p for m in self.sampler.trainable().values() for p in m.parameters()]
 
         self.amp_dtype, self.scaler = self._amp()
         self.optimizer = self._build_optimizer()
