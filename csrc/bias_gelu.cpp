@@ -55,15 +55,13 @@ SHIFTNAS_INLINE To bits_as(From v) {
   return out;
 }
 
-// e^x, flushed to 0 below ln(FLT_MIN) (our arguments are all <= 0).
-SHIFTNAS_INLINE vf vexp(vf x) {
-  const vf lo = vsplat(-87.33654475f);
-  const vf hi = vsplat(88.0f);
-  vf xc = x < lo ? lo : x;
-  xc = xc > hi ? hi : xc;
+// e^x for x <= 0 (all our arguments), flushed to 0 below ln(FLT_MIN). The
+// input is not clamped: lanes below ln(FLT_MIN) get a garbage 2^n but are
+// replaced by the final select (NaN stays NaN), 4 vector ops fewer per call.
+SHIFTNAS_INLINE vf vexp_nonpos(vf x) {
   // n = round(x / ln 2) by the 1.5 * 2^23 trick (round-to-nearest mode).
-  const vf n = (xc * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
-  vf f = xc - n * 0.693359375f;  // ln 2 split in two (Cody-Waite)
+  const vf n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+  vf f = x - n * 0.693359375f;  // ln 2 split in two (Cody-Waite)
   f = f - n * -2.12194440e-4f;
   vf p = vsplat(1.9875691500e-4f);
   p = p * f + 1.3981999507e-3f;
@@ -73,7 +71,7 @@ SHIFTNAS_INLINE vf vexp(vf x) {
   p = p * f + 5.0000001201e-1f;
   const vf e = p * (f * f) + f + 1.0f;
   const vi scale = (__builtin_convertvector(n, vi) + 127) << 23;  // 2^n
-  return x < lo ? vf{} : e * bits_as<vf>(scale);
+  return x < vsplat(-87.33654475f) ? vf{} : e * bits_as<vf>(scale);
 }
 
 // erf(a) given e = exp(-a^2): Abramowitz & Stegun 7.1.26,
@@ -95,12 +93,12 @@ SHIFTNAS_INLINE vf verf_given_exp(vf a, vf e) {
 
 SHIFTNAS_INLINE vf vgelu(vf z) {
   const vf u = z * kSqrtHalf;
-  return 0.5f * z * (1.0f + verf_given_exp(u, vexp(-(u * u))));
+  return 0.5f * z * (1.0f + verf_given_exp(u, vexp_nonpos(-(u * u))));
 }
 
 SHIFTNAS_INLINE vf vgelu_grad(vf z) {
   const vf u = z * kSqrtHalf;
-  const vf e = vexp(-(u * u));  // exp(-z^2 / 2): in erf and in the density
+  const vf e = vexp_nonpos(-(u * u));  // exp(-z^2 / 2): in erf and in the density
   const vf cdf = 0.5f * (1.0f + verf_given_exp(u, e));
   return cdf + z * (e * kInvSqrt2Pi);
 }

@@ -93,12 +93,22 @@ SHIFTNAS_INLINE acc_t hsum(simd_t<acc_t> v) {
 // (round-to-nearest-even with a NaN check per element) left the bf16 paths
 // 2-4x slower than PyTorch's; these produce the same bits, vectorised.
 typedef uint16_t u16x16_t __attribute__((vector_size(32)));
+typedef uint16_t u16x32_t __attribute__((vector_size(64)));
 typedef uint32_t u32x16_t __attribute__((vector_size(64)));
 
+// bf16 bits into the high halves of 32-bit lanes: one two-source word
+// permute with zeros (GCC split the zero-extend + shift into five ops, and
+// building the 64-byte operand through memory stalled store forwarding).
 SHIFTNAS_INLINE simd_t<float> load_bf16(const c10::BFloat16* p) {
   u16x16_t h;
   std::memcpy(&h, p, sizeof(h));
+#if defined(__has_builtin) && __has_builtin(__builtin_shufflevector)
+  const u16x32_t w = __builtin_shufflevector(h, u16x16_t{}, 16, 0, 16, 1, 16, 2, 16, 3, 16, 4,
+                                             16, 5, 16, 6, 16, 7, 16, 8, 16, 9, 16, 10, 16, 11,
+                                             16, 12, 16, 13, 16, 14, 16, 15);
+#else
   const u32x16_t w = __builtin_convertvector(h, u32x16_t) << 16;
+#endif
   simd_t<float> v;
   std::memcpy(&v, &w, sizeof(v));
   return v;

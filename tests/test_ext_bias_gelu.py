@@ -121,6 +121,20 @@ def test_matches_reference_low_precision(m, n, nmax, dtype):
     assert torch.count_nonzero(ours[2][n:]) == 0
 
 
+def test_bfloat16_rounds_like_torch():
+    """The bf16 path is the fp32 math rounded once, to nearest-even, NaN kept: bit-equal to
+    our fp32 result cast by PyTorch (ragged tail included)."""
+    g = torch.Generator().manual_seed(7)
+    x = (torch.randn(9, 45, generator=g) * 4).to(torch.bfloat16)
+    x[0, :4] = torch.tensor([float("nan"), float("inf"), -float("inf"), 0.0])
+    b = torch.zeros(48, dtype=torch.bfloat16)
+    got = _C.bias_gelu_forward(x, b)
+    want = _C.bias_gelu_forward(x.float(), b.float()).to(torch.bfloat16)
+    nan = want.isnan()
+    assert torch.equal(got.isnan(), nan)  # (the NaN sign bit may differ)
+    assert torch.equal(got[~nan].view(torch.int16), want[~nan].view(torch.int16))
+
+
 def test_gradcheck_float64():
     g = torch.Generator().manual_seed(2)
     x = torch.randn(3, 2, 5, generator=g, dtype=torch.float64, requires_grad=True)
