@@ -704,6 +704,32 @@ def build_bias_gelu_case(space: str, width: str, dims: dict, dtype, impls: Impls
     return case
 
 
+def build_linear_gelu_case(space: str, width: str, dims: dict, dtype, impls: Impls) -> OpCase:
+    """fc1 + bias + GELU as a cpu-backend `linear` would run it (F.linear without bias, then the
+    C++ bias+GELU reading the full bias buffer) vs ref.linear (sliced F.linear with bias, F.gelu)."""
+    import torch
+    import torch.nn.functional as F
+
+    g = torch.Generator().manual_seed(0)
+    kw = dict(dtype=dtype, device="cpu", gen=g)
+    M, E, n, nm, em = dims["B"] * dims["N"], dims["E"], dims["Dh"], dims["Dhm"], dims["Em"]
+    case = OpCase("linear_gelu", space, width, dict(M=M, E=E, N=n, N_max=nm), f"[{M}, {E}] -> {n}/{nm}")
+    x = _leaf(M, E, **kw)
+    w, b = _leaf(nm, em, scale=0.05, **kw), _leaf(nm, scale=0.1, **kw)
+    wd = w.detach()[:n, :E].clone().requires_grad_(True)
+    bd = b.detach()[:n].clone().requires_grad_(True)
+    case.leaves = [x, w, b, wd, bd]
+    f = impls.ext("bias_gelu_ext", "bias_gelu_cpu")
+    _add(
+        case, "cpu", f and (lambda: f(F.linear(x, w[:n, :E]), b)),
+        lambda: impls.reason("bias_gelu_ext", "bias_gelu_cpu"),
+    )
+    ref_linear = impls.get("shiftnas.ops.ref", "linear")
+    case.impls["ref_slice"] = lambda: ref_linear(x, w, b, n, "gelu")
+    case.impls["dense"] = lambda: F.gelu(F.linear(x, wd, bd))
+    return case
+
+
 # =============================================================================== running op cases
 def _sync(device: str) -> None:
     import torch
@@ -1542,6 +1568,14 @@ def run_cpu_suite(ctx, report: Report) -> None:
                     (
                         f"bias_gelu {s} {w} {dt}",
                         lambda s=s, w=w, dims=dims, dt=dt: build_bias_gelu_case(
+                            s, w, dims, dt, ctx.impls
+                        ),
+                    )
+                )
+                cases.append(
+                    (
+                        f"linear_gelu {s} {w} {dt}",
+                        lambda s=s, w=w, dims=dims, dt=dt: build_linear_gelu_case(
                             s, w, dims, dt, ctx.impls
                         ),
                     )
