@@ -162,6 +162,7 @@ class Trainer:
         self.windows: list[dict[str, Any]] = []
         self.prev: dict[str, torch.Tensor] | None = None
         self._loaders_built = False
+        self._restored = False
         self.log = RunLog(self.run_dir, 0, 1, enabled=False)
 
     # ------------------------------------------------------------------ building
@@ -485,12 +486,20 @@ class Trainer:
         self.log.log(self.step, {k: v for k, v in rec.items() if k != "step"}, kind="shift")
 
     # ------------------------------------------------------------------ the loop
-    def fit(self) -> dict[str, Any]:
-        cfg = self.cfg
+    def restore(self) -> None:
+        """Build the data loaders and load the resume checkpoint (if any), without training.
+
+        `fit()` starts with it; `shiftnas.search.load_run` uses it to read a finished run.
+        """
         if not self._loaders_built:
             self._build_loaders()
-        if self._resume_path is not None:
+        if self._resume_path is not None and not self._restored:
             self._load(self._resume_path)
+            self._restored = True
+
+    def fit(self) -> dict[str, Any]:
+        cfg = self.cfg
+        self.restore()
         if self.info.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "config.yaml").write_text(cfg.to_yaml(), encoding="utf-8")
