@@ -21,10 +21,6 @@ Usage: python bench/bench_cpu_ops.py [--threads 2] [--repeats 20] [--only dwconv
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -36,13 +32,17 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from bench_layer_norm_cpu import (
-    _cpu_jiffies,
-    _cpu_model,
-    _foreign_load,
-    _git_commit,
-    _time_pair,
-    _tune_malloc,
+from _common import (
+    add_malloc_tuning_arg,
+    cpu_jiffies,
+    cpu_op_machine,
+    foreign_load,
+    git_commit,
+    git_dirty,
+    loadavg,
+    time_pair,
+    tune_malloc,
+    write_json,
 )
 
 from shiftnas import _ext
@@ -62,22 +62,6 @@ DWCONV_CASES = (
 CMAX_EXTRA = 8  # the supernet buffer is wider than the active channels
 # (M, N, Nmax): ViT MLP hidden layers (64 x 50 tokens, 8 x 197), active width <= Nmax.
 BIAS_GELU_CASES = [(3200, 768, 960), (3200, 960, 960), (1576, 672, 960), (3200, 384, 512)]
-
-
-def _git_dirty() -> bool | None:
-    """True when the working tree differs from git_commit (the numbers are for uncommitted code)."""
-    try:
-        out = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            check=False,
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=10,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return bool(out.stdout.strip()) if out.returncode == 0 else None
 
 
 def _dwconv_case(b, c, h, k, s, repeats, warmup, dtype):
@@ -143,15 +127,15 @@ def _bias_gelu_case(m, n, nmax, repeats, warmup, dtype):
 
 
 def _time_case(row, pairs, repeats, warmup):
-    j0, t0 = _cpu_jiffies(), time.perf_counter()
+    j0, t0 = cpu_jiffies(), time.perf_counter()
     for name, (ref, ours) in zip(("fwd", "fwd_bwd"), pairs):
-        t_ref, t_ours = _time_pair(ref, ours, repeats, warmup)
+        t_ref, t_ours = time_pair(ref, ours, repeats, warmup)
         row[name] = {
             "ref_ms": round(t_ref / 1e3, 4),
             "ext_ms": round(t_ours / 1e3, 4),
             "speedup": round(t_ref / t_ours, 3),
         }
-    row["foreign_cpu_load"] = _foreign_load(j0, _cpu_jiffies(), time.perf_counter() - t0)
+    row["foreign_cpu_load"] = foreign_load(j0, cpu_jiffies(), time.perf_counter() - t0)
     return row
 
 
@@ -159,9 +143,9 @@ def _wait_quiet(max_load: float, timeout_s: float) -> float | None:
     """Wait (up to timeout_s) for a 1-s window in which other processes use <= max_load CPUs."""
     deadline = time.monotonic() + timeout_s
     while True:
-        j0, t0 = _cpu_jiffies(), time.perf_counter()
+        j0, t0 = cpu_jiffies(), time.perf_counter()
         time.sleep(1.0)
-        load = _foreign_load(j0, _cpu_jiffies(), time.perf_counter() - t0)
+        load = foreign_load(j0, cpu_jiffies(), time.perf_counter() - t0)
         if load is None or load <= max_load or time.monotonic() > deadline:
             return load
 
@@ -215,12 +199,7 @@ def main() -> int:
     ap.add_argument(
         "--quiet-timeout", type=float, default=60.0, help="seconds to wait for a quiet machine"
     )
-    ap.add_argument(
-        "--malloc-tuning",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="raise glibc's trim/mmap thresholds to remove page-fault noise (default: on)",
-    )
+    add_malloc_tuning_arg(ap)
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "cpu_ops.json")
     args = ap.parse_args()
     if args.repeats < 10:
@@ -234,10 +213,10 @@ def main() -> int:
         )
         return 1
     torch.set_num_threads(args.threads)
-    malloc_tuned = _tune_malloc() if args.malloc_tuning else False
+    malloc_tuned = tune_malloc() if args.malloc_tuning else False
     dtype = getattr(torch, args.dtype)
 
-    load_before = os.getloadavg()
+    load_before = loadavg()
     rows = []
     print(
         f"{'op':<9} {'shape':<28} | {'fwd ref':>8} {'ours':>8} {'':>6} | {'f+b ref':>8} {'ours':>8} {'':>6} | other-load  (ms, median)"
@@ -262,20 +241,9 @@ def main() -> int:
             "bias_gelu": "F.gelu(x + b[:N]) + autograd",
         },
         "ours": "shiftnas.ops.dwconv_ext.dwconv_cpu / bias_gelu_ext.bias_gelu_cpu (autograd wrappers)",
-        "machine": {
-            "cpu": _cpu_model(),
-            "logical_cpus": os.cpu_count(),
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
-            "mkldnn": torch.backends.mkldnn.is_available(),
-            "threads": torch.get_num_threads(),
-            "loadavg_before": [round(v, 2) for v in load_before],
-            "loadavg_after": [round(v, 2) for v in os.getloadavg()],
-        },
-        "git_commit": _git_commit(),
-        "git_dirty": _git_dirty(),
+        "machine": cpu_op_machine(load_before, mkldnn=torch.backends.mkldnn.is_available()),
+        "git_commit": git_commit(),
+        "git_dirty": git_dirty(),
         "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "malloc_tuned": malloc_tuned,
         "dtype": args.dtype,
@@ -284,8 +252,7 @@ def main() -> int:
         "max_foreign_load": args.max_foreign_load,
         "results": rows,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(args.out, result, indent=2)
     print(f"wrote {args.out}")
     return 0
 

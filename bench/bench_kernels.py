@@ -54,16 +54,13 @@ import time
 T_START = time.perf_counter()  # the budget counts from here (before torch is imported)
 
 import argparse  # noqa: E402
-import datetime  # noqa: E402
 import importlib  # noqa: E402
 import importlib.metadata  # noqa: E402
-import json  # noqa: E402
 import math  # noqa: E402
 import os  # noqa: E402
 import platform  # noqa: E402
 import random  # noqa: E402
 import statistics  # noqa: E402
-import subprocess  # noqa: E402
 import sys  # noqa: E402
 import threading  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
@@ -75,6 +72,20 @@ RESULTS_DIR = ROOT / "bench" / "results"
 SMOKE_DIR = Path("/tmp/shiftnas_bench_kernels_smoke")
 if str(ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))  # for _common, also when not run as a script
+
+from _common import (
+    cpu_affinity,
+    cpu_jiffies,
+    cpu_name,
+    foreign_load,
+    git,
+    loadavg,
+    quantile,
+    time_interleaved,
+    utc_date,
+    write_json,
+)
 
 VIT_SPACES = ("autoformer-t", "autoformer-s", "autoformer-b")
 SPACE_SHORT = {"autoformer-t": "T", "autoformer-s": "S", "autoformer-b": "B", "smoke": "tiny"}
@@ -94,31 +105,11 @@ CPU_REF_TARGET = 1.0
 
 
 # =============================================================================== provenance
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def _git(*args: str) -> str | None:
-    try:
-        p = subprocess.run(
-            ["git", *args], check=False, capture_output=True, text=True, cwd=str(ROOT), timeout=10
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return p.stdout.rstrip() if p.returncode == 0 else None
-
-
 def git_info() -> dict:
     """Commit, and which kernel/op sources differ from it (the numbers may be for uncommitted code)."""
-    status = _git("status", "--porcelain", "--", "kernels", "shiftnas/ops", "csrc", "bench")
+    status = git("status", "--porcelain", "--", "kernels", "shiftnas/ops", "csrc", "bench")
     changed = [ln[3:] for ln in (status or "").splitlines() if ln.strip()]
-    return {"commit": _git("rev-parse", "HEAD"), "dirty": bool(changed), "changed": changed[:40]}
+    return {"commit": git("rev-parse", "HEAD"), "dirty": bool(changed), "changed": changed[:40]}
 
 
 def _version(dist: str) -> str | None:
@@ -133,14 +124,14 @@ def machine(device: str) -> dict:
 
     out = {
         "device": device,
-        "device_name": cpu_model(),
-        "cpu_model": cpu_model(),
+        "device_name": cpu_name(),
+        "cpu_model": cpu_name(),
         "node": platform.node(),
         "platform": platform.platform(),
         "python": platform.python_version(),
         "cpu_count": os.cpu_count(),
-        "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "loadavg_1_5_15": [round(v, 2) for v in os.getloadavg()],
+        "cpu_affinity": cpu_affinity(),
+        "loadavg_1_5_15": loadavg(),
         "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
     }
     if device == "cuda":
@@ -166,7 +157,6 @@ class Report:
 
     def __init__(self, path: Path, doc: dict):
         self.path, self.doc, self.lock = path, doc, threading.RLock()
-        path.parent.mkdir(parents=True, exist_ok=True)
 
     def add(self, key: str, item) -> None:
         with self.lock:
@@ -183,9 +173,7 @@ class Report:
             return
         try:
             self.doc["elapsed_s"] = round(time.perf_counter() - T_START, 1)
-            tmp = self.path.with_name(self.path.name + ".tmp")
-            tmp.write_text(json.dumps(self.doc, indent=1, default=str) + "\n")
-            os.replace(tmp, self.path)
+            write_json(self.path, self.doc, indent=1, default=str)
         finally:
             self.lock.release()
 
@@ -221,14 +209,6 @@ def start_watchdog(report: Report, budget: Budget, grace_s: float) -> None:
 
 
 # =============================================================================== timing
-def quantile(xs: list[float], q: float) -> float:
-    s = sorted(xs)
-    pos = q * (len(s) - 1)
-    lo = int(pos)
-    hi = min(lo + 1, len(s) - 1)
-    return s[lo] + (s[hi] - s[lo]) * (pos - lo)
-
-
 def _stats(ms: list[float]) -> dict:
     return {
         "median_ms": round(quantile(ms, 0.5), 5),
@@ -276,40 +256,13 @@ class Timer:
         return _stats(ts)
 
 
-def _cpu_jiffies() -> tuple[int, int] | None:
-    """(busy jiffies of the whole machine, jiffies used by this process), Linux only."""
-    try:
-        vals = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
-        own = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
-        return sum(vals) - vals[3] - vals[4], int(own[11]) + int(own[12])
-    except (OSError, ValueError, IndexError):
-        return None
+def time_cpu(fns: dict[str, Callable], leaves, warmup: int, repeats: int) -> dict:
+    """CPU: per name, stats of `repeats` calls; each repeat calls every fn once, order rotating.
 
-
-def _foreign_load(before, after, seconds: float) -> float | None:
-    """Average number of CPUs used by other processes between two _cpu_jiffies()."""
-    if before is None or after is None or seconds <= 0:
-        return None
-    other = (after[0] - before[0]) - (after[1] - before[1])
-    return round(max(0, other) / os.sysconf("SC_CLK_TCK") / seconds, 2)
-
-
-def time_interleaved(fns: dict[str, Callable], leaves, warmup: int, repeats: int) -> dict:
-    """CPU: per name, stats of `repeats` calls; each repeat calls every fn once, order rotating."""
-    names = list(fns)
-    for _ in range(warmup):
-        for n in names:
-            _clear(leaves)
-            fns[n]()
-    ts: dict[str, list[float]] = {n: [] for n in names}
-    for r in range(repeats):
-        k = r % len(names)
-        for n in names[k:] + names[:k]:
-            _clear(leaves)
-            t0 = time.perf_counter()
-            fns[n]()
-            ts[n].append((time.perf_counter() - t0) * 1e3)
-    return {n: _stats(v) for n, v in ts.items()}
+    The leaves' .grad is reset (untimed) before every call.
+    """
+    secs = time_interleaved(fns, warmup, repeats, before=lambda: _clear(leaves))
+    return {n: _stats([t * 1e3 for t in ts]) for n, ts in secs.items()}
 
 
 # =============================================================================== implementations
@@ -865,13 +818,13 @@ def run_gpu_case(case: OpCase, ctx, report: Report) -> None:
 def run_cpu_case(case: OpCase, ctx, report: Report) -> None:
     fns, errors, setup_s, err = prepare(case, "cpu", ctx.passes)
     for p in ctx.passes:
-        j0, t0 = _cpu_jiffies(), time.perf_counter()
+        j0, t0 = cpu_jiffies(), time.perf_counter()
         try:
-            ms = time_interleaved(fns[p], case.leaves, ctx.args.warmup, ctx.args.repeats)
+            ms = time_cpu(fns[p], case.leaves, ctx.args.warmup, ctx.args.repeats)
         except Exception as e:
             ms, errors["timing"] = {}, short_error(e)
         row = make_row(case, "ops", case_dtype(case), p, ms, errors, "cpu")
-        row["foreign_cpu_load"] = _foreign_load(j0, _cpu_jiffies(), time.perf_counter() - t0)
+        row["foreign_cpu_load"] = foreign_load(j0, cpu_jiffies(), time.perf_counter() - t0)
         row["max_abs_err_vs_ref"] = err
         report.add("cases", row)
         print_case_line(row, "cpu")
@@ -1716,7 +1669,7 @@ def main(argv=None) -> int:
         "benchmark": "bench/bench_kernels.py",
         "suite": suite,
         "status": "running",
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "date": utc_date(),
         "git": git_info(),
         "machine": machine(args.device),
         "torch": torch.__version__,

@@ -21,12 +21,6 @@ Usage: python bench/bench_layer_norm_cpu.py [--threads 2] [--repeats 30] [--dtyp
 from __future__ import annotations
 
 import argparse
-import ctypes
-import json
-import os
-import platform
-import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -36,6 +30,19 @@ import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))  # for _common, also when not run as a script
+
+from _common import (
+    add_malloc_tuning_arg,
+    cpu_jiffies,
+    cpu_op_machine,
+    foreign_load,
+    git_commit,
+    loadavg,
+    time_pair,
+    tune_malloc,
+    write_json,
+)
 
 from shiftnas import _ext
 
@@ -59,87 +66,6 @@ class _ElasticLN(torch.autograd.Function):
             gy.contiguous(), x, weight, mean, rstd, ctx.active
         )
         return gx, gw, gb, None, None
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def _git_commit() -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            check=False,
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=10,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    if out.returncode != 0:
-        return None  # not a git checkout, or no commit yet
-    return out.stdout.strip() or None
-
-
-def _tune_malloc() -> bool:
-    """Stop glibc from returning freed heap to the OS between iterations.
-
-    Each iteration allocates and frees several MB. With glibc's default dynamic
-    trim/mmap thresholds, that memory is sometimes unmapped and re-faulted
-    (~1500 page faults per iteration), which adds up to ~1 ms of noise to
-    whichever side happens to trigger it. Applied to both sides alike.
-    """
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        m_trim_threshold, m_mmap_threshold = -1, -3
-        return bool(libc.mallopt(m_trim_threshold, 1 << 30)) and bool(
-            libc.mallopt(m_mmap_threshold, 1 << 30)
-        )
-    except (OSError, AttributeError):
-        return False
-
-
-def _cpu_jiffies() -> tuple[int, int] | None:
-    """(busy jiffies of the whole machine, jiffies used by this process), Linux only."""
-    try:
-        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
-        vals = [int(v) for v in fields[:8]]
-        busy = sum(vals) - vals[3] - vals[4]  # minus idle and iowait
-        own = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
-        return busy, int(own[11]) + int(own[12])  # utime + stime
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def _foreign_load(before, after, seconds: float) -> float | None:
-    """Average number of CPUs used by *other* processes between two _cpu_jiffies()."""
-    if before is None or after is None or seconds <= 0:
-        return None
-    hz = os.sysconf("SC_CLK_TCK")
-    other = (after[0] - before[0]) - (after[1] - before[1])
-    return round(max(0, other) / hz / seconds, 2)
-
-
-def _time_pair(ref, ours, repeats: int, warmup: int) -> tuple[float, float]:
-    """Median microseconds of ref() and ours(), alternating which runs first."""
-    for _ in range(warmup):
-        ref()
-        ours()
-    t_ref, t_ours = [], []
-    for i in range(repeats):
-        order = ((ref, t_ref), (ours, t_ours)) if i % 2 == 0 else ((ours, t_ours), (ref, t_ref))
-        for fn, acc in order:
-            t0 = time.perf_counter()
-            fn()
-            acc.append(time.perf_counter() - t0)
-    return statistics.median(t_ref) * 1e6, statistics.median(t_ours) * 1e6
 
 
 def _bench_case(n, c, active, dtype, repeats, warmup):
@@ -171,20 +97,20 @@ def _bench_case(n, c, active, dtype, repeats, warmup):
         _ElasticLN.apply(xr, wr, br, active, EPS).backward(gy)
 
     row = {"N": n, "C": c, "active": active, "dtype": str(dtype).replace("torch.", "")}
-    j0, t0 = _cpu_jiffies(), time.perf_counter()
+    j0, t0 = cpu_jiffies(), time.perf_counter()
     for name, ref, ours in (
         ("fwd", fwd_ref, fwd_ours),
         ("fwd_bwd_raw", fb_ref, fb_raw),
         ("fwd_bwd_fn", fb_ref, fb_fn),
     ):
-        t_ref, t_ours = _time_pair(ref, ours, repeats, warmup)
+        t_ref, t_ours = time_pair(ref, ours, repeats, warmup)
         row[name] = {
             "ref_us": round(t_ref, 1),
             "ext_us": round(t_ours, 1),
             "ratio_ref_over_ext": round(t_ref / t_ours, 3),
         }
     # Background load from other processes skews (mostly inflates) both sides.
-    row["foreign_cpu_load"] = _foreign_load(j0, _cpu_jiffies(), time.perf_counter() - t0)
+    row["foreign_cpu_load"] = foreign_load(j0, cpu_jiffies(), time.perf_counter() - t0)
     return row
 
 
@@ -197,12 +123,7 @@ def main() -> int:
     ap.add_argument(
         "--dtype", default="float32", choices=["float32", "bfloat16", "float16", "float64"]
     )
-    ap.add_argument(
-        "--malloc-tuning",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="raise glibc's trim/mmap thresholds to remove page-fault noise (default: on)",
-    )
+    add_malloc_tuning_arg(ap)
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "layer_norm_cpu.json")
     args = ap.parse_args()
     if args.repeats < 20:
@@ -213,14 +134,14 @@ def main() -> int:
         print(_ext.unavailable_reason(), file=sys.stderr)
         return 1
     torch.set_num_threads(args.threads)
-    malloc_tuned = _tune_malloc() if args.malloc_tuning else False
+    malloc_tuned = tune_malloc() if args.malloc_tuning else False
     dtype = getattr(torch, args.dtype)
 
     cases = []
     for n, c in SHAPES:
         cases.append((n, c, c))  # whole width active
         cases.append((n, c, c - 48))  # elastic: a prefix of the stored width
-    load_before = os.getloadavg()
+    load_before = loadavg()
     rows = []
     print(
         f"{'N':>5} {'C':>4} {'act':>4} | {'fwd ref':>8} {'ext':>7} {'x':>5} | "
@@ -241,18 +162,8 @@ def main() -> int:
     result = {
         "benchmark": "elastic_layer_norm_cpu",
         "reference": "F.layer_norm(x[:, :active], (active,), w[:active], b[:active]) + autograd",
-        "machine": {
-            "cpu": _cpu_model(),
-            "logical_cpus": os.cpu_count(),
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
-            "threads": torch.get_num_threads(),
-            "loadavg_before": [round(v, 2) for v in load_before],
-            "loadavg_after": [round(v, 2) for v in os.getloadavg()],
-        },
-        "git_commit": _git_commit(),
+        "machine": cpu_op_machine(load_before),
+        "git_commit": git_commit(),
         "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "malloc_tuned": malloc_tuned,
         "dtype": args.dtype,
@@ -261,8 +172,7 @@ def main() -> int:
         "eps": EPS,
         "results": rows,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(args.out, result, indent=2)
     print(f"wrote {args.out}")
     return 0
 

@@ -25,12 +25,10 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import os
 import platform
 import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -41,6 +39,9 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))  # for _common, also when not run as a script
+
+from _common import cpu_name, git_commit, write_json
 
 from shiftnas.data import build_loader, default_data_root, prepare_fashion_mnist
 from shiftnas.data.prepare import DEFAULT_SOURCE, SOURCE_FILES
@@ -192,24 +193,13 @@ def bench_case(
 
 
 def _machine() -> dict:
-    lines = Path("/proc/cpuinfo").read_text().splitlines()
-    cpu = next(
-        (ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")),
-        platform.processor(),
-    )
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        commit = None  # e.g. a repository without commits yet
     import nvidia.dali
     import PIL
     import torchvision
 
     return {
         "host": platform.node(),
-        "cpu": cpu,
+        "cpu": cpu_name(unknown=""),
         "cores": os.cpu_count(),
         "load_avg_at_start": os.getloadavg(),
         "python": platform.python_version(),
@@ -217,7 +207,7 @@ def _machine() -> dict:
         "torchvision": torchvision.__version__,
         "dali": nvidia.dali.__version__,
         "pillow": PIL.__version__,
-        "git_commit": commit,
+        "git_commit": git_commit(),
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
 
@@ -304,8 +294,7 @@ def main(argv=None) -> int:
         "results": results,
     }
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=1) + "\n")
+    write_json(out, report, indent=1)
     print(f"\n{'case':<28} {'DALI img/s':>11} {'torch img/s':>12} {'ratio':>6} {'per CPU-s':>10}")
     for r in results:
         print(

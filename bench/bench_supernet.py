@@ -27,11 +27,10 @@ from __future__ import annotations
 
 import argparse
 import ctypes
-import datetime
+import functools
 import gc
 import json
 import os
-import platform
 import random
 import resource
 import subprocess
@@ -57,6 +56,19 @@ MEMORY_STEPS = 3
 
 if str(ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))  # for _common, also when not run as a script
+
+from _common import (
+    git_commit,
+    loadavg,
+    machine,
+    quantile,
+    summary,
+    time_interleaved,
+    timing_env,
+    utc_date,
+    write_json,
+)
 
 
 # -- building -------------------------------------------------------------------------------------
@@ -144,24 +156,6 @@ def train_step(module, fwd, x, y) -> None:
 
 
 # -- statistics -----------------------------------------------------------------------------------
-def quantile(xs: list[float], q: float) -> float:
-    """Linear-interpolation quantile (numpy's default)."""
-    s = sorted(xs)
-    pos = q * (len(s) - 1)
-    lo = int(pos)
-    hi = min(lo + 1, len(s) - 1)
-    return s[lo] + (s[hi] - s[lo]) * (pos - lo)
-
-
-def summary(ms: list[float]) -> dict:
-    return {
-        "median_ms": round(quantile(ms, 0.5), 3),
-        "p20_ms": round(quantile(ms, 0.2), 3),
-        "p80_ms": round(quantile(ms, 0.8), 3),
-        "min_ms": round(min(ms), 3),
-    }
-
-
 def ratio(num: list[float], den: list[float]) -> dict:
     """Ratio of medians, and the median of per-repeat paired ratios (robust to slow drift)."""
     paired = [a / b for a, b in zip(num, den)]
@@ -174,21 +168,13 @@ def ratio(num: list[float], den: list[float]) -> dict:
 
 
 # -- timing ---------------------------------------------------------------------------------------
-def time_interleaved(models: dict, x, y, warmup: int, repeats: int) -> dict[str, list[float]]:
+def time_models(models: dict, x, y, warmup: int, repeats: int) -> dict[str, list[float]]:
     """Per model, `repeats` step times (ms); each repeat runs every model once, order rotating."""
-    names = list(models)
-    for _ in range(warmup):
-        for n in names:
-            train_step(*models[n], x, y)
-    times: dict[str, list[float]] = {n: [] for n in names}
-    for r in range(repeats):
-        k = r % len(names)
-        for n in names[k:] + names[:k]:
-            module, fwd = models[n]
-            t0 = time.perf_counter()
-            train_step(module, fwd, x, y)
-            times[n].append((time.perf_counter() - t0) * 1e3)
-    return times
+    steps = {
+        n: functools.partial(train_step, module, fwd, x, y) for n, (module, fwd) in models.items()
+    }
+    secs = time_interleaved(steps, warmup, repeats)
+    return {n: [t * 1e3 for t in ts] for n, ts in secs.items()}
 
 
 # -- memory (fresh subprocess per model and arch) -------------------------------------------------
@@ -289,60 +275,14 @@ def measure_memory(space_name: str, label: str, model: str, threads: int) -> dic
 
 
 # -- provenance -----------------------------------------------------------------------------------
-def machine() -> dict:
-    cpu_model = None
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu_model = next(
-                (l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), None
-            )
-    except OSError:
-        pass
-    return {
-        "node": platform.node(),
-        "platform": platform.platform(),
-        "processor": platform.processor() or None,
-        "cpu_model": cpu_model,
-        "cpu_count": os.cpu_count(),
-        "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "python": platform.python_version(),
-        "loadavg_1_5_15": [round(v, 2) for v in os.getloadavg()],
-    }
-
-
 def environment() -> dict:
     """Settings that change CPU timings: threading env vars and the backend chosen per op."""
     from shiftnas.ops import dispatch
 
-    env = {
-        k: os.environ.get(k)
-        for k in (
-            "OMP_NUM_THREADS",
-            "OMP_WAIT_POLICY",
-            "GOMP_SPINCOUNT",
-            "KMP_BLOCKTIME",
-            "SHIFTNAS_BACKEND",
-        )
-    }
     return {
-        "env": env,
+        "env": timing_env(),
         "backends_cpu_float32": {op: chosen for op, chosen, _ in dispatch.report("cpu")},
     }
-
-
-def git_commit() -> str | None:
-    try:
-        p = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            check=False,
-            capture_output=True,
-            text=True,
-            cwd=str(ROOT),
-            timeout=10,
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return p.stdout.strip() if p.returncode == 0 and p.stdout.strip() else None
 
 
 # -- driver ---------------------------------------------------------------------------------------
@@ -356,7 +296,7 @@ def bench_space(space_name: str, args) -> list[dict]:
         arch, models = build_models(space_name, label)
         x, y = make_inputs(space, arch, batch)
         t0 = time.perf_counter()
-        times = time_interleaved(models, x, y, args.warmup, args.repeats)
+        times = time_models(models, x, y, args.warmup, args.repeats)
         row = {
             "space": space_name,
             "arch": label,
@@ -470,10 +410,10 @@ def main(argv=None) -> None:
             "one training step: zero_grad(set_to_none=True) + forward + cross_entropy + backward "
             "(no optimizer step), fp32"
         ),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "date": utc_date(),
         "git_commit": git_commit(),
         "machine": machine_start,
-        "loadavg_at_end": [round(v, 2) for v in os.getloadavg()],
+        "loadavg_at_end": loadavg(),
         "environment": environment(),
         "torch": torch.__version__,
         "timm": timm.__version__,
@@ -515,11 +455,9 @@ def main(argv=None) -> None:
         },
         "results": rows,
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1) + "\n")
+    write_json(args.out, result, indent=1)
     print_table(rows)
-    print(f"\nwrote {out}")
+    print(f"\nwrote {Path(args.out)}")
 
 
 if __name__ == "__main__":

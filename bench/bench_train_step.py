@@ -50,12 +50,7 @@ Target (reported, not asserted): (gen fwd + gen bwd + amortised shift) / step to
 from __future__ import annotations
 
 import argparse
-import datetime
 import gc
-import json
-import os
-import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -82,62 +77,28 @@ SEED = 0
 
 if str(ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))  # for _common, also when not run as a script
 
-
-# -- statistics -----------------------------------------------------------------------------------
-def quantile(xs: list[float], q: float) -> float:
-    """Linear-interpolation quantile (numpy's default)."""
-    s = sorted(xs)
-    pos = q * (len(s) - 1)
-    lo = int(pos)
-    hi = min(lo + 1, len(s) - 1)
-    return s[lo] + (s[hi] - s[lo]) * (pos - lo)
-
-
-def summary(ms: list[float]) -> dict:
-    return {
-        "median_ms": round(quantile(ms, 0.5), 3),
-        "p20_ms": round(quantile(ms, 0.2), 3),
-        "p80_ms": round(quantile(ms, 0.8), 3),
-        "min_ms": round(min(ms), 3),
-    }
+from _common import (
+    cpu_jiffies,
+    foreign_load,
+    git_commit,
+    git_dirty,
+    loadavg,
+    machine,
+    quantile,
+    rotation,
+    summary,
+    timing_env,
+    utc_date,
+    write_json,
+)
 
 
 # -- provenance -----------------------------------------------------------------------------------
-def machine() -> dict:
-    cpu_model = None
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu_model = next(
-                (l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), None
-            )
-    except OSError:
-        pass
-    return {
-        "node": platform.node(),
-        "platform": platform.platform(),
-        "processor": platform.processor() or None,
-        "cpu_model": cpu_model,
-        "cpu_count": os.cpu_count(),
-        "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "python": platform.python_version(),
-        "loadavg_1_5_15": [round(v, 2) for v in os.getloadavg()],
-    }
-
-
 def environment() -> dict:
     """Settings that change CPU timings: threading env vars and the backend chosen per op."""
-    env = {
-        k: os.environ.get(k)
-        for k in (
-            "OMP_NUM_THREADS",
-            "OMP_WAIT_POLICY",
-            "GOMP_SPINCOUNT",
-            "KMP_BLOCKTIME",
-            "SHIFTNAS_BACKEND",
-        )
-    }
-    out: dict = {"env": env}
+    out: dict = {"env": timing_env()}
     try:
         import torch
 
@@ -151,42 +112,6 @@ def environment() -> dict:
     except (ImportError, AttributeError, RuntimeError) as e:  # provenance only
         out["backends_error"] = repr(e)
     return out
-
-
-def _git(*args: str) -> str | None:
-    try:
-        p = subprocess.run(
-            ["git", *args], check=False, capture_output=True, text=True, cwd=str(ROOT), timeout=10
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return p.stdout.strip() if p.returncode == 0 else None
-
-
-def git_info() -> dict:
-    commit = _git("rev-parse", "HEAD") or None
-    status = _git("status", "--porcelain", "--untracked-files=no")
-    return {"git_commit": commit, "git_dirty": None if status is None else bool(status)}
-
-
-def _cpu_jiffies() -> tuple[int, int] | None:
-    """(busy jiffies of the whole machine, jiffies used by this process), Linux only."""
-    try:
-        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
-        vals = [int(v) for v in fields[:8]]
-        busy = sum(vals) - vals[3] - vals[4]  # minus idle and iowait
-        own = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
-        return busy, int(own[11]) + int(own[12])  # utime + stime
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def _foreign_load(before, after, seconds: float) -> float | None:
-    """Average number of CPUs used by *other* processes between two _cpu_jiffies()."""
-    if before is None or after is None or seconds <= 0:
-        return None
-    other = (after[0] - before[0]) - (after[1] - before[1])
-    return round(max(0, other) / os.sysconf("SC_CLK_TCK") / seconds, 2)
 
 
 # -- building -------------------------------------------------------------------------------------
@@ -472,14 +397,13 @@ def bench_space(space_name: str, args) -> dict:
         "mflops_of": mflops_of,
     }
     paths = list(PATHS)
-    t0, j0 = time.perf_counter(), _cpu_jiffies()
+    t0, j0 = time.perf_counter(), cpu_jiffies()
     for w in range(args.warmup):
         run_repeat(b, 10_000 + w, paths, None)
     for r in range(args.repeats):
-        k = r % len(paths)
-        run_repeat(b, r, paths[k:] + paths[:k], rec)
+        run_repeat(b, r, rotation(paths, r), rec)
     seconds = time.perf_counter() - t0
-    foreign = _foreign_load(j0, _cpu_jiffies(), seconds)
+    foreign = foreign_load(j0, cpu_jiffies(), seconds)
     del rec["mflops_of"]
 
     med = {
@@ -673,10 +597,11 @@ def main(argv=None) -> None:
             "vs. the uniform-sampler step on the same subnets"
         ),
         "quick": args.quick,
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        **git_info(),
+        "date": utc_date(),
+        "git_commit": git_commit(),
+        "git_dirty": git_dirty(),
         "machine": machine_start,
-        "loadavg_at_end": [round(v, 2) for v in os.getloadavg()],
+        "loadavg_at_end": loadavg(),
         "environment": environment(),
         "torch": torch.__version__,
         "timm": timm.__version__,
@@ -735,13 +660,11 @@ def main(argv=None) -> None:
         "targets": {"overhead_pct": "<= 10 (generator + amortised shift update, per step)"},
         "results": rows,
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1) + "\n")
+    write_json(args.out, result, indent=1)
     for r in rows:
         print_space(r)
     print_summary(rows)
-    print(f"\nwrote {out}")
+    print(f"\nwrote {Path(args.out)}")
 
 
 if __name__ == "__main__":
