@@ -1,4 +1,5 @@
-"""Plumbing shared by the Triton kernels: interpreter detection, GELU, matmul autotune configs.
+"""Plumbing shared by the Triton kernels: interpreter detection, argument checks, GELU, matmul
+autotune configs, and the launcher / custom-op helpers the kernel modules have in common.
 
 Nothing here compiles a kernel; `@triton.jit` only wraps the functions, so importing is cheap
 and works without a GPU.
@@ -16,11 +17,15 @@ __all__ = [
     "check_device",
     "check_width",
     "dot_precision",
+    "fake_grad",
+    "fill_empty",
     "gelu",
     "gelu_grad",
     "interpret_block",
     "interpret_mode",
     "matmul_configs",
+    "needs_grad",
+    "partial_programs",
     "prune_matmul_configs",
 ]
 
@@ -63,6 +68,37 @@ def dot_precision(dtype: torch.dtype) -> str:
     if dtype == torch.float32 and torch.get_float32_matmul_precision() == "highest":
         return "ieee"
     return "tf32"
+
+
+def partial_programs(row_tiles: int, device: torch.device, per_sm: int, col_tiles: int = 1) -> int:
+    """Programs along the rows of a deterministic row reduction (each writes one fp32 partial row,
+    summed by torch afterwards, unlike atomics): enough to fill a GPU (per_sm programs per SM,
+    shared by the col_tiles column tiles), few enough that the partial sums stay small; at most 4
+    off CUDA. At least 1."""
+    if device.type != "cuda":
+        return max(1, min(row_tiles, 4))
+    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    return max(1, min(row_tiles, triton.cdiv(per_sm * sms, col_tiles)))
+
+
+def needs_grad(*tensors) -> bool:
+    """Whether autograd will ask for a gradient of any of the (optional) tensors."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def fill_empty(grads, like: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """A custom op's gradient outputs, each None replaced by a fresh 0-element tensor like `like`
+    (custom ops return no None, and their outputs may not alias one another)."""
+    return tuple(g if g is not None else like.new_empty((0,)) for g in grads)
+
+
+def fake_grad(need: bool, t: torch.Tensor | None, like: torch.Tensor, shape=None,
+              dtype=None) -> torch.Tensor:
+    """A fake impl's gradient output: when `need`, an empty tensor like `t` (shape and dtype
+    overridable), else the 0-element stand-in of `fill_empty` (like `like`)."""
+    if not need:
+        return like.new_empty((0,))
+    return t.new_empty(t.shape if shape is None else shape, dtype=dtype or t.dtype)
 
 
 _INTERPRET_BLOCKS = (16, 64, 128)

@@ -27,6 +27,8 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
+from ._common import KERNEL_DTYPES
+
 __all__ = [
     "DTYPES",
     "HEAD_DIMS",
@@ -37,7 +39,7 @@ __all__ = [
 ]
 
 HEAD_DIMS = (32, 64)
-DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+DTYPES = KERNEL_DTYPES
 
 _LOG2E = 1.4426950408889634  # scores are scaled by log2(e) so the kernels use exp2
 # One tile shape for every kernel: N is 50 or 197 in the search spaces, so bigger tiles only
@@ -61,6 +63,52 @@ def _tile(base, rows, cols, stride_r, stride_c):
 
 
 @triton.jit
+def _load_rows(base, rows, offs_d, stride_n, stride_d, row_ok):
+    """The [rows, HEAD_DIM] tile of a (b, h) slice. Rows past N read 0, not undefined values, so
+    that 0 * padding stays 0 (never NaN)."""
+    return tl.load(_tile(base, rows, offs_d, stride_n, stride_d), mask=row_ok[:, None], other=0.0)
+
+
+@triton.jit
+def _load_rows_t(base, rows, offs_d, stride_n, stride_d, row_ok):
+    """`_load_rows` transposed: the [HEAD_DIM, rows] tile, rows past N read 0."""
+    return tl.load(_tile(base, offs_d, rows, stride_d, stride_n), mask=row_ok[None, :], other=0.0)
+
+
+@triton.jit
+def _store_rows(base, rows, offs_d, stride_n, stride_d, row_ok, val):
+    """Stores the [rows, HEAD_DIM] tile val, cast to base's dtype; rows past N are left out."""
+    tl.store(_tile(base, rows, offs_d, stride_n, stride_d), val.to(base.dtype.element_ty),
+             mask=row_ok[:, None])
+
+
+@triton.jit
+def _program_tile(H, N, BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr):
+    """Program (row tile, b * H + h): (b * H + h; b, h as int64; the tile's BLOCK rows of N and
+    their mask; the head-dim offsets). Row statistics of (b, h) start at (b * H + h) * N."""
+    pid = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = (pid_bh // H).to(tl.int64)
+    h = (pid_bh % H).to(tl.int64)
+    offs = pid * BLOCK + tl.arange(0, BLOCK)
+    offs_d = tl.arange(0, HEAD_DIM)
+    return pid_bh, b, h, offs, offs < N, offs_d
+
+
+@triton.jit
+def _work_end(N, h, HEAD_MASK, NUM_HEADS, stride_mask,
+              HAS_MASK: tl.constexpr, HAS_NUM_HEADS: tl.constexpr):
+    """Loop bound of a program over N: 0 for heads past num_heads and, with HAS_MASK, heads with
+    mask 0 (the backward: their gradients are 0)."""
+    end = N
+    if HAS_NUM_HEADS:
+        end = tl.where(h < tl.load(NUM_HEADS), end, 0)
+    if HAS_MASK:
+        end = tl.where(tl.load(HEAD_MASK + h * stride_mask) != 0.0, end, 0)
+    return end
+
+
+@triton.jit
 def _attn_fwd(
     Q, K, V, O, O_RAW, LSE2, HEAD_MASK, NUM_HEADS,
     stride_qb, stride_qh, stride_qn, stride_qd,
@@ -73,24 +121,16 @@ def _attn_fwd(
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     HAS_MASK: tl.constexpr, HAS_NUM_HEADS: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
-    pid_m = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    b = (pid_bh // H).to(tl.int64)
-    h = (pid_bh % H).to(tl.int64)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    pid_bh, b, h, offs_m, row_ok, offs_d = _program_tile(H, N, BLOCK_M, HEAD_DIM)
     offs_n = tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, HEAD_DIM)
-    row_ok = offs_m < N
     k_base = K + b * stride_kb + h * stride_kh
     v_base = V + b * stride_vb + h * stride_vh
 
-    q = tl.load(_tile(Q + b * stride_qb + h * stride_qh, offs_m, offs_d, stride_qn, stride_qd),
-                mask=row_ok[:, None], other=0.0)
+    q = _load_rows(Q + b * stride_qb + h * stride_qh, offs_m, offs_d, stride_qn, stride_qd, row_ok)
 
     # A head past the device-side head count runs zero iterations: its output is 0 (l_i = 0).
-    n_end = N
-    if HAS_NUM_HEADS:
-        n_end = tl.where(h < tl.load(NUM_HEADS), N, 0)
+    # Heads with mask 0 are computed: the backward needs their unmasked output.
+    n_end = _work_end(N, h, HEAD_MASK, NUM_HEADS, stride_mask, False, HAS_NUM_HEADS)
 
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
@@ -98,8 +138,7 @@ def _attn_fwd(
     for start_n in range(0, n_end, BLOCK_N):
         cols = start_n + offs_n
         col_ok = cols < N
-        kt_ptrs = _tile(k_base, offs_d, cols, stride_kd, stride_kn)
-        kt = tl.load(kt_ptrs, mask=col_ok[None, :], other=0.0)
+        kt = _load_rows_t(k_base, cols, offs_d, stride_kn, stride_kd, col_ok)
         s = tl.dot(q, kt, input_precision=DOT_PRECISION) * qk_scale
         s = tl.where(col_ok[None, :], s, float("-inf"))
         # Every tile holds >= 1 valid column, so m_new is finite and alpha = 0 on the first tile.
@@ -107,8 +146,7 @@ def _attn_fwd(
         p = tl.exp2(s - m_new[:, None])
         alpha = tl.exp2(m_i - m_new)
         l_i = l_i * alpha + tl.sum(p, 1)
-        v_ptrs = _tile(v_base, cols, offs_d, stride_vn, stride_vd)
-        v = tl.load(v_ptrs, mask=col_ok[:, None], other=0.0)
+        v = _load_rows(v_base, cols, offs_d, stride_vn, stride_vd, col_ok)
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
         m_i = m_new
 
@@ -118,11 +156,11 @@ def _attn_fwd(
     if HAS_MASK:
         # The backward needs the unmasked output (delta and d(head_mask)), also where the mask
         # is 0, so it is stored beside the masked one.
-        r_ptrs = _tile(O_RAW + b * stride_rb + h * stride_rh, offs_m, offs_d, stride_rn, stride_rd)
-        tl.store(r_ptrs, out.to(O_RAW.dtype.element_ty), mask=row_ok[:, None])
+        _store_rows(O_RAW + b * stride_rb + h * stride_rh, offs_m, offs_d, stride_rn, stride_rd,
+                    row_ok, out)
         out = out * tl.load(HEAD_MASK + h * stride_mask).to(tl.float32)
-    o_ptrs = _tile(O + b * stride_ob + h * stride_oh, offs_m, offs_d, stride_on, stride_od)
-    tl.store(o_ptrs, out.to(O.dtype.element_ty), mask=row_ok[:, None])
+    _store_rows(O + b * stride_ob + h * stride_oh, offs_m, offs_d, stride_on, stride_od,
+                row_ok, out)
 
 
 @triton.jit
@@ -134,30 +172,12 @@ def _attn_bwd_preprocess(
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
 ):
     """delta = rowsum(dO * O) with the *unmasked* O and dO (the mask is applied later)."""
-    pid_m = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    b = (pid_bh // H).to(tl.int64)
-    h = (pid_bh % H).to(tl.int64)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, HEAD_DIM)
-    row_ok = offs_m < N
-    o = tl.load(_tile(O + b * stride_ob + h * stride_oh, offs_m, offs_d, stride_on, stride_od),
-                mask=row_ok[:, None], other=0.0).to(tl.float32)
-    do = tl.load(_tile(DO + b * stride_gb + h * stride_gh, offs_m, offs_d, stride_gn, stride_gd),
-                 mask=row_ok[:, None], other=0.0).to(tl.float32)
+    pid_bh, b, h, offs_m, row_ok, offs_d = _program_tile(H, N, BLOCK_M, HEAD_DIM)
+    o = _load_rows(O + b * stride_ob + h * stride_oh, offs_m, offs_d, stride_on, stride_od,
+                   row_ok).to(tl.float32)
+    do = _load_rows(DO + b * stride_gb + h * stride_gh, offs_m, offs_d, stride_gn, stride_gd,
+                    row_ok).to(tl.float32)
     tl.store(DELTA + pid_bh.to(tl.int64) * N + offs_m, tl.sum(o * do, 1), mask=row_ok)
-
-
-@triton.jit
-def _work_end(N, h, HEAD_MASK, NUM_HEADS, stride_mask,
-              HAS_MASK: tl.constexpr, HAS_NUM_HEADS: tl.constexpr):
-    """Loop bound of a backward program: 0 for heads past num_heads or with mask 0 (zero grads)."""
-    end = N
-    if HAS_NUM_HEADS:
-        end = tl.where(h < tl.load(NUM_HEADS), end, 0)
-    if HAS_MASK:
-        end = tl.where(tl.load(HEAD_MASK + h * stride_mask) != 0.0, end, 0)
-    return end
 
 
 @triton.jit
@@ -179,35 +199,25 @@ def _attn_bwd_dkdv(
     Works in the transposed frame (rows = keys) so P^T and dS^T come out of the dots directly.
     Computed with the unmasked dO, then scaled by head_mask[h] once at the end.
     """
-    pid_n = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    b = (pid_bh // H).to(tl.int64)
-    h = (pid_bh % H).to(tl.int64)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    pid_bh, b, h, offs_n, col_ok, offs_d = _program_tile(H, N, BLOCK_N, HEAD_DIM)
     offs_m = tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, HEAD_DIM)
-    col_ok = offs_n < N
     q_base = Q + b * stride_qb + h * stride_qh
     do_base = DO + b * stride_gb + h * stride_gh
     row_base = pid_bh.to(tl.int64) * N
 
-    k = tl.load(_tile(K + b * stride_kb + h * stride_kh, offs_n, offs_d, stride_kn, stride_kd),
-                mask=col_ok[:, None], other=0.0)
-    v = tl.load(_tile(V + b * stride_vb + h * stride_vh, offs_n, offs_d, stride_vn, stride_vd),
-                mask=col_ok[:, None], other=0.0)
+    k = _load_rows(K + b * stride_kb + h * stride_kh, offs_n, offs_d, stride_kn, stride_kd, col_ok)
+    v = _load_rows(V + b * stride_vb + h * stride_vh, offs_n, offs_d, stride_vn, stride_vd, col_ok)
     dk = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
     m_end = _work_end(N, h, HEAD_MASK, NUM_HEADS, stride_mask, HAS_MASK, HAS_NUM_HEADS)
     for start_m in range(0, m_end, BLOCK_M):
         rows = start_m + offs_m
         row_ok = rows < N
-        qt_ptrs = _tile(q_base, offs_d, rows, stride_qd, stride_qn)
-        qt = tl.load(qt_ptrs, mask=row_ok[None, :], other=0.0)
+        qt = _load_rows_t(q_base, rows, offs_d, stride_qn, stride_qd, row_ok)
         # Padding rows get lse = +inf, hence P = 0: they add nothing to dK or dV.
         lse2 = tl.load(LSE2 + row_base + rows, mask=row_ok, other=float("inf"))
         pt = tl.exp2(tl.dot(k, qt, input_precision=DOT_PRECISION) * qk_scale - lse2[None, :])
-        do_ptrs = _tile(do_base, rows, offs_d, stride_gn, stride_gd)
-        do = tl.load(do_ptrs, mask=row_ok[:, None], other=0.0)
+        do = _load_rows(do_base, rows, offs_d, stride_gn, stride_gd, row_ok)
         dv += tl.dot(pt.to(do.dtype), do, input_precision=DOT_PRECISION)
         delta = tl.load(DELTA + row_base + rows, mask=row_ok, other=0.0)
         dpt = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)
@@ -219,10 +229,10 @@ def _attn_bwd_dkdv(
         m_h = tl.load(HEAD_MASK + h * stride_mask).to(tl.float32)
         dk *= m_h
         dv *= m_h
-    dk_ptrs = _tile(DK + b * stride_dkb + h * stride_dkh, offs_n, offs_d, stride_dkn, stride_dkd)
-    tl.store(dk_ptrs, dk.to(DK.dtype.element_ty), mask=col_ok[:, None])
-    dv_ptrs = _tile(DV + b * stride_dvb + h * stride_dvh, offs_n, offs_d, stride_dvn, stride_dvd)
-    tl.store(dv_ptrs, dv.to(DV.dtype.element_ty), mask=col_ok[:, None])
+    _store_rows(DK + b * stride_dkb + h * stride_dkh, offs_n, offs_d, stride_dkn, stride_dkd,
+                col_ok, dk)
+    _store_rows(DV + b * stride_dvb + h * stride_dvh, offs_n, offs_d, stride_dvn, stride_dvd,
+                col_ok, dv)
 
 
 @triton.jit
@@ -239,22 +249,15 @@ def _attn_bwd_dq(
     HAS_MASK: tl.constexpr, HAS_NUM_HEADS: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """One query tile per program, looping over all key tiles: dQ = scale dS K."""
-    pid_m = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    b = (pid_bh // H).to(tl.int64)
-    h = (pid_bh % H).to(tl.int64)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    pid_bh, b, h, offs_m, row_ok, offs_d = _program_tile(H, N, BLOCK_M, HEAD_DIM)
     offs_n = tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, HEAD_DIM)
-    row_ok = offs_m < N
     row_base = pid_bh.to(tl.int64) * N
     k_base = K + b * stride_kb + h * stride_kh
     v_base = V + b * stride_vb + h * stride_vh
 
-    q = tl.load(_tile(Q + b * stride_qb + h * stride_qh, offs_m, offs_d, stride_qn, stride_qd),
-                mask=row_ok[:, None], other=0.0)
-    do = tl.load(_tile(DO + b * stride_gb + h * stride_gh, offs_m, offs_d, stride_gn, stride_gd),
-                 mask=row_ok[:, None], other=0.0)
+    q = _load_rows(Q + b * stride_qb + h * stride_qh, offs_m, offs_d, stride_qn, stride_qd, row_ok)
+    do = _load_rows(DO + b * stride_gb + h * stride_gh, offs_m, offs_d, stride_gn, stride_gd,
+                    row_ok)
     lse2 = tl.load(LSE2 + row_base + offs_m, mask=row_ok, other=0.0)
     delta = tl.load(DELTA + row_base + offs_m, mask=row_ok, other=0.0)
     dq = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
@@ -263,10 +266,8 @@ def _attn_bwd_dq(
         cols = start_n + offs_n
         col_ok = cols < N
         # Padding columns load as 0 (not undefined) so that 0 * padding stays 0, never NaN.
-        kt_ptrs = _tile(k_base, offs_d, cols, stride_kd, stride_kn)
-        kt = tl.load(kt_ptrs, mask=col_ok[None, :], other=0.0)
-        vt_ptrs = _tile(v_base, offs_d, cols, stride_vd, stride_vn)
-        vt = tl.load(vt_ptrs, mask=col_ok[None, :], other=0.0)
+        kt = _load_rows_t(k_base, cols, offs_d, stride_kn, stride_kd, col_ok)
+        vt = _load_rows_t(v_base, cols, offs_d, stride_vn, stride_vd, col_ok)
         s = tl.dot(q, kt, input_precision=DOT_PRECISION) * qk_scale
         p = tl.where(col_ok[None, :], tl.exp2(s - lse2[:, None]), 0.0)
         dp = tl.dot(do, vt, input_precision=DOT_PRECISION)
@@ -276,8 +277,8 @@ def _attn_bwd_dq(
     dq *= sm_scale
     if HAS_MASK:
         dq *= tl.load(HEAD_MASK + h * stride_mask).to(tl.float32)
-    dq_ptrs = _tile(DQ + b * stride_dqb + h * stride_dqh, offs_m, offs_d, stride_dqn, stride_dqd)
-    tl.store(dq_ptrs, dq.to(DQ.dtype.element_ty), mask=row_ok[:, None])
+    _store_rows(DQ + b * stride_dqb + h * stride_dqh, offs_m, offs_d, stride_dqn, stride_dqd,
+                row_ok, dq)
 
 
 # --------------------------------------------------------------------------------------------
@@ -370,6 +371,23 @@ def _dot_precision(dtype: torch.dtype) -> str:
     return "ieee" if dtype == torch.float32 else "tf32"
 
 
+def _flash_args(q, head_mask, num_heads, dummy):
+    """(head-mask pointer, num-heads pointer, head-mask stride, meta-parameters) of the flash
+    kernels; `dummy` stands in for an absent tensor (never read: its HAS_* flag is False)."""
+    has_mask, has_nh = head_mask is not None, num_heads is not None
+    meta = {
+        "HEAD_DIM": q.shape[-1], "BLOCK_M": _BLOCK_M, "BLOCK_N": _BLOCK_N, "HAS_MASK": has_mask,
+        "HAS_NUM_HEADS": has_nh, "DOT_PRECISION": _dot_precision(q.dtype),
+        "num_warps": _NUM_WARPS, "num_stages": _NUM_STAGES,
+    }
+    return (
+        head_mask if has_mask else dummy,
+        num_heads if has_nh else dummy,
+        head_mask.stride(0) if has_mask else 0,
+        meta,
+    )
+
+
 def _forward(q, k, v, head_mask, num_heads):
     """(o, o_raw, lse2): o_raw (unmasked output) is empty without head_mask; lse2 [B, H, N] fp32."""
     _check_inputs(q, k, v, head_mask, num_heads)
@@ -379,17 +397,12 @@ def _forward(q, k, v, head_mask, num_heads):
     lse2 = q.new_empty((B, H, N), dtype=torch.float32)
     if q.numel() == 0:
         return o, o_raw, lse2
-    has_mask, has_nh = head_mask is not None, num_heads is not None
-    r = o_raw if has_mask else o
-    grid = (triton.cdiv(N, _BLOCK_M), B * H)
-    _attn_fwd[grid](
-        q, k, v, o, r, lse2, head_mask if has_mask else lse2, num_heads if has_nh else lse2,
-        *q.stride(), *k.stride(), *v.stride(), *o.stride(), *r.stride(),
-        head_mask.stride(0) if has_mask else 0,
-        H, N, _LOG2E / math.sqrt(d),
-        HEAD_DIM=d, BLOCK_M=_BLOCK_M, BLOCK_N=_BLOCK_N,
-        HAS_MASK=has_mask, HAS_NUM_HEADS=has_nh, DOT_PRECISION=_dot_precision(q.dtype),
-        num_warps=_NUM_WARPS, num_stages=_NUM_STAGES,
+    r = o_raw if head_mask is not None else o
+    mask_arg, nh_arg, stride_mask, meta = _flash_args(q, head_mask, num_heads, lse2)
+    _attn_fwd[(triton.cdiv(N, _BLOCK_M), B * H)](
+        q, k, v, o, r, lse2, mask_arg, nh_arg,
+        *q.stride(), *k.stride(), *v.stride(), *o.stride(), *r.stride(), stride_mask,
+        H, N, _LOG2E / math.sqrt(d), **meta,
     )
     return o, o_raw, lse2
 
@@ -401,7 +414,7 @@ def _backward(grad_o, q, k, v, o_raw, lse2, head_mask, num_heads):
         raise ValueError(f"grad_o shape {tuple(grad_o.shape)} != q shape {tuple(q.shape)}")
     grad_o = grad_o.to(q.dtype)
     dq, dk, dv = _empty_bhnd(q), _empty_bhnd(q), _empty_bhnd(q)
-    has_mask, has_nh = head_mask is not None, num_heads is not None
+    has_mask = head_mask is not None
     if q.numel() == 0:
         dmask = torch.zeros_like(head_mask) if has_mask else q.new_empty(0)
         return dq, dk, dv, dmask
@@ -410,15 +423,8 @@ def _backward(grad_o, q, k, v, o_raw, lse2, head_mask, num_heads):
         o_raw, grad_o, delta, *o_raw.stride(), *grad_o.stride(), H, N,
         HEAD_DIM=d, BLOCK_M=_BLOCK_M, num_warps=_NUM_WARPS,
     )
-    mask_arg = head_mask if has_mask else delta
-    nh_arg = num_heads if has_nh else delta
-    stride_mask = head_mask.stride(0) if has_mask else 0
+    mask_arg, nh_arg, stride_mask, meta = _flash_args(q, head_mask, num_heads, delta)
     sm_scale = 1.0 / math.sqrt(d)
-    meta = {
-        "HEAD_DIM": d, "BLOCK_M": _BLOCK_M, "BLOCK_N": _BLOCK_N, "HAS_MASK": has_mask,
-        "HAS_NUM_HEADS": has_nh, "DOT_PRECISION": _dot_precision(q.dtype),
-        "num_warps": _NUM_WARPS, "num_stages": _NUM_STAGES,
-    }
     # Separate dK/dV and dQ passes: each program owns its output tile, so no atomics and the
     # result is deterministic, at the price of computing P twice.
     _attn_bwd_dkdv[(triton.cdiv(N, _BLOCK_N), B * H)](

@@ -18,12 +18,12 @@ PyTorch definition the tests hold the kernels to.
 """
 from __future__ import annotations
 
-import os
-
 import torch
 import torch.nn.functional as F
 import triton
 import triton.language as tl
+
+from ._common import KERNEL_DTYPES, check_width, interpret_mode
 
 __all__ = [
     "KERNEL_SIZES",
@@ -36,9 +36,8 @@ __all__ = [
 
 KERNEL_SIZES = (3, 5, 7)
 STRIDES = (1, 2)
-_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 # TRITON_INTERPRET is read when the kernels below are decorated; with it, CPU tensors work.
-_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+_INTERPRET = interpret_mode()
 # Elements per program. GPU: 1024 for the [channels, pixels] kernels (forward, grad_x) and
 # 4096 for the [channels, taps, pixels] weight-gradient accumulator (32 fp32 registers/thread
 # at 4 warps). The interpreter pays ~0.1-0.2 ms per tl op whatever the block size (a 2x40x7x7
@@ -57,6 +56,22 @@ _MAX_GRID_YZ = 65535
 
 
 @triton.jit
+def _plane_tile(C, PH, PW, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
+    """Program (pixel tile, channel tile, image b) of a [channels, pixels] kernel over PH x PW
+    planes: (channel tile index, b, channels c, pixels p, c < C, p < PH * PW, the tile's int64
+    element offsets in a [B, C, PH * PW] tensor, the tile's in-bounds mask)."""
+    pid_p = tl.program_id(0)
+    pid_c = tl.program_id(1)
+    b = tl.program_id(2)
+    c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
+    c_ok = c < C
+    p_ok = p < PH * PW
+    offs = ((b * C + c).to(tl.int64) * (PH * PW))[:, None] + p[None, :]
+    return pid_c, b, c, p, c_ok, p_ok, offs, c_ok[:, None] & p_ok[None, :]
+
+
+@triton.jit
 def _dwconv_fwd_kernel(
     # pointers
     x_ptr, w_ptr, b_ptr, active_ptr, mask_ptr, y_ptr,
@@ -71,15 +86,7 @@ def _dwconv_fwd_kernel(
 ):
     """y[b, c, p] for a [BLOCK_C channels, BLOCK_P output pixels] tile of one image."""
     PAD: tl.constexpr = K // 2
-    pid_p = tl.program_id(0)
-    pid_c = tl.program_id(1)
-    b = tl.program_id(2)
-    c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
-    p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
-    c_ok = c < C
-    p_ok = p < OH * OW
-    y_offs = ((b * C + c).to(tl.int64) * (OH * OW))[:, None] + p[None, :]
-    out_ok = c_ok[:, None] & p_ok[None, :]
+    pid_c, b, c, p, c_ok, p_ok, y_offs, out_ok = _plane_tile(C, OH, OW, BLOCK_C, BLOCK_P)
     c_live = c_ok
     if HAS_ACTIVE:
         n_active = tl.load(active_ptr)
@@ -115,6 +122,19 @@ def _dwconv_fwd_kernel(
 
 
 @triton.jit
+def _source(t, ok, n_out, STRIDE: tl.constexpr):
+    """grad_x gathers from output index o with o * STRIDE = t (one axis): (o, ok where t is a
+    multiple of STRIDE and 0 <= o < n_out)."""
+    if STRIDE == 1:
+        o = t
+        ok = ok & (t >= 0) & (t < n_out)
+    else:
+        o = t // STRIDE
+        ok = ok & (t >= 0) & (t % STRIDE == 0) & (o < n_out)
+    return o, ok
+
+
+@triton.jit
 def _dwconv_bwd_x_kernel(
     # pointers
     gy_ptr, w_ptr, active_ptr, mask_ptr, gx_ptr,
@@ -131,15 +151,7 @@ def _dwconv_bwd_x_kernel(
     Input pixel ih receives tap kh from output oh with oh * STRIDE = ih + PAD - kh.
     """
     PAD: tl.constexpr = K // 2
-    pid_p = tl.program_id(0)
-    pid_c = tl.program_id(1)
-    b = tl.program_id(2)
-    c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
-    p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
-    c_ok = c < C
-    p_ok = p < H * W
-    x_offs = ((b * C + c).to(tl.int64) * (H * W))[:, None] + p[None, :]
-    out_ok = c_ok[:, None] & p_ok[None, :]
+    pid_c, b, c, p, c_ok, p_ok, x_offs, out_ok = _plane_tile(C, H, W, BLOCK_C, BLOCK_P)
     c_live = c_ok
     if HAS_ACTIVE:
         n_active = tl.load(active_ptr)
@@ -158,22 +170,10 @@ def _dwconv_bwd_x_kernel(
         scale = tl.load(mask_ptr + c, mask=c_live, other=0.0).to(tl.float32)
     acc = tl.zeros([BLOCK_C, BLOCK_P], dtype=tl.float32)
     for kh in range(K):  # run-time rows, unrolled columns: see the forward kernel
-        th = th0 - kh
-        if STRIDE == 1:
-            oh = th
-            h_ok = p_ok & (th >= 0) & (th < OH)
-        else:
-            oh = th // STRIDE
-            h_ok = p_ok & (th >= 0) & (th % STRIDE == 0) & (oh < OH)
+        oh, h_ok = _source(th0 - kh, p_ok, OH, STRIDE)
         gy_row = gy_plane + (oh * OW)[None, :]
         for kw in tl.static_range(K):
-            tw = tw0 - kw
-            if STRIDE == 1:
-                ow = tw
-                ok = h_ok & (tw >= 0) & (tw < OW)
-            else:
-                ow = tw // STRIDE
-                ok = h_ok & (tw >= 0) & (tw % STRIDE == 0) & (ow < OW)
+            ow, ok = _source(tw0 - kw, h_ok, OW, STRIDE)
             gy = tl.load(gy_row + ow[None, :], mask=c_live2 & ok[None, :], other=0.0)
             wv = tl.load(w_tap0 + (kh * stride_wh + kw * stride_ww), mask=c_live, other=0.0)
             acc += gy.to(tl.float32) * (wv.to(tl.float32) * scale)[:, None]
@@ -250,10 +250,10 @@ def _check(x, weight, bias, stride, active, mask) -> None:
     """ValueError naming the bad argument; reads shapes and dtypes only (also used by fakes)."""
     if not isinstance(x, torch.Tensor) or x.dim() != 4:
         raise ValueError(f"elastic_dwconv: x must be a 4-D [B, C, H, W] tensor, got {_desc(x)}")
-    if x.dtype not in _DTYPES:
+    if x.dtype not in KERNEL_DTYPES:
         raise ValueError(
-            f"elastic_dwconv: x.dtype={x.dtype}; allowed: {[str(d) for d in _DTYPES]} "
-            "(use the ref backend for other dtypes)"
+            f"elastic_dwconv: x.dtype={x.dtype}; allowed: "
+            f"{[str(d) for d in KERNEL_DTYPES]} (use the ref backend for other dtypes)"
         )
     if x.device.type != "meta" and not (x.is_cuda or _INTERPRET):
         raise ValueError(
@@ -277,24 +277,21 @@ def _check(x, weight, bias, stride, active, mask) -> None:
         raise ValueError(
             f"elastic_dwconv: weight has {weight.shape[0]} channels < x's {C} active channels"
         )
-    if weight.dtype not in _DTYPES:
-        raise ValueError(f"elastic_dwconv: weight.dtype={weight.dtype}; allowed: {list(_DTYPES)}")
+    if weight.dtype not in KERNEL_DTYPES:
+        raise ValueError(
+            f"elastic_dwconv: weight.dtype={weight.dtype}; allowed: {list(KERNEL_DTYPES)}"
+        )
     if stride not in STRIDES:
         raise ValueError(f"elastic_dwconv: stride={stride!r}; allowed: {list(STRIDES)}")
     for name, v in (("bias", bias), ("mask", mask)):
         if v is None:
             continue
-        if v.dim() != 1 or v.shape[0] < C or v.dtype not in _DTYPES:
+        if v.dim() != 1 or v.shape[0] < C or v.dtype not in KERNEL_DTYPES:
             raise ValueError(
                 f"elastic_dwconv: {name} must be a 1-D float tensor with >= {C} entries, "
                 f"got {_desc(v)}"
             )
-    if active is not None and (
-        active.numel() != 1 or active.dtype not in (torch.int32, torch.int64)
-    ):
-        raise ValueError(
-            f"elastic_dwconv: active must be a one-element int32/int64 tensor, got {_desc(active)}"
-        )
+    check_width("active", active, x.device)
     for name, v in (("weight", weight), ("bias", bias), ("active", active), ("mask", mask)):
         if v is not None and v.device != x.device:
             raise ValueError(f"elastic_dwconv: {name} is on {v.device}, x on {x.device}")
@@ -322,6 +319,12 @@ def _tile(n_pix: int, n_chan: int, budget: int, min_p: int = 1) -> tuple[int, in
     return block_c, block_p
 
 
+def _plane_grid(n_pix: int, C: int, B: int):
+    """(grid, BLOCK_C, BLOCK_P) of a [channels, pixels] kernel (`_plane_tile`) over B x C planes."""
+    block_c, block_p = _tile(n_pix, C, _TILE)
+    return (triton.cdiv(n_pix, block_p), triton.cdiv(C, block_c), B), block_c, block_p
+
+
 def _dwconv_fwd(x, weight, bias, stride, active, mask) -> torch.Tensor:
     _check(x, weight, bias, stride, active, mask)
     x = x.contiguous()
@@ -331,8 +334,7 @@ def _dwconv_fwd(x, weight, bias, stride, active, mask) -> torch.Tensor:
     y = torch.empty((B, C, OH, OW), device=x.device, dtype=x.dtype)
     if y.numel() == 0:
         return y
-    block_c, block_p = _tile(OH * OW, C, _TILE)
-    grid = (triton.cdiv(OH * OW, block_p), triton.cdiv(C, block_c), B)
+    grid, block_c, block_p = _plane_grid(OH * OW, C, B)
     dummy = x  # never read: its HAS_* flag is False
     _dwconv_fwd_kernel[grid](
         x, weight,
@@ -362,8 +364,7 @@ def _dwconv_bwd(grad_y, x, weight, bias, stride, active, mask, need_x, need_para
     if need_x:
         gx = torch.empty_like(x)
         if gx.numel():
-            block_c, block_p = _tile(H * W, C, _TILE)
-            grid = (triton.cdiv(H * W, block_p), triton.cdiv(C, block_c), B)
+            grid, block_c, block_p = _plane_grid(H * W, C, B)
             _dwconv_bwd_x_kernel[grid](
                 grad_y, weight,
                 dummy if active is None else active,

@@ -18,7 +18,14 @@ import triton.language as tl
 
 from shiftnas.ops import ref
 
-from ._common import KERNEL_DTYPES, check_device, interpret_mode
+from ._common import (
+    KERNEL_DTYPES,
+    check_device,
+    fake_grad,
+    fill_empty,
+    interpret_mode,
+    partial_programs,
+)
 
 __all__ = ["MAX_ACTIVE", "layer_norm", "layer_norm_backward", "layer_norm_forward", "layer_norm_ref"]
 
@@ -180,12 +187,7 @@ def layer_norm_backward(gy, x, weight, mean, rstd, active: int, need_dx: bool, n
         if x2.shape[1] > active:
             dx[:, active:].zero_()
     block_m, block_c, warps = _blocks(active)
-    row_tiles = triton.cdiv(M, block_m)
-    if dev.type == "cuda":
-        progs = min(row_tiles, 2 * torch.cuda.get_device_properties(dev).multi_processor_count)
-    else:
-        progs = min(row_tiles, 4)
-    progs = max(progs, 1)
+    progs = partial_programs(triton.cdiv(M, block_m), dev, per_sm=2)
     dw_part = torch.zeros((progs, active), device=dev, dtype=torch.float32) if need_dweight else None
     db_part = torch.zeros((progs, active), device=dev, dtype=torch.float32) if need_dbias else None
     if M > 0 and (need_dx or need_dweight or need_dbias):
@@ -238,22 +240,19 @@ def _elastic_layer_norm_backward_op(
     need_dweight: bool,
     need_dbias: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    dx, dw, db = layer_norm_backward(gy, x, weight, mean, rstd, active, need_dx, need_dweight, need_dbias)
-    e = x.new_empty((0,))
-    return (
-        dx if dx is not None else e,
-        dw if dw is not None else e.clone(),
-        db if db is not None else e.clone(),
+    grads = layer_norm_backward(
+        gy, x, weight, mean, rstd, active, need_dx, need_dweight, need_dbias
     )
+    return fill_empty(grads, x)
 
 
 @_elastic_layer_norm_backward_op.register_fake
 def _(gy, x, weight, mean, rstd, active, need_dx, need_dweight, need_dbias):
     f32 = torch.float32
     return (
-        x.new_empty(x.shape) if need_dx else x.new_empty((0,)),
-        weight.new_empty(weight.shape, dtype=f32) if need_dweight else x.new_empty((0,)),
-        weight.new_empty(weight.shape, dtype=f32) if need_dbias else x.new_empty((0,)),
+        fake_grad(need_dx, x, x),
+        fake_grad(need_dweight, weight, x, dtype=f32),
+        fake_grad(need_dbias, weight, x, dtype=f32),
     )
 
 

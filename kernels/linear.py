@@ -30,11 +30,15 @@ from ._common import (
     check_device,
     check_width,
     dot_precision,
+    fake_grad,
+    fill_empty,
     gelu,
     gelu_grad,
     interpret_block,
     interpret_mode,
     matmul_configs,
+    needs_grad,
+    partial_programs,
     prune_matmul_configs,
 )
 
@@ -261,15 +265,6 @@ def _matmul(a, b, c, *, bias=None, scale=None, pre=None, act=0, b_gelu=False, bs
     )
 
 
-def _partial_programs(row_tiles: int, col_tiles: int, device: torch.device) -> int:
-    """Programs along the rows for a reduction over rows: enough to fill the GPU, few enough
-    that the fp32 partial sums stay small."""
-    if device.type != "cuda":
-        return max(1, min(row_tiles, 4))
-    sms = torch.cuda.get_device_properties(device).multi_processor_count
-    return max(1, min(row_tiles, triton.cdiv(4 * sms, col_tiles)))
-
-
 def _act_backward(gy2, pre, scale, col_lim, act: int, want_dbias: bool):
     """(gz, d(bias) [N] fp32 or None, d(scale) [N] fp32 or None) for gy2 [M, N]."""
     M, N = gy2.shape
@@ -283,7 +278,7 @@ def _act_backward(gy2, pre, scale, col_lim, act: int, want_dbias: bool):
     else:
         block_m, block_n = 32, 128
     col_tiles = triton.cdiv(N, block_n)
-    groups = _partial_programs(triton.cdiv(M, block_m), col_tiles, dev)
+    groups = partial_programs(triton.cdiv(M, block_m), dev, per_sm=4, col_tiles=col_tiles)
     dbias = torch.zeros((groups, N), device=dev, dtype=torch.float32) if want_dbias else None
     dscale = torch.zeros((groups, N), device=dev, dtype=torch.float32) if scale is not None else None
     if M > 0 and N > 0:
@@ -395,10 +390,6 @@ def linear_backward(gy, x, weight, pre, mask, out_width, in_width, activation: s
 
 
 # ------------------------------------------------------------------------ custom ops, autograd
-def _empty(like: torch.Tensor) -> torch.Tensor:
-    return like.new_empty((0,))
-
-
 @torch.library.custom_op("shiftnas::elastic_linear", mutates_args=())
 def _elastic_linear_op(
     x: torch.Tensor,
@@ -437,25 +428,19 @@ def _elastic_linear_backward_op(
     need_dx: bool,
     need_dweight: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    dx, dw, db, dmask = linear_backward(
+    grads = linear_backward(
         gy, x, weight, pre, mask, out_width, in_width, activation, need_dbias, need_dx, need_dweight
     )
-    e = _empty(x)
-    return (
-        dx if dx is not None else e,
-        dw if dw is not None else e.clone(),
-        db if db is not None else e.clone(),
-        dmask if dmask is not None else e.clone(),
-    )
+    return fill_empty(grads, x)
 
 
 @_elastic_linear_backward_op.register_fake
 def _(gy, x, weight, pre, mask, out_width, in_width, activation, need_dbias, need_dx, need_dweight):
     return (
-        x.new_empty(x.shape) if need_dx else x.new_empty((0,)),
-        weight.new_empty(weight.shape) if need_dweight else x.new_empty((0,)),
-        weight.new_empty((weight.shape[0],), dtype=torch.float32) if need_dbias else x.new_empty((0,)),
-        mask.new_empty(mask.shape) if mask is not None else x.new_empty((0,)),
+        fake_grad(need_dx, x, x),
+        fake_grad(need_dweight, weight, x),
+        fake_grad(need_dbias, weight, x, (weight.shape[0],), torch.float32),
+        fake_grad(mask is not None, mask, x),
     )
 
 
@@ -495,17 +480,10 @@ torch.library.register_autograd(
 )
 
 
-def _needs_grad(*tensors) -> bool:
-    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
-
-
 # ------------------------------------------------------------------------------ public API
 def linear(x, weight, bias, out_features: int, activation: str | None = None) -> torch.Tensor:
     """act(x @ W[:out, :in]^T + b[:out]) with in = x.shape[-1]; same contract as `ref.linear`."""
-    y, _ = torch.ops.shiftnas.elastic_linear(
-        x, weight, bias, out_features, activation, None, None, None, _needs_grad(x, weight, bias)
-    )
-    return y
+    return linear_masked(x, weight, bias, out_features, activation)
 
 
 def linear_masked(x, weight, bias, out_features: int, activation: str | None = None, *,
@@ -518,7 +496,7 @@ def linear_masked(x, weight, bias, out_features: int, activation: str | None = N
     """
     y, _ = torch.ops.shiftnas.elastic_linear(
         x, weight, bias, out_features, activation, out_width, in_width, mask,
-        _needs_grad(x, weight, bias, mask),
+        needs_grad(x, weight, bias, mask),
     )
     return y
 

@@ -20,7 +20,7 @@ import torch
 
 from shiftnas.ops import ref
 
-from ._common import KERNEL_DTYPES, check_device, check_width
+from ._common import KERNEL_DTYPES, check_device, check_width, fake_grad, fill_empty, needs_grad
 from .linear import _act_backward, _matmul, linear_backward, linear_forward, linear_masked_ref
 
 __all__ = ["mlp", "mlp_backward", "mlp_forward", "mlp_masked", "mlp_masked_ref", "mlp_ref"]
@@ -141,24 +141,20 @@ def _elastic_mlp_backward_op(
         gy, x, fc1_weight, fc2_weight, pre1, hidden_mask, hidden_width,
         need_dx, need_dfc1_weight, need_dfc1_bias, need_dfc2_weight, need_dfc2_bias,
     )
-    return tuple(g if g is not None else x.new_empty((0,)) for g in grads)
+    return fill_empty(grads, x)
 
 
 @_elastic_mlp_backward_op.register_fake
 def _(gy, x, fc1_weight, fc2_weight, pre1, hidden_mask, hidden_width, need_dx, need_dfc1_weight,
       need_dfc1_bias, need_dfc2_weight, need_dfc2_bias):
     f32 = torch.float32
-
-    def maybe(cond, t, shape, dtype=None):
-        return t.new_empty(shape, dtype=dtype or t.dtype) if cond else x.new_empty((0,))
-
     return (
-        maybe(need_dx, x, x.shape),
-        maybe(need_dfc1_weight, fc1_weight, fc1_weight.shape),
-        maybe(need_dfc1_bias, fc1_weight, (fc1_weight.shape[0],), f32),
-        maybe(need_dfc2_weight, fc2_weight, fc2_weight.shape),
-        maybe(need_dfc2_bias, fc2_weight, (fc2_weight.shape[0],), f32),
-        maybe(hidden_mask is not None, hidden_mask, hidden_mask.shape if hidden_mask is not None else (0,)),
+        fake_grad(need_dx, x, x),
+        fake_grad(need_dfc1_weight, fc1_weight, x),
+        fake_grad(need_dfc1_bias, fc1_weight, x, (fc1_weight.shape[0],), f32),
+        fake_grad(need_dfc2_weight, fc2_weight, x),
+        fake_grad(need_dfc2_bias, fc2_weight, x, (fc2_weight.shape[0],), f32),
+        fake_grad(hidden_mask is not None, hidden_mask, x),
     )
 
 
@@ -200,18 +196,11 @@ torch.library.register_autograd("shiftnas::elastic_mlp", _backward, setup_contex
 
 
 # ------------------------------------------------------------------------------ public API
-def _needs_grad(*tensors) -> bool:
-    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
-
-
 def mlp(x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, hidden: int,
         hidden_mask: torch.Tensor | None = None) -> torch.Tensor:
     """fc2(GELU(fc1(x)) * hidden_mask) with `hidden` active hidden channels; x [..., E] -> [..., E]."""
-    y, _ = torch.ops.shiftnas.elastic_mlp(
-        x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, hidden, None, hidden_mask,
-        _needs_grad(x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, hidden_mask),
-    )
-    return y
+    return mlp_masked(x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, hidden,
+                      hidden_mask=hidden_mask)
 
 
 def mlp_masked(x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, hidden: int, *,
@@ -221,7 +210,7 @@ def mlp_masked(x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, hidden: int, *,
     tensor, never read on the host) are computed; the rest act as zero."""
     y, _ = torch.ops.shiftnas.elastic_mlp(
         x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, hidden, hidden_width, hidden_mask,
-        _needs_grad(x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, hidden_mask),
+        needs_grad(x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, hidden_mask),
     )
     return y
 
