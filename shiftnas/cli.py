@@ -1,4 +1,5 @@
-"""The `shiftnas` command line. Later issues add generate, search, evaluate, rank."""
+"""The `shiftnas` command line: spaces, sample, cost, backends, prepare; generate, search,
+evaluate, export and rank on a trained run (`shiftnas.search`)."""
 from __future__ import annotations
 
 import argparse
@@ -13,6 +14,11 @@ EXAMPLES = """examples:
   shiftnas cost --arch runs/demo/arch.json
   shiftnas backends
   shiftnas prepare fashion-mnist --out ~/.cache/shiftnas/fashion-mnist
+  shiftnas generate --run runs/fmnist-vit-shift --flops 25M --export subnets/25M
+  shiftnas search --run runs/fmnist-vit-shift --flops 25M --method evolution
+  shiftnas evaluate --run runs/fmnist-vit-shift --max-images 2000
+  shiftnas export --run runs/fmnist-vit-shift --arch arch.json --out subnets/mine
+  shiftnas rank --run runs/fmnist-vit-shift --n 25 --finetune-steps 100 --images 2000
 """
 
 
@@ -29,6 +35,9 @@ def _cmd_spaces(args) -> int:
 
 def _cmd_sample(args) -> int:
     from . import count_flops, count_params, get_space
+
+    if args.n < 1:
+        raise ValueError(f"-n must be >= 1, got {args.n}")
 
     sp = get_space(args.space)
     rng = random.Random(args.seed)
@@ -102,16 +111,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16", "float64"])
     p.set_defaults(fn=_cmd_backends)
     from .data.prepare import add_prepare_parser
+    from .search.evaluate import add_evaluate_parser
+    from .search.evolution import add_search_parser
+    from .search.export import add_export_parser
+    from .search.generate import add_generate_parser
+    from .search.ranking import add_rank_parser
 
-    add_prepare_parser(sub)
+    for add in (add_prepare_parser, add_generate_parser, add_search_parser, add_evaluate_parser,
+                add_export_parser, add_rank_parser):
+        add(sub)
     return ap
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = build_parser()
     args = ap.parse_args(argv)
-    if getattr(args, "n", 1) < 1:
-        ap.error(f"-n must be >= 1, got {args.n}")
     try:
         return args.fn(args)
     except (ValueError, RuntimeError) as e:

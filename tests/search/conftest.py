@@ -3,7 +3,7 @@ tree (`fmnist_tiny`), one per sampler family the search commands read:
 
 - `shift_run`: vit-fmnist, shift sampler (generator + probability shift), 4 bins, 12 steps;
 - `uniform_run`: vit-fmnist, uniform sampler (no generator), 8 steps;
-- `cnn_run`: cnn-fmnist, shift sampler (BatchNorm: evaluation recalibrates), 8 steps.
+- `cnn_run`: cnn-fmnist, shift sampler (BatchNorm: evaluation recalibrates on 2 batches), 8 steps.
 
 Each is a run directory (config.yaml + checkpoint-*.pt + summary.json). Tests must not write
 into them: copy first (`shutil.copytree`) when a test needs to change a run.
@@ -44,4 +44,5 @@ def uniform_run(search_root, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def cnn_run(search_root, tmp_path_factory) -> Path:
-    return _train(search_root, tmp_path_factory.mktemp("runs"), "cnn", CONFIGS / "fmnist-cnn-shift.yaml")
+    return _train(search_root, tmp_path_factory.mktemp("runs"), "cnn", CONFIGS / "fmnist-cnn-shift.yaml",
+                  "eval.bn_calib_batches=2")

@@ -1,0 +1,166 @@
+"""The generator's subnet for a FLOPs budget (PAPER.md section 2, deployment), and its export.
+
+    run = load_run("runs/demo-shift")
+    generate_arch(run, "25M")        # {"budget", "bin", "arch", "flops", "rel_error", "in_bin", ...}
+    generate_sweep(run)              # the same for every bin centre
+    export_arch(run, arch, "out/")   # out/model.safetensors + out/arch.json
+
+No search and no evaluation: the trained ArchGenerator maps the budget's bin to an
+architecture in one deterministic forward (arg-max of every decision).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from ..cost import count_flops, count_params
+from ..spaces import ArchConfig
+from .budget import format_budget, parse_budget
+
+__all__ = ["add_generate_parser", "add_run_arguments", "export_arch", "generate_arch", "generate_sweep"]
+
+_SUBNET_FILES = frozenset({"model.safetensors", "arch.json"})  # what save_subnet writes
+
+
+def _describe(run, arch: ArchConfig, budget: float, k: int) -> dict[str, Any]:
+    flops = count_flops(run.space, arch, run.num_classes)
+    try:
+        in_bin = run.bins.bin_of(flops) == k
+    except ValueError:  # outside the bins' range (another num_classes than the space's)
+        in_bin = False
+    return {
+        "space": run.space.name,
+        "budget": float(budget),
+        "budget_mflops": float(budget) / 1e6,
+        "bin": int(k),
+        "arch": arch.to_dict(),
+        "short": arch.short(),
+        "flops": int(flops),
+        "mflops": flops / 1e6,
+        "params": int(count_params(run.space, arch, run.num_classes)),
+        "rel_error": (flops - budget) / budget,
+        "in_bin": bool(in_bin),
+    }
+
+
+def generate_arch(run, flops: str | float) -> dict[str, Any]:
+    """The generator's arch for the budget `flops` (`25M`, `1.3G` or multiply-adds) and its cost.
+
+    Keys: space, budget (multiply-adds), budget_mflops, bin, arch (decision -> value), short,
+    flops, mflops, params, rel_error ((flops - budget) / budget), in_bin (the arch's FLOPs fall
+    in the budget's bin). A budget outside the space's FLOPs range is a ValueError giving it.
+    """
+    gen = run.require_generator("generate")
+    lo, hi = run.flops_range()
+    budget = parse_budget(flops, lo, hi)
+    return _describe(run, gen.generate(budget), budget, run.bins.bin_of(budget))
+
+
+def generate_sweep(run) -> list[dict[str, Any]]:
+    """`generate_arch` at every bin centre, bin 0 first."""
+    gen = run.require_generator("generate --sweep")
+    return [_describe(run, gen.generate(c), c, k) for k, c in enumerate(run.bins.centers.tolist())]
+
+
+def _check_out(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"export folder {str(out)!r} is a file; give a new or empty folder")
+    if out.is_dir():
+        names = {p.name for p in out.iterdir()}
+        if names and not names <= _SUBNET_FILES:
+            other = sorted(names - _SUBNET_FILES)
+            shown = ", ".join(other[:5]) + (f" and {len(other) - 5} more" if len(other) > 5 else "")
+            raise ValueError(
+                f"export folder {str(out)!r} already holds files that export did not write ({shown}); "
+                "give a new or empty folder (a folder of model.safetensors + arch.json is replaced)"
+            )
+
+
+def export_arch(run, arch: ArchConfig, out: str | Path) -> Path:
+    """Write subnet `arch` of the run's supernet to `out` (model.safetensors + arch.json).
+
+    CNN supernets get their BatchNorm statistics recalibrated for `arch` first (the same
+    batches as `run.evaluate`), so the exported model is the one evaluation measured. `out`
+    must be new, empty, or a folder written by an earlier export (then it is replaced).
+    """
+    from ..models.export import export_subnet, save_subnet
+    from ..train.evaluate import calibrate_bn
+
+    run.space.check(arch)
+    out = Path(out).expanduser()
+    _check_out(out)
+    calib = run.calib_batches()
+    if calib is not None:
+        calibrate_bn(run.net, arch, calib, run.cfg.eval.bn_calib_batches)
+    model = export_subnet(run.net, arch).eval()
+    return save_subnet(model, arch, out)
+
+
+def _human(r: dict[str, Any], edges: list[float]) -> str:
+    k = r["bin"]
+    where = f"bin {k} ({edges[k] / 1e6:.2f}-{edges[k + 1] / 1e6:.2f}M)"
+    return (
+        f"{format_budget(r['budget']):>7}  {where:<24} {r['mflops']:8.2f} MFLOPs  "
+        f"{r['params'] / 1e6:7.3f}M params  {100 * r['rel_error']:+6.1f}%  "
+        f"{'in-bin ' if r['in_bin'] else 'off-bin'}  {r['short']}"
+    )
+
+
+def _cmd_generate(args) -> int:
+    from .run import load_run
+
+    if args.export and args.sweep:
+        raise ValueError("--export needs one budget: give --flops, not --sweep")
+    if args.flops is not None:
+        parse_budget(args.flops)  # a malformed budget fails before the run is loaded
+    run = load_run(args.run, checkpoint=args.checkpoint, device=args.device)
+    results = generate_sweep(run) if args.sweep else [generate_arch(run, args.flops)]
+    if args.export:
+        r = results[0]
+        path = export_arch(run, ArchConfig.from_dict(run.space.name, r["arch"]), args.export)
+        r["export"] = str(path)
+    for r in results:
+        print(json.dumps(r) if args.json else _human(r, run.bins.edges.tolist()))
+    if args.export and not args.json:
+        print(f"exported to {results[0]['export']}")
+    return 0
+
+
+def add_run_arguments(p: argparse.ArgumentParser) -> None:
+    """--run, --device, --checkpoint: how a command loads a trained run."""
+    p.add_argument("--run", required=True, metavar="DIR",
+                   help="run directory written by train.py (config.yaml + checkpoint-*.pt)")
+    p.add_argument("--device", default="auto", choices=["cpu", "cuda", "auto"],
+                   help="where to load the run (default: auto, the GPU when there is one)")
+    p.add_argument("--checkpoint", default=None, metavar="PATH",
+                   help="checkpoint to load (default: the run's newest checkpoint-*.pt)")
+
+
+def add_generate_parser(subparsers) -> argparse.ArgumentParser:
+    """Add ``generate`` to a ``shiftnas`` sub-parser set."""
+    p = subparsers.add_parser(
+        "generate",
+        help="the generator's subnet for a FLOPs budget (no search)",
+        description=(
+            "Map a FLOPs budget to a subnet with the run's trained architecture generator: the\n"
+            "budget's bin goes through the generator once (arg-max per decision); no search, no\n"
+            "evaluation. Prints budget, bin, MFLOPs, params, relative FLOPs error and the arch.\n\n"
+            "examples:\n"
+            "  shiftnas generate --run runs/fmnist-vit-shift --flops 25M\n"
+            "  shiftnas generate --run runs/fmnist-vit-shift --sweep --json\n"
+            "  shiftnas generate --run runs/fmnist-vit-shift --flops 25M --export subnets/25M"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_run_arguments(p)
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--flops", metavar="BUDGET",
+                       help="FLOPs (multiply-adds) budget: 25M, 1.3G, 900k or a plain number")
+    which.add_argument("--sweep", action="store_true", help="one subnet per FLOPs bin centre")
+    p.add_argument("--export", default=None, metavar="OUT",
+                   help="also write the subnet to OUT (model.safetensors + arch.json); one budget only")
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.set_defaults(fn=_cmd_generate)
+    return p
