@@ -6,7 +6,6 @@ import argparse
 import json
 import random
 import sys
-from pathlib import Path
 
 EXAMPLES = """examples:
   shiftnas spaces
@@ -51,19 +50,12 @@ def _cmd_sample(args) -> int:
 
 
 def _cmd_cost(args) -> int:
-    from . import ArchConfig, count_flops, count_params
+    from . import count_flops, count_params
+    from .search.export import read_arch_file
 
-    path = Path(args.arch)
-    if not path.is_file():
-        raise ValueError(f"--arch {path}: no such file (expected an arch JSON/YAML written by shiftnas)")
-    text = path.read_text()
-    if path.suffix in (".yaml", ".yml"):
-        arch = ArchConfig.from_yaml(text)
-    else:
-        obj = json.loads(text) if text.strip() else None
-        if isinstance(obj, dict) and "format" in obj:  # arch.json of an exported subnet
-            obj = {"space": obj.get("space"), "arch": obj.get("arch")}
-        arch = ArchConfig.from_json(json.dumps(obj))
+    if args.num_classes is not None and args.num_classes < 1:
+        raise ValueError(f"--num-classes {args.num_classes}: must be >= 1 (omit it for the space's)")
+    arch = read_arch_file(args.arch)
     flops, params = count_flops(arch.space, arch, args.num_classes), count_params(arch.space, arch, args.num_classes)
     print(json.dumps({"space": arch.space, "arch": arch.short(), "flops": flops, "mflops": round(flops / 1e6, 3), "params": params}))
     return 0
@@ -128,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     try:
         return args.fn(args)
-    except (ValueError, RuntimeError) as e:
+    except (ValueError, RuntimeError, OSError) as e:  # OSError: e.g. an unwritable --out
         print(f"shiftnas {args.cmd}: error: {e}", file=sys.stderr)
         return 2
 

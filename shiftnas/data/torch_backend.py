@@ -108,6 +108,15 @@ class _ShardSampler(Sampler):
         return hi - lo
 
 
+def _own_message(e: CorruptImageError) -> CorruptImageError:
+    """DataLoader re-raises a worker's error as ``type(msg)`` with the worker's whole traceback in
+    ``msg``; keep the error's own one-line text (the file and the hint), which the CLI prints."""
+    text, tag = str(e), f"{CorruptImageError.__name__}: "
+    if "Traceback (most recent call last)" in text and tag in text:
+        text = text[text.rindex(tag) + len(tag):].strip()
+    return CorruptImageError(" ".join(text.split()))
+
+
 class TorchImageLoader(ImageLoader):
     backend = "torch"
 
@@ -139,5 +148,7 @@ class TorchImageLoader(ImageLoader):
         try:
             for images, labels in self._dl:
                 yield self._normalize(images), labels.to(self.device, non_blocking=True)
+        except CorruptImageError as e:
+            raise _own_message(e) from None
         finally:
             self._end_pass()

@@ -74,20 +74,33 @@ def load_subnet(path: str | os.PathLike, device: str | torch.device = "cpu") -> 
         if not f.is_file():
             raise ValueError(f"{f} not found: expected a directory written by save_subnet")
     try:
-        meta = json.loads(meta_file.read_text())
-    except json.JSONDecodeError as e:
+        meta = json.loads(meta_file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
         raise ValueError(f"{meta_file} is not valid JSON: {e}") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise ValueError(f"{meta_file}: unknown format {meta.get('format') if isinstance(meta, dict) else meta!r}; expected {FORMAT!r}")
-    arch = ArchConfig.from_dict(meta["space"], meta["arch"])
-    model = build_static(arch, meta["num_classes"])
-    state = load_file(str(weights), device=str(device))
-    want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    num_classes = meta.get("num_classes")
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"{meta_file}: num_classes must be an integer >= 1, got {repr(num_classes)[:40]}")
+    try:  # the same checks as an arch file: space name, decision names and values
+        arch = ArchConfig._from_obj({"space": meta.get("space"), "arch": meta.get("arch")})
+    except ValueError as e:
+        raise ValueError(f"{meta_file}: {e}") from None
+    try:
+        state = load_file(str(weights), device=str(device))
+    except Exception as e:  # noqa: BLE001 - SafetensorError: a pickle, a truncated or foreign file
+        raise ValueError(
+            f"{weights} is not a safetensors file ({str(e).splitlines()[0][:200]}); "
+            "load_subnet reads only safetensors (it never unpickles)"
+        ) from None
+    with torch.device("meta"):  # shapes without memory: a bad num_classes allocates nothing
+        want = {k: tuple(v.shape) for k, v in build_static(arch, num_classes).state_dict().items()}
     got = {k: tuple(v.shape) for k, v in state.items()}
     if want != got:
         bad = sorted(k for k in want.keys() | got.keys() if want.get(k) != got.get(k))
         detail = ", ".join(f"{k}: expected {want.get(k)}, file has {got.get(k)}" for k in bad[:3])
         raise ValueError(f"{weights} does not match arch {arch.short()} ({len(bad)} tensors differ: {detail})")
+    model = build_static(arch, num_classes)
     model.load_state_dict(state)
     return model.to(device).eval()
 

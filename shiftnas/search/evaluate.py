@@ -28,12 +28,15 @@ def evaluate_run(run, split: str = "val", max_images: int | None = None,
     generator) adds one fixed-seed random arch per bin. Writes `<run>/evaluate.json` and
     `<run>/plots/pareto.png`; returns what evaluate.json holds.
     """
+    from ..train.checkpoint import safe_path
     from ..train.evaluate import arch_row, bin_archs
     from ..train.plots import plot_pareto
     from ..train.runlog import write_json_atomic
 
     if max_images is not None and (not isinstance(max_images, int) or max_images < 1):
         raise ValueError(f"max_images={max_images!r} must be a positive integer (or None: the whole split)")
+    # before any work: the outputs stay in the run directory (a symlink out of it is refused)
+    out_json, out_plot = safe_path(run.run_dir, "evaluate.json"), safe_path(run.run_dir, "plots/pareto.png")
     gen = run.generator
     if random_archs is None:
         random_archs = bool(run.cfg.eval.random_archs)
@@ -67,9 +70,9 @@ def evaluate_run(run, split: str = "val", max_images: int | None = None,
         },
         "rows": rows,
     }
-    write_json_atomic(run.run_dir / "evaluate.json", result)
+    write_json_atomic(out_json, result)
     if rows:
-        plot_pareto(rows, run.run_dir / "plots" / "pareto.png",
+        plot_pareto(rows, out_plot,
                     title=f"{run.space.name} / {run.sampler_name}: inherited top-1 ({split})")
     return result
 

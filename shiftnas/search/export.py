@@ -17,17 +17,19 @@ def read_arch_file(path: str | Path) -> ArchConfig:
     path = Path(path).expanduser()
     if not path.is_file():
         raise ValueError(f"--arch {str(path)!r}: no such file (expected an arch JSON/YAML written by shiftnas)")
-    text = path.read_text()
-    if path.suffix in (".yaml", ".yml"):
-        return ArchConfig.from_yaml(text)
     try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:  # unreadable, binary or not UTF-8
+        raise ValueError(f"--arch {str(path)!r}: cannot read it as UTF-8 text: {e}") from None
+    try:
+        if path.suffix in (".yaml", ".yml"):
+            return ArchConfig.from_yaml(text)
         obj = json.loads(text) if text.strip() else None
-    except json.JSONDecodeError as e:
-        raise ValueError(f"--arch {str(path)!r} is not valid JSON: {e}") from None
-    if isinstance(obj, dict) and "format" in obj:  # arch.json of an exported subnet
-        obj = {"space": obj.get("space"), "arch": obj.get("arch")}
-    try:
+        if isinstance(obj, dict) and "format" in obj:  # arch.json of an exported subnet
+            obj = {"space": obj.get("space"), "arch": obj.get("arch")}
         return ArchConfig.from_json(json.dumps(obj))
+    except (json.JSONDecodeError, RecursionError) as e:  # RecursionError: nested too deeply
+        raise ValueError(f"--arch {str(path)!r} is not valid JSON: {str(e).splitlines()[0]}") from None
     except ValueError as e:
         raise ValueError(f"--arch {str(path)!r}: {e}") from None
 

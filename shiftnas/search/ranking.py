@@ -355,6 +355,10 @@ def rank_correlation(run, n: int = 25, finetune_steps: int = 100, *, seed: int =
         _check_int("images", images, 1)
     if lr is not None and not (math.isfinite(lr) and lr > 0):
         raise ValueError(f"lr={lr!r} must be > 0 (default: 0.1x the run's optim.lr)")
+    if write:  # before any work: outputs stay in the run directory (no '..', no symlink out)
+        from ..train.checkpoint import safe_path
+
+        out_json, out_plot = safe_path(run.run_dir, RANK_JSON), safe_path(run.run_dir, RANK_PLOT)
     c = run.cfg
     if images is None:
         images = c.eval.max_images
@@ -418,8 +422,8 @@ def rank_correlation(run, n: int = 25, finetune_steps: int = 100, *, seed: int =
     if write:
         from ..train.runlog import write_json_atomic
 
-        write_json_atomic(Path(run.run_dir) / RANK_JSON, result)
-        _plot(result, Path(run.run_dir) / RANK_PLOT)
+        write_json_atomic(out_json, result)
+        _plot(result, out_plot)
     return result
 
 

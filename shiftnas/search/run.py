@@ -9,6 +9,7 @@ is the EMA copy when the run kept one (what `Trainer.evaluate` reports), in eval
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -156,9 +157,15 @@ def load_run(run_dir: str | Path, *, checkpoint: str | Path | None = None, devic
     if not cfg_path.is_file():
         raise ValueError(f"--run {str(run_dir)!r} has no config.yaml: not a run directory written by train.py")
     if checkpoint is None:
-        checkpoint = latest_checkpoint(run_dir)
+        with warnings.catch_warnings(record=True) as skipped:  # corrupt or unsafe files are passed over
+            warnings.simplefilter("always")
+            checkpoint = latest_checkpoint(run_dir)
+        if checkpoint is None and skipped:
+            raise ValueError(f"--run {str(run_dir)!r}: no checkpoint can be loaded; {skipped[0].message}")
         if checkpoint is None:
             raise ValueError(f"--run {str(run_dir)!r} has no checkpoint-*.pt yet: train it first")
+        for w in skipped:  # an older checkpoint is used: say which newer ones were not
+            warnings.warn(str(w.message), stacklevel=2)
     checkpoint = Path(checkpoint).expanduser()
     if not checkpoint.is_file():
         raise ValueError(f"checkpoint {str(checkpoint)!r}: no such file")

@@ -12,12 +12,20 @@ from __future__ import annotations
 import difflib
 import json
 import random
+import reprlib
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Mapping
 
 __all__ = ["Decision", "SearchSpace", "ArchConfig", "register_space", "get_space", "list_spaces"]
 
 _SPACES: dict[str, "SearchSpace"] = {}
+_repr = reprlib.Repr()
+_repr.maxstring = _repr.maxother = 60  # user values in errors: one short line, however long
+_repr.maxlong = 40
+
+
+def _r(value: Any) -> str:
+    return _repr.repr(value)
 
 
 @dataclass(frozen=True)
@@ -40,7 +48,7 @@ class Decision:
             if c == value:
                 return i
         raise ValueError(
-            f"{self.name}={value!r} is not in the search space; allowed values: {list(self.choices)}"
+            f"{self.name}={_r(value)} is not in the search space; allowed values: {list(self.choices)}"
         )
 
 
@@ -72,8 +80,8 @@ class SearchSpace:
         for d in self.decisions:
             if d.name == name:
                 return d
-        close = difflib.get_close_matches(name, [d.name for d in self.decisions], n=3)
-        raise ValueError(f"space {self.name!r} has no decision {name!r}; close matches: {close}")
+        close = difflib.get_close_matches(name, [d.name for d in self.decisions], n=3) if len(name) < 200 else []
+        raise ValueError(f"space {self.name!r} has no decision {_r(name)}; close matches: {close}")
 
     @property
     def kinds(self) -> tuple[str, ...]:
@@ -175,14 +183,18 @@ class SearchSpace:
             v = values.pop(d.name)
             if isinstance(v, bool) or not isinstance(v, (int, float)):
                 raise ValueError(
-                    f"{self.name}: {d.name}={v!r} must be a number; allowed values: {list(d.choices)}"
+                    f"{self.name}: {d.name}={_r(v)} must be a number; allowed values: {list(d.choices)}"
                 )
             d.index(v)
             out.append((d.name, type(d.choices[0])(v)))
         if values:
-            unknown = sorted(values)
-            close = {u: difflib.get_close_matches(u, [d.name for d in self.decisions], n=2) for u in unknown}
-            raise ValueError(f"{self.name}: unknown decision(s) {unknown}; close matches: {close}")
+            unknown = sorted(values, key=str)
+            names = [d.name for d in self.decisions]
+            shown = unknown[:5]  # a document with 10,000 stray keys still gets a short message
+            close = ", ".join(f"{_r(u)}: {difflib.get_close_matches(str(u), names, n=2) if len(str(u)) < 200 else []}"
+                              for u in shown)  # str(u): YAML keys may be numbers
+            more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
+            raise ValueError(f"{self.name}: unknown decision(s) [{', '.join(map(_r, shown))}]{more}; close matches: {{{close}}}")
         return tuple(out)
 
     def check(self, arch: "ArchConfig") -> None:
@@ -246,7 +258,7 @@ class ArchConfig:
         if not isinstance(obj, dict) or set(obj) != {"space", "arch"} or not isinstance(obj["arch"], dict):
             raise ValueError('an arch document must be a mapping {"space": NAME, "arch": {decision: value}}')
         if not isinstance(obj["space"], str):
-            raise ValueError(f"'space' must be a space name, got {obj['space']!r}")
+            raise ValueError(f"'space' must be a space name, got {_r(obj['space'])}")
         return cls.from_dict(obj["space"], obj["arch"])
 
     def short(self) -> str:
@@ -258,7 +270,9 @@ def _loads(text: str, fn, what: str) -> Any:
     try:
         return fn(text)
     except Exception as e:  # noqa: BLE001 - parser errors differ per library
-        raise ValueError(f"not valid {what}: {str(e).splitlines()[0]}") from None
+        # YAML errors span lines (context, snippet, problem): keep the problem, on one line
+        first = (str(e).splitlines() or [type(e).__name__])[0]
+        raise ValueError(f"not valid {what}: {getattr(e, 'problem', None) or first}") from None
 
 
 def register_space(space: SearchSpace) -> SearchSpace:
@@ -272,7 +286,7 @@ def get_space(name: str) -> SearchSpace:
     try:
         return _SPACES[name]
     except (KeyError, TypeError):
-        raise ValueError(f"unknown search space {name!r}; known spaces: {list_spaces()}") from None
+        raise ValueError(f"unknown search space {_r(name)}; known spaces: {list_spaces()}") from None
 
 
 def list_spaces() -> list[str]:

@@ -9,7 +9,8 @@ A checkpoint is ``run_dir/checkpoint-{step:08d}.pt``. It is written to a tempora
 same directory (``*.tmp``), flushed and fsynced, moved into place with ``os.replace`` and the
 directory is fsynced, so a crash leaves either the old set of checkpoints or the new one, plus
 at most a ``*.tmp`` leftover that is ignored (and removed by the next save). Only the newest
-``keep`` checkpoints are kept.
+``keep`` checkpoints are kept. SHIFTNAS_FAULT_CKPT_DELAY_S (faults.py, for the crash tests)
+pauses inside a save so that a kill can land mid-write.
 
 State may hold only what ``torch.load(weights_only=True)`` accepts: tensors, dicts, lists,
 tuples, ints, floats, str, bool, None (plus torch dtypes/devices/sizes); ``save_checkpoint``
@@ -23,12 +24,15 @@ import pickle
 import random
 import re
 import sys
+import time
 import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from .faults import SlowWriter, ckpt_delay_s
 
 CKPT_RE = re.compile(r"^checkpoint-(\d{8,})\.pt$")
 _SAFE_LEAVES = (torch.Tensor, int, float, str, bool, bytes, type(None), torch.dtype,
@@ -106,15 +110,20 @@ def save_checkpoint(run_dir: str | os.PathLike, state: dict, step: int, keep: in
     d.mkdir(parents=True, exist_ok=True)
     final = safe_path(d, f"checkpoint-{step:08d}.pt")
     tmp = safe_path(d, f"{final.name}.{os.getpid()}.tmp")
+    delay = ckpt_delay_s()  # fault-injection hook, None unless SHIFTNAS_FAULT_CKPT_DELAY_S is set
     try:
         with open(tmp, "wb") as f:
-            torch.save(state, f)
+            torch.save(state, f if delay is None else SlowWriter(f, delay))
             f.flush()
             os.fsync(f.fileno())
+        if delay is not None:
+            time.sleep(delay)
         os.replace(tmp, final)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    if delay is not None:
+        time.sleep(delay)
     _fsync_dir(final.parent)
     for _, old in list_checkpoints(d)[:-keep]:
         old.unlink(missing_ok=True)

@@ -14,6 +14,7 @@ import dataclasses
 import difflib
 import math
 import re
+import reprlib
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -148,13 +149,29 @@ _Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[
 def _yaml_load(text: str, what: str) -> Any:
     try:
         return yaml.load(text, Loader=_Loader)
-    except yaml.YAMLError as e:
-        raise ValueError(f"{what}: not valid YAML: {str(e).splitlines()[0]}") from None
+    except yaml.YAMLError as e:  # problem + position, on one line (str(e) spans several)
+        problem = getattr(e, "problem", None) or getattr(e, "context", None) or str(e).splitlines()[0]
+        mark = getattr(e, "problem_mark", None)
+        at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        raise ValueError(f"{what}: not valid YAML: {problem}{at}") from None
     except (RecursionError, OverflowError) as e:  # pathological input
         raise ValueError(f"{what}: not valid YAML: {type(e).__name__}") from None
+    except (ValueError, TypeError) as e:  # a tagged scalar that does not parse: !!timestamp 2024-13-45
+        raise ValueError(f"{what}: not valid YAML: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
 
 
 # ---------------------------------------------------------------- merging and checking
+_repr = reprlib.Repr()
+_repr.maxstring = _repr.maxother = 80  # errors stay one short line, even for a 100 KB value
+_repr.maxlevel, _repr.maxlist, _repr.maxdict = 3, 4, 4  # and bounded for YAML alias bombs
+
+
+def _r(value: Any) -> str:
+    """repr for error messages: bounded in length and time (a nested alias 'bomb' whose full
+    repr would take gigabytes is cut at a few elements)."""
+    return _repr.repr(value)
+
+
 def _sections() -> dict[str, type]:
     return {f.name: typing.get_type_hints(TrainConfig)[f.name] for f in dataclasses.fields(TrainConfig)}
 
@@ -165,11 +182,13 @@ def _all_keys() -> list[str]:
 
 def _unknown(key: str) -> ValueError:
     keys = _all_keys() if "." in key else list(_sections())
+    if len(key) > 200:  # difflib is quadratic: a pasted blob is no key
+        return ValueError(f"unknown config key {_r(key)}; close matches: []")
     close = difflib.get_close_matches(key, keys, n=3, cutoff=0.8)
     if not close and "." in key:  # e.g. 'optm.lrr': try the leaf name in every section
         leaf = key.rsplit(".", 1)[1]
         close = [k for k in _all_keys() if difflib.get_close_matches(leaf, [k.split(".")[1]], 1, 0.75)]
-    return ValueError(f"unknown config key {key!r}; close matches: {close[:3]}")
+    return ValueError(f"unknown config key {_r(key)}; close matches: {close[:3]}")
 
 
 def _merge(base: dict[str, Any], new: Any, prefix: str) -> dict[str, Any]:
@@ -208,9 +227,9 @@ def _coerce(key: str, value: Any, t: Any) -> Any:
         except (ValueError, OverflowError):
             ok = None
         if ok is not None and not math.isfinite(ok):
-            raise ValueError(f"config key {key!r}: value {value!r} is not finite")
+            raise ValueError(f"config key {key!r}: value {_r(value)} is not finite")
     if ok is None:
-        raise ValueError(f"config key {key!r}: value {value!r} ({type(value).__name__}) is not a valid {_type_name(t)}")
+        raise ValueError(f"config key {key!r}: value {_r(value)} ({type(value).__name__}) is not a valid {_type_name(t)}")
     return ok
 
 
@@ -218,7 +237,7 @@ _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]*$")
 _RULES: dict[str, tuple[Any, str]] = {
     "run.name": (lambda v: bool(_NAME.match(v)), "a plain directory name: letters, digits, '.', '_', '-' (no '/', no leading '.')"),
     "run.out_dir": (lambda v: v != "", "a non-empty path"),
-    "run.seed": (lambda v: v >= 0, ">= 0"),
+    "run.seed": (lambda v: 0 <= v < 2**32, "in [0, 2**32)"),  # torch/numpy seed ranges
     "run.log_every": (lambda v: v >= 1, ">= 1"),
     "run.ckpt_every": (lambda v: v >= 0, ">= 0 (0: only at the end)"),
     "data.dataset": (lambda v: v != "", "a non-empty name"),
@@ -264,7 +283,7 @@ def _check_space(v: str) -> None:
     from ..spaces import list_spaces  # lazy: keep `import shiftnas.train.config` light
 
     if v not in list_spaces():
-        raise ValueError(f"config key 'model.space': value {v!r} is not allowed; must be one of {list_spaces()}")
+        raise ValueError(f"config key 'model.space': value {_r(v)} is not allowed; must be one of {list_spaces()}")
 
 
 def _build(d: dict[str, dict[str, Any]]) -> TrainConfig:
@@ -277,7 +296,7 @@ def _build(d: dict[str, dict[str, Any]]) -> TrainConfig:
             v = _coerce(key, d[s][f.name], hints[f.name])
             rule = _RULES.get(key)
             if rule is not None and not rule[0](v):
-                raise ValueError(f"config key {key!r}: value {v!r} is not allowed; must be {rule[1]}")
+                raise ValueError(f"config key {key!r}: value {_r(v)} is not allowed; must be {rule[1]}")
             kw[f.name] = v
         sections[s] = cls(**kw)
     cfg = TrainConfig(**sections)
@@ -289,13 +308,13 @@ def _build(d: dict[str, dict[str, Any]]) -> TrainConfig:
 
 def _parse_override(o: str) -> dict[str, Any]:
     if not isinstance(o, str) or "=" not in o:
-        raise ValueError(f"override {o!r}: expected section.key=value (e.g. optim.lr=5e-4)")
+        raise ValueError(f"override {_r(o)}: expected section.key=value (e.g. optim.lr=5e-4)")
     key, raw = o.split("=", 1)
     key = key.strip()
     parts = key.split(".")
     if len(parts) != 2 or not all(parts):
         if key in _sections():  # a whole section as a YAML mapping: optim={lr: 1e-3}
-            return {key: _yaml_load(raw, f"override {o!r}")}
+            return {key: _yaml_load(raw, f"override {_r(o)}")}
         raise _unknown(key)
     s, k = parts
     if s not in _sections() or k not in {f.name for f in dataclasses.fields(_sections()[s])}:
@@ -304,7 +323,7 @@ def _parse_override(o: str) -> dict[str, Any]:
     if hint is str or (hint == (str | None) and raw.strip() not in ("null", "~", "")):
         value: Any = raw  # strings verbatim: run.name=123, optim.amp=off
     else:
-        value = _yaml_load(raw, f"override {o!r}")
+        value = _yaml_load(raw, f"override {_r(o)}")
     return {s: {k: value}}
 
 
@@ -315,7 +334,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
 
 def _apply(d: dict, path: str | Path | None, overrides: Any) -> TrainConfig:
     if path is not None:
-        d = _merge(d, _yaml_load(Path(path).read_text(encoding="utf-8"), str(path)), "")
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:  # a folder, unreadable, binary or not UTF-8
+            raise ValueError(f"{path}: cannot read the config as UTF-8 YAML text: {e}") from None
+        d = _merge(d, _yaml_load(text, str(path)), "")
     for o in overrides:
         d = _merge(d, _parse_override(o), "")
     return _build(d)

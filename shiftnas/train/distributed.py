@@ -57,10 +57,10 @@ def init_distributed(device: str = "auto", timeout_s: int = 1800) -> DistInfo:
     use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
     if use_cuda:
         if not torch.cuda.is_available():
-            raise RuntimeError("run.device=cuda but torch sees no GPU; use run.device=cpu or auto")
+            raise ValueError("run.device=cuda but torch sees no GPU; use run.device=cpu or auto")
         n = torch.cuda.device_count()
         if local >= n:
-            raise RuntimeError(f"LOCAL_RANK={local} but only {n} GPU(s) are visible; use --nproc_per_node<={n}")
+            raise ValueError(f"LOCAL_RANK={local} but only {n} GPU(s) are visible; use --nproc_per_node<={n}")
         torch.cuda.set_device(local)
         dev = torch.device("cuda", local)
     else:

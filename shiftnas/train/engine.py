@@ -21,11 +21,15 @@ step updates B). The data position is derived from the step (epoch, batch within
 `drop_last=True`, so `Trainer(cfg, resume="auto").fit()` continues where the run stopped: in
 fp32 on CPU, a run interrupted at step s and resumed ends with the same weights, B and AG as an
 uninterrupted run (tests/test_train_engine.py).
+
+Fault injection for the reliability tests (off unless SHIFTNAS_FAULT_* is set; see faults.py):
+a crash before a given step on one rank, nan/inf written into the gradients of given steps.
 """
 from __future__ import annotations
 
 import contextlib
 import math
+import os
 import time
 import warnings
 from collections.abc import Iterator
@@ -52,6 +56,7 @@ from .checkpoint import (
 from .config import TrainConfig
 from .distributed import DistInfo, all_reduce_mean_grads, all_reduce_sum, barrier, init_distributed
 from .evaluate import arch_row, bin_archs, evaluate_arch, prepare_input
+from .faults import engine_faults
 from .runlog import RunLog, write_json_atomic
 
 __all__ = ["MAX_BAD_STEPS", "Trainer", "TrainingDiverged", "lr_factor"]
@@ -164,6 +169,7 @@ class Trainer:
         self._loaders_built = False
         self._restored = False
         self.log = RunLog(self.run_dir, 0, 1, enabled=False)
+        self._faults = engine_faults(self.info.rank)  # None unless SHIFTNAS_FAULT_* is set
 
     # ------------------------------------------------------------------ building
     def _find_resume(self, resume: str | None) -> Path | None:
@@ -324,7 +330,12 @@ class Trainer:
 
     def _load(self, path: Path) -> None:
         state = load_checkpoint(path)
-        saved = state.get("config", {})
+        missing = [k for k in ("config", "model", "sampler", "optimizer", "scheduler", "rng", "step",
+                               "counters", "bin_counts", "windows") if k not in state]
+        if missing or not isinstance(state["config"], dict):  # a safe file, but not one of ours
+            raise ValueError(f"cannot resume {str(path)!r}: not a train.py checkpoint "
+                             f"(missing or malformed: {missing or ['config']})")
+        saved = state["config"]
         cur = self.cfg.to_dict()
         for sec in ("model", "sampler", "generator", "shift"):
             if saved.get(sec) != cur[sec]:
@@ -429,14 +440,17 @@ class Trainer:
         stats = torch.stack([loss_sum, (~torch.isfinite(loss_sum)).float()]).double()
         all_reduce_sum(stats, self.info)
         all_reduce_mean_grads(self.extra_params, self.info)
+        if self._faults is not None:
+            self._faults.corrupt_grads(step, self.net.parameters(), self.extra_params)
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
         clip = self.cfg.optim.grad_clip if self.cfg.optim.grad_clip is not None else float("inf")
         gnorm = torch.nn.utils.clip_grad_norm_(self.net.parameters(), clip)
-        if self.extra_params:
-            torch.nn.utils.clip_grad_norm_(self.extra_params, clip)
+        finite = torch.isfinite(gnorm)
+        if self.extra_params:  # the generator's gradient too: the resource loss reaches only it
+            finite &= torch.isfinite(torch.nn.utils.clip_grad_norm_(self.extra_params, clip))
         mean_loss = float(stats[0]) / (self.info.world_size * n)
-        bad = bool(stats[1] > 0) or not math.isfinite(mean_loss) or not bool(torch.isfinite(gnorm))
+        bad = bool(stats[1] > 0) or not math.isfinite(mean_loss) or not bool(finite)
 
         lr = self.optimizer.param_groups[0]["lr"]
         if bad:
@@ -502,7 +516,9 @@ class Trainer:
         self.restore()
         if self.info.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / "config.yaml").write_text(cfg.to_yaml(), encoding="utf-8")
+            tmp = self.run_dir / f".config.yaml.tmp-{os.getpid()}"  # a kill never leaves half a config
+            tmp.write_text(cfg.to_yaml(), encoding="utf-8")
+            os.replace(tmp, self.run_dir / "config.yaml")
         barrier(self.info)
         self.log = RunLog(
             self.run_dir, self.step, cfg.optim.steps, enabled=self.info.is_main,
@@ -518,6 +534,8 @@ class Trainer:
         try:
             while self.step < cfg.optim.steps:
                 x, y = next(stream)
+                if self._faults is not None:
+                    self._faults.before_step(self.step)
                 m = self.train_step(x, y)
                 window["images"] += x.shape[0] * self.info.world_size
                 if not m["skipped"]:
