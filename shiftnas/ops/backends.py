@@ -93,7 +93,7 @@ register(
 # the full-size buffer: no slice_backward); fp16 was not measured, so it stays on ref. The fused
 # bias+GELU (`bias_gelu_ext`) beats F.gelu(x + b[:n]) alone (fp32 1.08-2.95x, bf16 0.98-1.25x),
 # but inside a linear it has to replace addmm's fused bias: F.linear without bias + bias+GELU
-# measured 0.94-1.03x of ref.linear(..., "gelu") (case linear_gelu), so it is not dispatched.
+# measured 0.95-1.04x of ref.linear(..., "gelu") (case linear_gelu), so it is not dispatched.
 register(
     Backend(
         "cpu",
