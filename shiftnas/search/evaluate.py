@@ -15,7 +15,7 @@ import json
 import time
 from typing import Any
 
-from .generate import add_run_arguments
+from .run import add_run_arguments
 
 __all__ = ["add_evaluate_parser", "evaluate_run"]
 

@@ -29,6 +29,7 @@ from typing import Any
 from ..cost import cost_terms, count_flops, count_params
 from ..spaces import ArchConfig, SearchSpace, get_space
 from .budget import format_budget, parse_budget
+from .run import add_run_arguments
 
 __all__ = ["EvolutionResult", "EvolutionSearch", "add_search_parser", "evolution_search"]
 
@@ -509,8 +510,7 @@ def add_search_parser(subparsers) -> argparse.ArgumentParser:
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--run", required=True, metavar="DIR",
-                   help="run directory written by train.py (config.yaml + checkpoint-*.pt)")
+    add_run_arguments(p)
     p.add_argument("--flops", metavar="BUDGET", default=None,
                    help="upper FLOPs (multiply-adds) limit: 25M, 1.3G, 900k or a plain number")
     p.add_argument("--params", metavar="BUDGET", default=None,
@@ -533,9 +533,5 @@ def add_search_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="random seed of the search (default: 0)")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object (progress to stderr)")
     p.add_argument("--out", default=None, metavar="FILE.json", help="also write the result to this JSON file")
-    p.add_argument("--device", default="auto", choices=["cpu", "cuda", "auto"],
-                   help="where to load the run (default: auto, the GPU when there is one)")
-    p.add_argument("--checkpoint", default=None, metavar="PATH",
-                   help="checkpoint to load (default: the run's newest checkpoint-*.pt)")
     p.set_defaults(fn=_cmd_search)
     return p

@@ -6,7 +6,8 @@ import json
 from pathlib import Path
 
 from ..spaces import ArchConfig
-from .generate import add_run_arguments, export_arch
+from .generate import export_arch
+from .run import add_run_arguments
 
 __all__ = ["add_export_parser", "read_arch_file"]
 

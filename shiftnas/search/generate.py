@@ -18,8 +18,9 @@ from typing import Any
 from ..cost import count_flops, count_params
 from ..spaces import ArchConfig
 from .budget import format_budget, parse_budget
+from .run import add_run_arguments
 
-__all__ = ["add_generate_parser", "add_run_arguments", "export_arch", "generate_arch", "generate_sweep"]
+__all__ = ["add_generate_parser", "export_arch", "generate_arch", "generate_sweep"]
 
 _SUBNET_FILES = frozenset({"model.safetensors", "arch.json"})  # what save_subnet writes
 
@@ -126,16 +127,6 @@ def _cmd_generate(args) -> int:
     if args.export and not args.json:
         print(f"exported to {results[0]['export']}")
     return 0
-
-
-def add_run_arguments(p: argparse.ArgumentParser) -> None:
-    """--run, --device, --checkpoint: how a command loads a trained run."""
-    p.add_argument("--run", required=True, metavar="DIR",
-                   help="run directory written by train.py (config.yaml + checkpoint-*.pt)")
-    p.add_argument("--device", default="auto", choices=["cpu", "cuda", "auto"],
-                   help="where to load the run (default: auto, the GPU when there is one)")
-    p.add_argument("--checkpoint", default=None, metavar="PATH",
-                   help="checkpoint to load (default: the run's newest checkpoint-*.pt)")
 
 
 def add_generate_parser(subparsers) -> argparse.ArgumentParser:

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..spaces import ArchConfig, SearchSpace, get_space
+from .run import add_run_arguments
 
 __all__ = [
     "RANK_JSON",
@@ -503,8 +504,7 @@ def add_rank_parser(subparsers) -> argparse.ArgumentParser:
         "rank", help="Kendall tau / Spearman between inherited and fine-tuned top-1",
         description=_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--run", required=True, help="run directory (config.yaml + checkpoint-*.pt)")
-    # dest n_archs: `shiftnas.cli.main` checks a generic `n` attribute with a usage error.
+    add_run_arguments(p)
     p.add_argument("--n", dest="n_archs", metavar="N", type=int, default=25,
                    help="subnets, spread over the FLOPs bins (default: 25; >= 2)")
     p.add_argument("--finetune-steps", type=int, default=100,
@@ -515,7 +515,5 @@ def add_rank_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=None, help="fine-tuning lr (default: 0.1x the run's optim.lr)")
     p.add_argument("--seed", type=int, default=0, help="seed of the arch draw and the fine-tuning order (default: 0)")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object (progress on stderr)")
-    p.add_argument("--device", default="auto", choices=["cpu", "cuda", "auto"], help="default: auto (cuda when available)")
-    p.add_argument("--checkpoint", default=None, help="a checkpoint-*.pt (default: the run's newest)")
     p.set_defaults(fn=_cmd_rank)
     return p

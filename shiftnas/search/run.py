@@ -9,6 +9,7 @@ is the EMA copy when the run kept one (what `Trainer.evaluate` reports), in eval
 """
 from __future__ import annotations
 
+import argparse
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,12 +20,7 @@ from torch import nn
 
 from ..spaces import ArchConfig
 
-__all__ = ["LoadedRun", "load_run"]
-
-
-def _has_bn(net: nn.Module) -> bool:
-    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) or "BatchNorm" in type(m).__name__
-               for m in net.modules())
+__all__ = ["LoadedRun", "add_run_arguments", "load_run"]
 
 
 @dataclass
@@ -112,7 +108,9 @@ class LoadedRun:
 
     def calib_batches(self) -> list | None:
         """Training batches for BatchNorm recalibration (CNN supernets), else None."""
-        if not _has_bn(self.net):
+        from ..train.evaluate import has_batch_norm
+
+        if not has_batch_norm(self.net):
             return None
         if self._calib is None:
             n = self.cfg.eval.bn_calib_batches
@@ -186,3 +184,13 @@ def load_run(run_dir: str | Path, *, checkpoint: str | Path | None = None, devic
     if trainer.ema is not None:
         trainer.ema.module.eval()
     return LoadedRun(run_dir=run_dir, checkpoint=checkpoint, trainer=trainer)
+
+
+def add_run_arguments(p: argparse.ArgumentParser) -> None:
+    """--run, --device, --checkpoint: how a command loads a trained run."""
+    p.add_argument("--run", required=True, metavar="DIR",
+                   help="run directory written by train.py (config.yaml + checkpoint-*.pt)")
+    p.add_argument("--device", default="auto", choices=["cpu", "cuda", "auto"],
+                   help="where to load the run (default: auto, the GPU when there is one)")
+    p.add_argument("--checkpoint", default=None, metavar="PATH",
+                   help="checkpoint to load (default: the run's newest checkpoint-*.pt)")

@@ -55,7 +55,7 @@ from .checkpoint import (
 )
 from .config import TrainConfig
 from .distributed import DistInfo, all_reduce_mean_grads, all_reduce_sum, barrier, init_distributed
-from .evaluate import arch_row, bin_archs, evaluate_arch, prepare_input
+from .evaluate import arch_row, bin_archs, evaluate_arch, has_batch_norm, prepare_input
 from .faults import engine_faults
 from .runlog import RunLog, write_json_atomic
 
@@ -583,7 +583,7 @@ class Trainer:
         cfg = self.cfg
         net = self.ema.module if self.ema is not None else self.net
         calib = None
-        if any(isinstance(m, nn.modules.batchnorm._BatchNorm) or "BatchNorm" in type(m).__name__ for m in net.modules()):
+        if has_batch_norm(net):
             calib = []
             for x, y in self.train_loader:
                 calib.append((x, y))

@@ -79,6 +79,12 @@ def _restore_modes(modes: list[tuple[nn.Module, bool]]) -> None:
 
 
 @torch.no_grad()
+def has_batch_norm(model: nn.Module) -> bool:
+    """Whether `model` holds BatchNorm layers (then a subnet's statistics need `calibrate_bn`)."""
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) or "BatchNorm" in type(m).__name__
+               for m in model.modules())
+
+
 def calibrate_bn(model: nn.Module, arch: ArchConfig, batches: Iterable, n_batches: int = 20) -> int:
     """Re-estimate every BatchNorm's running statistics for the subnet `arch`.
 
