@@ -1,14 +1,17 @@
-"""shiftnas.train.checkpoint: atomic save, pruning, auto-resume fallback, unsafe pickles, paths, RNG."""
+"""shiftnas.train.checkpoint: atomic save, pruning, auto-resume fallback, unsafe pickles, paths, RNG,
+the integrity digest."""
 import os
 import pickle
 import random
 import warnings
+import zipfile
 
 import numpy as np
 import pytest
 import torch
 
 from shiftnas.train.checkpoint import (
+    DIGEST_KEY,
     capture_rng_state,
     latest_checkpoint,
     list_checkpoints,
@@ -135,3 +138,77 @@ def test_rng_round_trip(tmp_path):
     restore_rng_state(load_checkpoint(p)["rng"])
     b = (random.random(), np.random.rand(), torch.rand(3))
     assert a[0] == b[0] and a[1] == b[1] and torch.equal(a[2], b[2])
+
+
+# ----------------------------------------------------------------------- integrity digest
+def _tensors(obj):
+    if isinstance(obj, torch.Tensor):
+        yield obj
+    elif isinstance(obj, dict):
+        for k in sorted(obj, key=str):
+            if k != DIGEST_KEY:
+                yield from _tensors(obj[k])
+    elif isinstance(obj, (list, tuple)):
+        for v in obj:
+            yield from _tensors(v)
+
+
+def _flip_tensor_byte(p):
+    """Flip one byte in the middle of the largest tensor record of torch's zip; return its offset."""
+    with zipfile.ZipFile(p) as z:
+        info = max((i for i in z.infolist() if "/data/" in i.filename), key=lambda i: i.file_size)
+    assert info.compress_type == zipfile.ZIP_STORED
+    data = bytearray(p.read_bytes())
+    name_len, extra_len = (int.from_bytes(data[info.header_offset + o:info.header_offset + o + 2], "little")
+                           for o in (26, 28))
+    at = info.header_offset + 30 + name_len + extra_len + info.file_size // 2
+    data[at] ^= 0x10
+    p.write_bytes(bytes(data))
+    return at
+
+
+def test_byte_flip_in_tensor_data_is_detected(tmp_path):
+    _, _, state = _state(3)
+    good = save_checkpoint(tmp_path, state, 3)
+    p = save_checkpoint(tmp_path, state, 4)
+    _flip_tensor_byte(p)
+    raw = torch.load(p, map_location="cpu", weights_only=True)  # torch itself does not notice
+    assert sum(not torch.equal(a, b) for a, b in zip(_tensors(raw), _tensors(state), strict=True)) == 1
+    with pytest.raises(ValueError, match="is corrupt: its contents do not match the sha256 digest") as e:
+        load_checkpoint(p)
+    assert str(p) in str(e.value) and "\n" not in str(e.value)
+    with pytest.warns(UserWarning, match="skipping checkpoint checkpoint-00000004.pt.*is corrupt"):
+        assert latest_checkpoint(tmp_path) == good  # skipped, older one used, nothing moved
+    assert p.is_file()
+    assert load_checkpoint(p, verify=False)["step"] == 3  # explicit opt-out loads it
+
+
+def test_changed_value_under_the_old_digest_is_detected(tmp_path):
+    p = save_checkpoint(tmp_path, {"step": 5, "lr": 0.1, "w": torch.ones(4)}, 5)
+    raw = torch.load(p, weights_only=True)
+    assert set(raw) == {"step", "lr", "w", DIGEST_KEY} and raw[DIGEST_KEY]["algo"] == "sha256"
+    for change in ({"step": 6}, {"lr": 0.2}, {"w": torch.ones(4, dtype=torch.float64)}, {"w": torch.ones(2, 2)},
+                   {"extra": 1}, {DIGEST_KEY: {"algo": "md5", "hex": "0"}}):
+        torch.save({**raw, **change}, p)
+        with pytest.raises(ValueError, match=f"{p.name} is corrupt"):
+            load_checkpoint(p)
+    torch.save(raw, p)
+    assert set(load_checkpoint(p)) == {"step", "lr", "w"}  # the digest is not handed back
+
+
+def test_checkpoint_without_digest_is_refused_unless_trusted(tmp_path):
+    p = tmp_path / "checkpoint-00000001.pt"
+    torch.save({"step": 1, "w": torch.zeros(3)}, p)
+    with pytest.raises(ValueError, match="has no integrity digest.*verify=False") as e:
+        load_checkpoint(p)
+    assert str(p) in str(e.value) and "\n" not in str(e.value)
+    with pytest.warns(UserWarning, match="no integrity digest"):
+        assert latest_checkpoint(tmp_path) is None
+    trusted = load_checkpoint(p, verify=False)
+    assert load_checkpoint(save_checkpoint(tmp_path, trusted, 2))["step"] == 1
+
+
+def test_digest_key_is_reserved(tmp_path):
+    with pytest.raises(ValueError, match=f"{DIGEST_KEY!r} is reserved"):
+        save_checkpoint(tmp_path, {DIGEST_KEY: 1}, 1)
+

@@ -85,3 +85,45 @@ def test_save_rejects_mismatched_arch(tmp_path):
     sp = get_space("vit-fmnist")
     with pytest.raises(ValueError, match="different arch"):
         shiftnas.save_subnet(shiftnas.export_subnet(net, sp.min()), sp.max(), tmp_path / "x")
+
+
+@pytest.fixture
+def saved(tmp_path):
+    net = shiftnas.build_supernet("vit-fmnist")
+    arch = get_space("vit-fmnist").min()
+    return shiftnas.save_subnet(shiftnas.export_subnet(net, arch), arch, tmp_path / "s")
+
+
+def test_byte_flip_in_subnet_weights_is_detected(saved):
+    from safetensors.torch import load_file
+
+    w = saved / "model.safetensors"
+    data = bytearray(w.read_bytes())
+    header = 8 + int.from_bytes(data[:8], "little")  # then the raw tensor bytes
+    data[header + (len(data) - header) // 2] ^= 0x10
+    w.write_bytes(bytes(data))
+    load_file(str(w))  # safetensors itself does not notice
+    with pytest.raises(ValueError, match="model.safetensors is corrupt: its tensors do not match") as e:
+        shiftnas.load_subnet(saved)
+    assert str(w) in str(e.value) and "\n" not in str(e.value)
+    assert shiftnas.load_subnet(saved, verify=False).arch == get_space("vit-fmnist").min()
+
+
+def test_arch_json_not_written_with_the_weights_is_detected(saved):
+    meta = json.loads((saved / "arch.json").read_text())
+    meta["flops"] += 1  # still a valid arch file, but not the one saved with these weights
+    (saved / "arch.json").write_text(json.dumps(meta, indent=1) + "\n")
+    with pytest.raises(ValueError, match="arch.json is not the arch.json written with model.safetensors"):
+        shiftnas.load_subnet(saved)
+
+
+def test_subnet_without_digest_is_refused_unless_trusted(saved):
+    from safetensors.torch import load_file, save_file
+
+    w = saved / "model.safetensors"
+    save_file(load_file(str(w)), str(w), metadata={"format": "shiftnas-subnet/1"})  # as written before digests
+    with pytest.raises(ValueError, match="has no integrity digest.*verify=False"):
+        shiftnas.load_subnet(saved)
+    sub = shiftnas.load_subnet(saved, verify=False)
+    again = shiftnas.save_subnet(sub, sub.arch, saved.parent / "again")
+    assert shiftnas.load_subnet(again).arch == sub.arch

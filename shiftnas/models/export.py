@@ -1,9 +1,17 @@
 """Export a subnet as a standalone model; save it as safetensors + arch JSON; load it back.
 
 `load_subnet` rebuilds the static model from the arch JSON alone (no supernet, no pickle).
+
+Integrity: safetensors has no checksum, so `save_subnet` stores two sha256 digests in the
+safetensors header's metadata: `sha256`, `shiftnas.integrity.content_digest` of the tensors
+(names, dtypes, shapes, bytes), and `arch_sha256`, of the bytes of arch.json. `load_subnet`
+checks both: a flipped byte in the weights, or an arch.json that is not the one written with
+them, is a `ValueError` naming the file. A subnet without digests (written before subnets
+carried them) is refused; `load_subnet(path, verify=False)` loads it unverified.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -11,6 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..integrity import content_digest
 from ..spaces import ArchConfig, get_space
 
 __all__ = ["export_subnet", "save_subnet", "load_subnet", "build_static"]
@@ -59,22 +68,26 @@ def save_subnet(model: nn.Module, arch: ArchConfig, path: str | os.PathLike) -> 
         "flops": count_flops(arch.space, arch, num_classes),
         "params": count_params(arch.space, arch, num_classes),
     }
-    _atomic_write(path / WEIGHTS, lambda tmp: save_file(state, str(tmp), metadata={"format": FORMAT}))
-    _atomic_write(path / META, lambda tmp: tmp.write_text(json.dumps(meta, indent=1) + "\n"))
+    meta_bytes = (json.dumps(meta, indent=1) + "\n").encode("utf-8")
+    digests = {"format": FORMAT, "sha256": content_digest(state), "arch_sha256": hashlib.sha256(meta_bytes).hexdigest()}
+    _atomic_write(path / WEIGHTS, lambda tmp: save_file(state, str(tmp), metadata=digests))
+    _atomic_write(path / META, lambda tmp: tmp.write_bytes(meta_bytes))
     return path
 
 
-def load_subnet(path: str | os.PathLike, device: str | torch.device = "cpu") -> nn.Module:
-    """Rebuild a model written by `save_subnet` (safetensors: no code runs while loading)."""
-    from safetensors.torch import load_file
+def load_subnet(path: str | os.PathLike, device: str | torch.device = "cpu", verify: bool = True) -> nn.Module:
+    """Rebuild a model written by `save_subnet` (safetensors: no code runs while loading), its
+    digests checked (`verify=False` skips that)."""
+    from safetensors import safe_open
 
     path = Path(path)
     meta_file, weights = path / META, path / WEIGHTS
     for f in (meta_file, weights):
         if not f.is_file():
             raise ValueError(f"{f} not found: expected a directory written by save_subnet")
+    meta_bytes = meta_file.read_bytes()
     try:
-        meta = json.loads(meta_file.read_text(encoding="utf-8"))
+        meta = json.loads(meta_bytes.decode("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
         raise ValueError(f"{meta_file} is not valid JSON: {e}") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
@@ -87,10 +100,12 @@ def load_subnet(path: str | os.PathLike, device: str | torch.device = "cpu") -> 
     except ValueError as e:
         raise ValueError(f"{meta_file}: {e}") from None
     try:
-        state = load_file(str(weights), device=str(device))
+        with safe_open(str(weights), framework="pt", device="cpu") as f:
+            file_meta = f.metadata() or {}
+            state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open has no __iter__
     except Exception as e:  # noqa: BLE001 - SafetensorError: a pickle, a truncated or foreign file
         raise ValueError(
-            f"{weights} is not a safetensors file ({str(e).splitlines()[0][:200]}); "
+            f"{weights} is not a safetensors file ({(str(e).splitlines() or [type(e).__name__])[0][:200]}); "
             "load_subnet reads only safetensors (it never unpickles)"
         ) from None
     with torch.device("meta"):  # shapes without memory: a bad num_classes allocates nothing
@@ -100,9 +115,28 @@ def load_subnet(path: str | os.PathLike, device: str | torch.device = "cpu") -> 
         bad = sorted(k for k in want.keys() | got.keys() if want.get(k) != got.get(k))
         detail = ", ".join(f"{k}: expected {want.get(k)}, file has {got.get(k)}" for k in bad[:3])
         raise ValueError(f"{weights} does not match arch {arch.short()} ({len(bad)} tensors differ: {detail})")
+    if verify:
+        _verify(weights, file_meta, state, meta_file, meta_bytes)
     model = build_static(arch, num_classes)
     model.load_state_dict(state)
     return model.to(device).eval()
+
+
+def _verify(weights: Path, file_meta: dict, state: dict, meta_file: Path, meta_bytes: bytes) -> None:
+    """`ValueError` unless the digests save_subnet stored in `weights` match `state` and arch.json."""
+    want, want_arch = file_meta.get("sha256"), file_meta.get("arch_sha256")
+    if want is None or want_arch is None:
+        raise ValueError(
+            f"{weights} has no integrity digest (written before subnets carried one, or not by "
+            "save_subnet), so it cannot be verified; to trust it anyway: load_subnet(path, verify=False), "
+            "then save_subnet it again"
+        )
+    if content_digest(state) != want:
+        raise ValueError(f"{weights} is corrupt: its tensors do not match the sha256 digest saved with "
+                         "them; export the subnet again or restore the file from a copy")
+    if hashlib.sha256(meta_bytes).hexdigest() != want_arch:
+        raise ValueError(f"{meta_file} is not the arch.json written with {WEIGHTS} (its sha256 differs "
+                         "from the one saved in the weights): corrupt or edited; export the subnet again")
 
 
 def _atomic_write(dst: Path, write) -> None:

@@ -1,8 +1,8 @@
-"""Atomic, weights-only checkpoints, auto-resume, run-directory path safety, RNG state.
+"""Atomic, verified, weights-only checkpoints, auto-resume, run-directory path safety, RNG state.
 
     path = save_checkpoint(run_dir, {"model": net.state_dict(), "step": step, "rng": capture_rng_state()}, step)
-    ckpt = latest_checkpoint(run_dir)        # newest complete checkpoint-XXXXXXXX.pt, or None
-    state = load_checkpoint(ckpt)            # torch.load(..., weights_only=True)
+    ckpt = latest_checkpoint(run_dir)        # newest checkpoint-XXXXXXXX.pt that loads and verifies, or None
+    state = load_checkpoint(ckpt)            # torch.load(..., weights_only=True) + digest check
     restore_rng_state(state["rng"])
 
 A checkpoint is ``run_dir/checkpoint-{step:08d}.pt``. It is written to a temporary file in the
@@ -11,6 +11,20 @@ directory is fsynced, so a crash leaves either the old set of checkpoints or the
 at most a ``*.tmp`` leftover that is ignored (and removed by the next save). Only the newest
 ``keep`` checkpoints are kept. SHIFTNAS_FAULT_CKPT_DELAY_S (faults.py, for the crash tests)
 pauses inside a save so that a kill can land mid-write.
+
+Integrity. ``torch.load`` does not check the CRC32s of its zip records: a flipped byte in tensor
+data loads as a different weight without an error. So every checkpoint carries
+``shiftnas.integrity.content_digest`` of its state (sha256 over every key, value, tensor dtype,
+shape and byte) under the reserved key ``"__shiftnas_digest__"``, and ``load_checkpoint``
+recomputes it over what it loaded; a mismatch is a ``ValueError`` naming the file. The digest
+lives *inside* the file, not in a sidecar: the one atomic rename publishes data and digest
+together, so no crash, pruning, copy or ``--resume PATH`` of a copied file can separate them,
+and there is no second file to keep in step. It is taken over the loaded contents rather than
+the file's bytes, so it checks exactly what the trainer gets (and is independent of torch's
+serialization layout); the cost is one sha256 pass over the tensor bytes on save and on load.
+A file without a digest (written by hand, or before checkpoints carried one) is refused: its
+contents cannot be verified. ``load_checkpoint(path, verify=False)`` loads it (and any file)
+unverified, for a caller who vouches for it; saving that state again gives it a digest.
 
 State may hold only what ``torch.load(weights_only=True)`` accepts: tensors, dicts, lists,
 tuples, ints, floats, str, bool, None (plus torch dtypes/devices/sizes); ``save_checkpoint``
@@ -32,9 +46,11 @@ from typing import Any
 
 import torch
 
+from ..integrity import ALGO, content_digest
 from .faults import SlowWriter, ckpt_delay_s
 
 CKPT_RE = re.compile(r"^checkpoint-(\d{8,})\.pt$")
+DIGEST_KEY = "__shiftnas_digest__"
 _SAFE_LEAVES = (torch.Tensor, int, float, str, bool, bytes, type(None), torch.dtype,
                 torch.device, torch.Size)
 
@@ -98,14 +114,18 @@ def list_checkpoints(run_dir: str | os.PathLike) -> list[tuple[int, Path]]:
 
 
 def save_checkpoint(run_dir: str | os.PathLike, state: dict, step: int, keep: int = 2) -> Path:
-    """Write ``state`` atomically as ``run_dir/checkpoint-{step:08d}.pt``; keep the newest ``keep``."""
+    """Write ``state`` and its digest atomically as ``run_dir/checkpoint-{step:08d}.pt``; keep
+    the newest ``keep``."""
     if isinstance(step, bool) or not isinstance(step, int) or step < 0:
         raise ValueError(f"step must be an int >= 0, got {step!r}")
     if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
         raise ValueError(f"keep must be an int >= 1, got {keep!r}")
     if not isinstance(state, dict):
         raise ValueError(f"checkpoint state must be a dict, got {type(state).__name__}")  # noqa: TRY004 - the API promises ValueError
+    if DIGEST_KEY in state:
+        raise ValueError(f"checkpoint state key {DIGEST_KEY!r} is reserved for the integrity digest")
     _check_safe(state, "state")
+    payload = {**state, DIGEST_KEY: {"algo": ALGO, "hex": content_digest(state)}}
     d = Path(run_dir)
     d.mkdir(parents=True, exist_ok=True)
     final = safe_path(d, f"checkpoint-{step:08d}.pt")
@@ -113,7 +133,7 @@ def save_checkpoint(run_dir: str | os.PathLike, state: dict, step: int, keep: in
     delay = ckpt_delay_s()  # fault-injection hook, None unless SHIFTNAS_FAULT_CKPT_DELAY_S is set
     try:
         with open(tmp, "wb") as f:
-            torch.save(state, f if delay is None else SlowWriter(f, delay))
+            torch.save(payload, f if delay is None else SlowWriter(f, delay))
             f.flush()
             os.fsync(f.fileno())
         if delay is not None:
@@ -132,6 +152,14 @@ def save_checkpoint(run_dir: str | os.PathLike, state: dict, step: int, keep: in
     return final
 
 
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used: ``str()`` is ``"<path> <reason>[; <hint>]"``, one line."""
+
+    def __init__(self, path: Path, reason: str, hint: str = ""):
+        super().__init__(f"{path} {reason}" + (f"; {hint}" if hint else ""))
+        self.path, self.reason = path, reason
+
+
 def _short(e: BaseException) -> str:
     lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
     for ln in lines:
@@ -145,37 +173,63 @@ def _load(path: Path, mmap: bool) -> Any:
         mmap = mmap and zipfile.is_zipfile(path)  # mmap needs torch's zip format
         return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
-        raise ValueError(
-            f"{path} is not a safe shiftnas checkpoint (refusing to unpickle code): {_short(e)}"
+        raise CheckpointError(
+            path, f"is not a safe shiftnas checkpoint (refusing to unpickle code): {_short(e)}"
         ) from None
     except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError) as e:
         if isinstance(e, FileNotFoundError):
             raise
-        raise ValueError(
-            f"{path} is not a complete shiftnas checkpoint (truncated or corrupt): {_short(e)}"
+        raise CheckpointError(
+            path, f"is not a complete shiftnas checkpoint (truncated or corrupt): {_short(e)}"
         ) from None
 
 
-def load_checkpoint(path: str | os.PathLike) -> dict:
-    """``torch.load(path, map_location="cpu", weights_only=True)``; ``ValueError`` for a file that
-    would run code when unpickled, or that is truncated/corrupt."""
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"no checkpoint at {p}")
-    state = _load(p, mmap=False)
+def _read(path: Path, mmap: bool, verify: bool) -> dict:
+    """Load ``path``, take its digest out and (``verify``) check it; ``CheckpointError`` if bad."""
+    state = _load(path, mmap)
     if not isinstance(state, dict):
-        raise ValueError(f"{p} is not a shiftnas checkpoint: holds {type(state).__name__}, not a dict")  # noqa: TRY004 - the API promises ValueError
+        raise CheckpointError(path, f"is not a shiftnas checkpoint: holds {type(state).__name__}, not a dict")
+    record = state.pop(DIGEST_KEY, None)
+    if not verify:
+        return state
+    if record is None:
+        raise CheckpointError(
+            path, "has no integrity digest (written before checkpoints carried one, or not by save_checkpoint)",
+            "its contents cannot be verified; to trust it anyway: load_checkpoint(path, verify=False), "
+            "then save_checkpoint that state",
+        )
+    if not (isinstance(record, dict) and record.get("algo") == ALGO and isinstance(record.get("hex"), str)):
+        raise CheckpointError(path, f"is corrupt: its integrity record is malformed (expected {ALGO})")
+    try:
+        actual = content_digest(state)
+    except ValueError as e:
+        raise CheckpointError(path, f"is corrupt: {e}") from None
+    if actual != record["hex"]:
+        raise CheckpointError(
+            path, f"is corrupt: its contents do not match the {ALGO} digest saved with it "
+            f"(saved {record['hex'][:12]}, now {actual[:12]})",
+            "resume from an older checkpoint or restore the file from a copy",
+        )
     return state
 
 
+def load_checkpoint(path: str | os.PathLike, verify: bool = True) -> dict:
+    """``torch.load(path, map_location="cpu", weights_only=True)``, digest checked; ``ValueError``
+    for a file that would run code when unpickled, is truncated, has no digest or does not match
+    it. ``verify=False`` skips the digest check (and accepts a file without a digest)."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"no checkpoint at {p}")
+    return _read(p, mmap=False, verify=verify)
+
+
 def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
-    """The newest numbered checkpoint in ``run_dir`` that loads; ones that don't (a crash
-    mid-write, a corrupt or unsafe file) are skipped with a warning. None when there is none."""
+    """The newest numbered checkpoint in ``run_dir`` that loads and verifies; ones that don't (a
+    crash mid-write, a corrupt or unsafe file) are skipped with a warning and left in place.
+    None when there is none."""
     for step, p in reversed(list_checkpoints(run_dir)):
         try:
-            state = _load(p, mmap=True)  # mmap: verifies the archive without reading tensors
-            if not isinstance(state, dict):
-                raise ValueError(f"{p} holds {type(state).__name__}, not a dict")  # noqa: TRY004 - the API promises ValueError
+            _read(p, mmap=True, verify=True)  # mmap: tensors are read for the digest, not copied
         except (ValueError, FileNotFoundError) as e:
             warnings.warn(f"skipping checkpoint {p.name} (step {step}): {e}", stacklevel=2)
             continue

@@ -43,7 +43,7 @@ from hypothesis import strategies as st
 from shiftnas.models.export import load_subnet, save_subnet
 from shiftnas.spaces import get_space
 from shiftnas.train import Trainer, load_config
-from shiftnas.train.checkpoint import latest_checkpoint, load_checkpoint
+from shiftnas.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 
 # torch's weights-only unpickler warns about protocol 5 before it refuses the file
 pytestmark = pytest.mark.filterwarnings("ignore:Detected pickle protocol:UserWarning")
@@ -242,15 +242,20 @@ def test_shiftnas_generate_crafted_checkpoint_subprocess(genuine, tmp_path, mark
 
 def test_foreign_but_safe_checkpoint_is_refused_clearly(genuine, tmp_path):
     """A weights-only file that is no train.py checkpoint (a bare state_dict, a list, a real one
-    with a part missing or of the wrong type)."""
+    with a part missing or of the wrong type), with a valid digest where it is a dict."""
     no_model = {k: v for k, v in genuine["state"].items() if k != "model"}
     for i, obj in enumerate(({"weight": torch.zeros(3)}, [torch.zeros(2)], {"config": [1, 2]}, no_model,
                              {**genuine["state"], "config": "model: x"})):
-        p = tmp_path / f"foreign{i}.pt"
-        torch.save(obj, p)
+        if isinstance(obj, dict):
+            p = save_checkpoint(tmp_path / f"foreign{i}", obj, 0)
+            want = "not a train.py checkpoint"
+        else:
+            torch.save(obj, p := tmp_path / f"foreign{i}.pt")
+            want = "holds list, not a dict"
         rc, _, err = train_main(["--resume", str(p), *tiny_overrides(genuine["root"], tmp_path / "runs", f"f{i}")],
                                 seconds=300)
-        assert str(p) in assert_one_line_error(rc, err, "train.py")
+        line = assert_one_line_error(rc, err, "train.py")
+        assert str(p) in line and want in line
 
 
 # ----------------------------------------------------------------------- exported subnets
