@@ -1,5 +1,5 @@
 """shiftnas.train.checkpoint: atomic save, pruning, auto-resume fallback, unsafe pickles, paths, RNG,
-the integrity digest."""
+the integrity digest, resuming past corrupt checkpoints."""
 import os
 import pickle
 import random
@@ -15,8 +15,10 @@ from shiftnas.train.checkpoint import (
     capture_rng_state,
     latest_checkpoint,
     list_checkpoints,
+    list_moved_aside,
     load_checkpoint,
     restore_rng_state,
+    resume_checkpoint,
     safe_path,
     save_checkpoint,
 )
@@ -212,3 +214,53 @@ def test_digest_key_is_reserved(tmp_path):
     with pytest.raises(ValueError, match=f"{DIGEST_KEY!r} is reserved"):
         save_checkpoint(tmp_path, {DIGEST_KEY: 1}, 1)
 
+
+# ----------------------------------------------------------------------- resuming past corrupt files
+def _w(step):
+    return {"step": step, "w": torch.full((256,), float(step))}
+
+
+def test_resume_falls_back_and_keeps_the_corrupt_file(tmp_path):
+    assert resume_checkpoint(tmp_path) is None and resume_checkpoint(tmp_path / "missing") is None
+    good = save_checkpoint(tmp_path, _w(4), 4)
+    bad = save_checkpoint(tmp_path, _w(8), 8)
+    _flip_tensor_byte(bad)
+    with pytest.warns(UserWarning, match="skipping checkpoint checkpoint-00000008.pt \\(is corrupt.*\\); "
+                                         "moved aside to checkpoint-00000008.pt.corrupt"):
+        assert resume_checkpoint(tmp_path) == good
+    assert not bad.exists() and [s for s, _ in list_checkpoints(tmp_path)] == [4]
+    assert [p.name for _, p in list_moved_aside(tmp_path)] == ["checkpoint-00000008.pt.corrupt"]
+    for step in (8, 12, 16):  # the resumed run goes on; pruning keeps the newest 2 and the evidence
+        save_checkpoint(tmp_path, _w(step), step)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "checkpoint-00000008.pt.corrupt", "checkpoint-00000012.pt", "checkpoint-00000016.pt"]
+    assert resume_checkpoint(tmp_path) == tmp_path / "checkpoint-00000016.pt"
+
+
+def test_resume_refuses_a_run_dir_where_nothing_verifies(tmp_path):
+    for step in (4, 8):
+        _flip_tensor_byte(save_checkpoint(tmp_path, _w(step), step))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the error says it all: no warnings beside it
+        with pytest.raises(ValueError) as e:
+            resume_checkpoint(tmp_path)
+    msg = str(e.value)
+    assert "\n" not in msg and "has no checkpoint that loads and verifies" in msg and "to start over" in msg
+    assert "checkpoint-00000008.pt (is corrupt" in msg and "checkpoint-00000004.pt (is corrupt" in msg
+    assert list_checkpoints(tmp_path) == [] and len(list_moved_aside(tmp_path)) == 2
+    with pytest.raises(ValueError, match="checkpoint-00000008.pt.corrupt \\(moved aside earlier\\)"):
+        resume_checkpoint(tmp_path)  # asked again: still no silent fresh start
+
+
+def test_resume_without_moving_and_name_collisions(tmp_path):
+    p = save_checkpoint(tmp_path, _w(3), 3)
+    half = p.read_bytes()[:1000]
+    p.write_bytes(half)
+    with pytest.raises(ValueError, match="checkpoint-00000003.pt \\(is not a complete shiftnas checkpoint"):
+        resume_checkpoint(tmp_path, move_aside=False)
+    assert p.is_file() and list_moved_aside(tmp_path) == []
+    (tmp_path / "checkpoint-00000003.pt.corrupt").write_bytes(b"an earlier one")
+    with pytest.raises(ValueError, match="moved aside to checkpoint-00000003.pt.corrupt.1"):
+        resume_checkpoint(tmp_path)
+    assert (tmp_path / "checkpoint-00000003.pt.corrupt").read_bytes() == b"an earlier one"
+    assert (tmp_path / "checkpoint-00000003.pt.corrupt.1").read_bytes() == half

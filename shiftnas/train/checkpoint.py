@@ -4,6 +4,7 @@
     ckpt = latest_checkpoint(run_dir)        # newest checkpoint-XXXXXXXX.pt that loads and verifies, or None
     state = load_checkpoint(ckpt)            # torch.load(..., weights_only=True) + digest check
     restore_rng_state(state["rng"])
+    ckpt = resume_checkpoint(run_dir)        # what --resume auto takes: moves bad files aside
 
 A checkpoint is ``run_dir/checkpoint-{step:08d}.pt``. It is written to a temporary file in the
 same directory (``*.tmp``), flushed and fsynced, moved into place with ``os.replace`` and the
@@ -25,6 +26,13 @@ serialization layout); the cost is one sha256 pass over the tensor bytes on save
 A file without a digest (written by hand, or before checkpoints carried one) is refused: its
 contents cannot be verified. ``load_checkpoint(path, verify=False)`` loads it (and any file)
 unverified, for a caller who vouches for it; saving that state again gives it a digest.
+
+Resuming. ``resume_checkpoint`` (``--resume auto``) takes the newest checkpoint that verifies.
+Newer ones that do not are renamed to ``checkpoint-XXXXXXXX.pt.corrupt`` (``.corrupt.1``, ... if
+taken): kept as evidence, out of the resume and pruning namespace. A run directory with
+checkpoints (or files moved aside earlier) none of which verifies is a ``ValueError`` naming
+them: it is never restarted from scratch on its own. ``latest_checkpoint`` only reads (the
+search commands use it): it skips bad files with a warning and moves nothing.
 
 State may hold only what ``torch.load(weights_only=True)`` accepts: tensors, dicts, lists,
 tuples, ints, floats, str, bool, None (plus torch dtypes/devices/sizes); ``save_checkpoint``
@@ -50,6 +58,7 @@ from ..integrity import ALGO, content_digest
 from .faults import SlowWriter, ckpt_delay_s
 
 CKPT_RE = re.compile(r"^checkpoint-(\d{8,})\.pt$")
+CORRUPT_RE = re.compile(r"^checkpoint-(\d{8,})\.pt\.corrupt(\.\d+)?$")
 DIGEST_KEY = "__shiftnas_digest__"
 _SAFE_LEAVES = (torch.Tensor, int, float, str, bool, bytes, type(None), torch.dtype,
                 torch.device, torch.Size)
@@ -105,12 +114,21 @@ def _fsync_dir(d: Path) -> None:
 
 
 def list_checkpoints(run_dir: str | os.PathLike) -> list[tuple[int, Path]]:
-    """Numbered checkpoints in ``run_dir`` as ``(step, path)``, oldest first (``*.tmp`` ignored)."""
+    """Numbered checkpoints in ``run_dir`` as ``(step, path)``, oldest first (``*.tmp`` and
+    ``*.corrupt`` ignored)."""
+    return _numbered(run_dir, CKPT_RE)
+
+
+def list_moved_aside(run_dir: str | os.PathLike) -> list[tuple[int, Path]]:
+    """Checkpoints that did not verify and were moved aside (``checkpoint-*.pt.corrupt*``)."""
+    return _numbered(run_dir, CORRUPT_RE)
+
+
+def _numbered(run_dir: str | os.PathLike, pattern: re.Pattern) -> list[tuple[int, Path]]:
     d = Path(run_dir)
     if not d.is_dir():
         return []
-    found = [(int(m.group(1)), d / p.name) for p in d.iterdir() if (m := CKPT_RE.match(p.name))]
-    return sorted(found)
+    return sorted((int(m.group(1)), d / p.name) for p in d.iterdir() if (m := pattern.match(p.name)))
 
 
 def save_checkpoint(run_dir: str | os.PathLike, state: dict, step: int, keep: int = 2) -> Path:
@@ -235,6 +253,53 @@ def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
             continue
         return p
     return None
+
+
+def resume_checkpoint(run_dir: str | os.PathLike, move_aside: bool = True) -> Path | None:
+    """What ``--resume auto`` continues from: the newest checkpoint in ``run_dir`` that loads and
+    verifies. Newer ones that fail are (``move_aside``) renamed to ``*.corrupt`` and named in a
+    warning. None when ``run_dir`` holds neither checkpoints nor moved-aside files; when it holds
+    some and none verifies, a one-line ``ValueError`` naming them (and no warnings)."""
+    failed: list[str] = []
+    moved: set[str] = set()
+    for step, p in reversed(list_checkpoints(run_dir)):
+        try:
+            _read(p, mmap=True, verify=True)
+        except FileNotFoundError:  # moved aside meanwhile (by rank 0 of this job)
+            failed.append(f"{p.name} (gone while being read)")
+            continue
+        except CheckpointError as e:
+            where = ""
+            if move_aside:
+                moved.add(dst := _move_aside(p).name)
+                where = f"; moved aside to {dst}"
+            failed.append(f"{p.name} ({e.reason[:160]}){where}")
+            continue
+        for f in failed:
+            warnings.warn(f"skipping checkpoint {f}", stacklevel=2)
+        return p
+    failed += [f"{p.name} (moved aside earlier)" for _, p in reversed(list_moved_aside(run_dir))
+               if p.name not in moved]
+    if not failed:
+        return None
+    raise ValueError(
+        f"run directory {str(run_dir)!r} has no checkpoint that loads and verifies: {'; '.join(failed)}. "
+        "Not starting over on its own: to start over, delete these files (or the run directory), "
+        "or set run.name / run.out_dir for a new run"
+    )
+
+
+def _move_aside(p: Path) -> Path:
+    """Rename ``p`` to ``p.corrupt`` (or ``p.corrupt.N``, never over an existing file)."""
+    for i in range(1000):
+        dst = p.with_name(f"{p.name}.corrupt" + (f".{i}" if i else ""))
+        if not (dst.exists() or dst.is_symlink()):
+            break
+    else:
+        raise ValueError(f"cannot move {p} aside: {p.name}.corrupt .. .corrupt.999 all exist")
+    os.replace(p, dst)
+    _fsync_dir(p.parent)
+    return dst
 
 
 def capture_rng_state() -> dict:

@@ -173,6 +173,8 @@ class Trainer:
 
     # ------------------------------------------------------------------ building
     def _find_resume(self, resume: str | None) -> Path | None:
+        from .checkpoint import list_moved_aside, resume_checkpoint
+
         if resume is None:
             existing = list_checkpoints(self.run_dir) if self.run_dir.exists() else []
             if existing:
@@ -181,9 +183,15 @@ class Trainer:
                     f"{existing[-1][1].name}); pass --resume auto to continue it, or set run.name / "
                     "run.out_dir to start a new run (nothing was overwritten)"
                 )
+            if aside := list_moved_aside(self.run_dir):
+                raise ValueError(
+                    f"run directory {str(self.run_dir)!r} holds checkpoints moved aside as corrupt "
+                    f"({', '.join(p.name for _, p in aside)}); to start over here, delete them (or the "
+                    "run directory), or set run.name / run.out_dir for a new run (nothing was overwritten)"
+                )
             return None
-        if resume == "auto":
-            return latest_checkpoint(self.run_dir) if self.run_dir.exists() else None
+        if resume == "auto":  # every rank verifies; rank 0 moves corrupt files aside
+            return resume_checkpoint(self.run_dir, move_aside=self.info.is_main)
         p = Path(resume).expanduser()
         if not p.is_file():
             raise ValueError(f"--resume {resume!r}: no such checkpoint file (use 'auto' or a checkpoint-*.pt path)")
