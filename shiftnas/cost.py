@@ -33,6 +33,8 @@ __all__ = [
     "expected_cost",
     "flops_range",
     "FlopsBins",
+    "FastCost",
+    "fast_cost",
 ]
 
 
@@ -116,6 +118,91 @@ def expected_cost(
     return total
 
 
+class FastCost:
+    """A cost from candidate indices via the term tables, with no ArchConfig per call.
+
+    For the loops that walk a space one decision at a time (the generator's feasibility masks,
+    `sample_in_bin`). Indices are kept for every decision, inactive ones too; an inactive
+    decision reads the tables at index 0, as `SearchSpace.indices` does, so `total` equals
+    `count_flops` / `count_params` of the config.
+    """
+
+    def __init__(self, space: SearchSpace, what: str = "flops"):
+        self.space, self.what = space, what
+        self.decs = {d.name: d for d in space.decisions}
+        # Flat python lists: a list lookup is ~50x cheaper than indexing a torch tensor. Per
+        # term: (names, flat table, per name (name, stride, gate name or None, gate choices,
+        # gate layer)) so `term` needs no lookups beyond the indices.
+        self.terms = []
+        for t in cost_terms(space, what):
+            strides, s = [], 1
+            for n in reversed(t.table.shape):
+                strides.append(s)
+                s *= n
+            axes = []
+            for n, st in zip(t.names, reversed(strides)):
+                g = self.decs[n].gate
+                axes.append((n, st, None, (), 0) if g is None else (n, st, g[0], self.decs[g[0]].choices, g[1]))
+            self.terms.append((t.names, tuple(axes), t.table.flatten().tolist()))
+        gated_by: dict[str, set[str]] = {}
+        for d in space.decisions:
+            if d.gate is not None:
+                gated_by.setdefault(d.gate[0], set()).add(d.name)
+        # Terms whose value can change when decision n moves (directly or by (de)activation).
+        self.touch = {
+            d.name: [
+                i
+                for i, (names, _, _) in enumerate(self.terms)
+                if d.name in names or gated_by.get(d.name, set()) & set(names)
+            ]
+            for d in space.decisions
+        }
+        # The largest change one step (index j -> j + 1) of each decision can make, over every
+        # setting of the others: a bound on the gaps between reachable costs (see budget.py).
+        self.step_bound = {d.name: 0.0 for d in space.decisions}
+        for t in cost_terms(space, what):
+            for axis, n in enumerate(t.names):
+                if t.table.shape[axis] > 1:
+                    diff = t.table.diff(dim=axis).abs().max()
+                    self.step_bound[n] += float(diff)
+
+    def active(self, name: str, idx: dict[str, int]) -> bool:
+        gate = self.decs[name].gate
+        return gate is None or self.decs[gate[0]].choices[idx[gate[0]]] > gate[1]
+
+    def term(self, i: int, idx: dict[str, int]) -> float:
+        _, axes, flat = self.terms[i]
+        off = 0
+        for n, s, gate, choices, layer in axes:
+            if gate is None or choices[idx[gate]] > layer:
+                off += idx[n] * s
+        return flat[off]
+
+    def total(self, idx: dict[str, int]) -> float:
+        return sum(self.term(i, idx) for i in range(len(self.terms)))
+
+    def delta(self, idx: dict[str, int], name: str, new: int) -> float:
+        """total(idx with idx[name] = new) - total(idx); `idx` is left as it was."""
+        touched = self.touch[name]
+        before = sum(self.term(i, idx) for i in touched)
+        old, idx[name] = idx[name], new
+        after = sum(self.term(i, idx) for i in touched)
+        idx[name] = old
+        return after - before
+
+
+@functools.lru_cache(maxsize=None)
+def _fast_cost(space_name: str, what: str) -> FastCost:
+    return FastCost(get_space(space_name), what)
+
+
+def fast_cost(space: SearchSpace | str, what: str = "flops") -> FastCost:
+    """The (cached) `FastCost` of `space` for `what` in ('flops', 'params')."""
+    if what not in ("flops", "params"):
+        raise ValueError(f"what={what!r}; allowed: 'flops', 'params'")
+    return _fast_cost(get_space(space).name, what)
+
+
 def flops_range(space: SearchSpace | str) -> tuple[int, int]:
     """(min, max) FLOPs over the space: every cost is monotone in every choice."""
     space = get_space(space)
@@ -148,6 +235,19 @@ class FlopsBins:
 
     def __len__(self) -> int:
         return len(self.centers)
+
+    def width(self) -> float:
+        """The width of one bin in MACs."""
+        return (self.hi - self.lo) / len(self)
+
+    def window(self, k: int) -> tuple[int, int]:
+        """Bin `k` as an inclusive integer interval [lo, hi] of MACs (costs are integers):
+        exactly the costs that `bin_of` maps to `k`."""
+        if not (isinstance(k, int) and 0 <= k < len(self)):
+            raise ValueError(f"bin {k!r} is out of range; {self!r} has bins 0..{len(self) - 1}")
+        lo = math.ceil(float(self.edges[k]))
+        hi = int(self.hi) if k == len(self) - 1 else math.ceil(float(self.edges[k + 1])) - 1
+        return lo, hi
 
     def bin_of(self, flops: float) -> int:
         """Index of the bin holding `flops` (the top edge belongs to the last bin)."""

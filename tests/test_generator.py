@@ -52,13 +52,18 @@ def test_every_bin_gives_valid_sample(gen):
 
 
 def test_generate_deterministic_and_range_error(gen):
-    c = float(gen.targets[3])
-    a, b = gen.generate(c), gen.generate(c)
+    a, b = gen.generate(bin=3), gen.generate(bin=3)
     assert isinstance(a, ArchConfig) and a == b
     torch.manual_seed(123)  # Gumbel RNG state must not matter
-    assert gen.generate(c) == a
+    assert gen.generate(bin=3) == a
     with pytest.raises(ValueError, match="outside"):
         gen.generate(gen.bins.hi * 2)
+    with pytest.raises(ValueError, match="outside"):
+        gen.generate(gen.bins.lo - 1)
+    with pytest.raises(ValueError, match="exactly one"):
+        gen.generate(30e6, bin=2)
+    with pytest.raises(ValueError, match="out of range"):
+        gen.generate(bin=8)
 
 
 def test_tau_anneal(gen):
@@ -101,24 +106,56 @@ def test_resource_loss_reaches_generator_and_bin_vec(gen):
     )
 
 
-def test_learns_to_hit_bins():
-    # 300 Adam steps x all 8 bins of resource loss only (~20 s on one core). Measured with the
-    # seedable Gumbel noise: 8/8 bins for seeds 0 and 2, 7/8 for seed 1 (the top bin is the
-    # hardest); 500 steps x 4 random bins gave 7/8, 7/8, 8/8, 8/8 for seeds 0-3.
+@pytest.mark.parametrize("space", ["vit-fmnist", "cnn-fmnist", "autoformer-t", "cnn-bignas"])
+def test_untrained_generator_hits_every_bin(space):
+    # Nothing learned: the feasibility masks alone put every arch in its bin (arg-max and
+    # Gumbel samples at a high temperature, where the choices are nearly uniform).
     torch.manual_seed(0)
-    rng = random.Random(0)
+    g = ArchGenerator(space, n_bins=10)
+    rng = torch.Generator().manual_seed(0)
+    for k in range(10):
+        assert g.bins.bin_of(count_flops(space, g.generate(bin=k))) == k
+        for _ in range(2):
+            s = g(g.bin_vector(k), tau=5.0, rng=rng)
+            assert g.bins.bin_of(count_flops(space, s.hard())) == k
+
+
+@pytest.mark.parametrize("space", ["vit-fmnist", "cnn-fmnist"])
+def test_budget_is_a_ceiling(space):
+    torch.manual_seed(1)
+    g = ArchGenerator(space, n_bins=10)
+    r, width = random.Random(0), g.bins.width()
+    for _ in range(100):
+        budget = r.uniform(g.bins.lo, g.bins.hi + width)
+        f = count_flops(space, g.generate(budget))
+        assert budget - width <= f <= budget, (budget, f)
+    f = count_flops(space, g.generate(g.bins.lo))  # the smallest budget: the min subnet
+    assert f == g.bins.lo
+
+
+def test_interval(gen):
+    lo, hi = gen.bins.lo + 0.30 * (gen.bins.hi - gen.bins.lo), gen.bins.lo + 0.31 * (gen.bins.hi - gen.bins.lo)
+    f = count_flops(SPACE, gen.generate(interval=(lo, hi)))
+    assert lo <= f <= hi
+    with pytest.raises(ValueError, match="space spans"):
+        gen.generate(interval=(gen.bins.hi + 1, gen.bins.hi + 2))
+    with pytest.raises(ValueError, match="lo <= hi"):
+        gen.generate(interval=(hi, lo))
+
+
+def test_pretrain_moves_samples_towards_the_bin_centre():
+    # Inside the bin the resource loss decides where: after pre-training the arg-max archs sit
+    # nearer their bin centres than before (measured on vit-fmnist, 10 bins, lr 2e-2, seeds
+    # 0-2: mean |error| / bin width 0.36/0.32/0.37 before, 0.23/0.18/0.20 after 100 steps).
+    torch.manual_seed(0)
     g = ArchGenerator(SPACE, n_bins=8, tau_start=1.0, tau_end=0.5)
-    opt = torch.optim.Adam(g.parameters(), lr=2e-2)
-    steps = 300
-    for i in range(steps):
-        tau = g.tau_at(i / steps)
-        ks = rng.sample(range(8), 8)
-        loss = sum(g.resource_loss(g(g.bin_vector(k), tau=tau), g.targets[k]) for k in ks) / len(ks)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    sp = get_space(SPACE)
-    hits = [
-        g.bins.bin_of(count_flops(sp, g.generate(float(c)))) == k for k, c in enumerate(g.targets)
-    ]
-    assert sum(hits) / len(hits) >= 0.9, hits
+
+    def err():
+        return sum(abs(count_flops(SPACE, g.generate(bin=k)) - float(c)) for k, c in enumerate(g.targets)) / (
+            8 * g.bins.width())
+
+    before = err()
+    rec = g.pretrain(100, lr=2e-2, rng=torch.Generator().manual_seed(0))
+    after = err()
+    assert rec["steps"] == 100 and rec["seconds"] > 0
+    assert after < 0.75 * before, (before, after)

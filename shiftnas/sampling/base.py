@@ -13,12 +13,14 @@ it with the same seed draw the same architectures, and `state_dict()` / `load_st
 from __future__ import annotations
 
 import abc
+import contextlib
 import difflib
 import random
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from ..cost import FlopsBins, cost_terms
+from ..cost import FlopsBins, fast_cost
 from ..spaces import ArchConfig, SearchSpace, get_space
 from ..spaces.arch_sample import ArchSample
 
@@ -28,6 +30,7 @@ __all__ = [
     "Sampled",
     "Sampler",
     "ScoreFn",
+    "StepContext",
     "build_sampler",
     "list_samplers",
     "register_sampler",
@@ -43,11 +46,25 @@ ScoreFn = Callable[[ArchConfig], float]  # arch -> minibatch loss (lower is bett
 _SAMPLERS: dict[str, type] = {}
 
 
+@dataclass
+class StepContext:
+    """What a sampler's `before_step` hook may use: the supernet, how to adapt a batch to an
+    arch (the CNN resizes), the step's autocast, and the minival split's batches by index
+    (`minival(i)`: the i-th batch of a fixed order; `minival(0)` is the same batch every time)."""
+
+    net: Any
+    prepare_input: Callable[[Any, ArchConfig], Any] | None = None
+    autocast: Callable[[], Any] = field(default=contextlib.nullcontext)
+    minival: Callable[[int], tuple[Any, Any]] | None = None
+
+
 class Sampler(abc.ABC):
     """Base class: owns the space, a seeded RNG and the (de)serialisation of its state."""
 
     name = "base"
     needs_score_fn = False  # True: next() must be given score_fn (the trainer builds one)
+    splits: tuple[str, ...] = ()  # data splits it reads besides train/val ("minival")
+    display_index = -1  # which of next()'s subnets the progress line and metrics show
 
     def __init__(self, space: SearchSpace | str, seed: int = 0):
         self.space = get_space(space)
@@ -74,6 +91,31 @@ class Sampler(abc.ABC):
     def to(self, device: Any) -> Sampler:
         """Move the sampler's modules (if any) to `device`."""
         return self
+
+    # -- lifecycle hooks: the engine calls them for every sampler alike -------------------------
+    def before_step(self, step: int, ctx: StepContext) -> dict[str, Any] | None:
+        """Called at the start of step `step`, before `next`; may return a record to log."""
+        return None
+
+    def step_metrics(self, step: int) -> dict[str, Any]:
+        """Extra fields of this step's metrics (e.g. the drawn bin)."""
+        return {}
+
+    def log_metrics(self) -> dict[str, Any]:
+        """Extra fields of each periodic metrics.jsonl line (e.g. softmax(B))."""
+        return {}
+
+    def eval_archs(self) -> list[tuple[ArchConfig, int]]:
+        """(arch, bin) pairs the sampler proposes for the end-of-run evaluation (the generator's)."""
+        return []
+
+    def summary(self) -> dict[str, Any]:
+        """Extra fields of summary.json."""
+        return {}
+
+    def history(self) -> list[dict[str, Any]]:
+        """The distribution's update history for sampling.json (empty: a fixed distribution)."""
+        return []
 
     # -- resume -------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -121,73 +163,6 @@ class BinDraw(NamedTuple):
     hit: bool  # False: no arch inside the bin was found; `arch` is the closest one seen
 
 
-class _FastFlops:
-    """FLOPs from candidate indices via the tables of `shiftnas.cost` (no ArchConfig per step).
-
-    Indices are kept for every decision, inactive ones too (so a layer that a depth increase
-    switches on brings its own random choices); an inactive decision reads the table at index 0,
-    as `SearchSpace.indices` does, so the value equals `count_flops` of the config.
-    """
-
-    def __init__(self, space: SearchSpace):
-        self.space = space
-        self.decs = {d.name: d for d in space.decisions}
-        # Flat python lists: a list lookup is ~50x cheaper than indexing a torch tensor.
-        self.terms = []
-        for t in cost_terms(space, "flops"):
-            shape = list(t.table.shape)
-            strides, s = [], 1
-            for n in reversed(shape):
-                strides.append(s)
-                s *= n
-            self.terms.append((t.names, tuple(reversed(strides)), t.table.flatten().tolist()))
-        gated_by: dict[str, set[str]] = {}
-        for d in space.decisions:
-            if d.gate is not None:
-                gated_by.setdefault(d.gate[0], set()).add(d.name)
-        # Terms whose value can change when decision n moves (directly or by (de)activation).
-        self.touch = {
-            d.name: [
-                i
-                for i, (names, _, _) in enumerate(self.terms)
-                if d.name in names or gated_by.get(d.name, set()) & set(names)
-            ]
-            for d in space.decisions
-        }
-
-    def active(self, name: str, idx: dict[str, int]) -> bool:
-        gate = self.decs[name].gate
-        return gate is None or self.decs[gate[0]].choices[idx[gate[0]]] > gate[1]
-
-    def term(self, i: int, idx: dict[str, int]) -> float:
-        names, strides, flat = self.terms[i]
-        off = 0
-        for n, s in zip(names, strides):
-            if self.active(n, idx):
-                off += idx[n] * s
-        return flat[off]
-
-    def total(self, idx: dict[str, int]) -> float:
-        return sum(self.term(i, idx) for i in range(len(self.terms)))
-
-    def delta(self, idx: dict[str, int], name: str, new: int) -> float:
-        touched = self.touch[name]
-        before = sum(self.term(i, idx) for i in touched)
-        old, idx[name] = idx[name], new
-        after = sum(self.term(i, idx) for i in touched)
-        idx[name] = old
-        return after - before
-
-
-_FAST: dict[str, _FastFlops] = {}
-
-
-def _fast(space: SearchSpace) -> _FastFlops:
-    if space.name not in _FAST:
-        _FAST[space.name] = _FastFlops(space)
-    return _FAST[space.name]
-
-
 def sample_in_bin(
     space: SearchSpace | str, bins: FlopsBins, k: int, rng: random.Random, max_tries: int = 200
 ) -> BinDraw:
@@ -202,7 +177,7 @@ def sample_in_bin(
     space = get_space(space)
     if not 0 <= k < len(bins):
         raise ValueError(f"bin k={k} is out of range; {bins!r} has bins 0..{len(bins) - 1}")
-    ff = _fast(space)
+    ff = fast_cost(space)
     lo, hi = float(bins.edges[k]), float(bins.edges[k + 1])
     last = k == len(bins) - 1
 

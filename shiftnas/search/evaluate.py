@@ -50,8 +50,8 @@ def evaluate_run(run, split: str = "val", max_images: int | None = None,
     rows = []
     t0 = time.perf_counter()
     if gen is not None:
-        for k, c in enumerate(run.bins.centers.tolist()):
-            rows.append(row(gen.generate(c), k, "generator"))
+        for k in range(len(run.bins)):
+            rows.append(row(gen.generate(bin=k), k, "generator"))
     if random_archs:
         for e in bin_archs(run.space, run.bins, seed=0):
             if e["hit"]:

@@ -25,7 +25,7 @@ __all__ = ["add_generate_parser", "export_arch", "generate_arch", "generate_swee
 _SUBNET_FILES = frozenset({"model.safetensors", "arch.json"})  # what save_subnet writes
 
 
-def _describe(run, arch: ArchConfig, budget: float, k: int) -> dict[str, Any]:
+def _describe(run, arch: ArchConfig, budget: float, k: int, window: tuple[int, int]) -> dict[str, Any]:
     flops = count_flops(run.space, arch, run.num_classes)
     try:
         in_bin = run.bins.bin_of(flops) == k
@@ -43,6 +43,8 @@ def _describe(run, arch: ArchConfig, budget: float, k: int) -> dict[str, Any]:
         "params": int(count_params(run.space, arch, run.num_classes)),
         "rel_error": (flops - budget) / budget,
         "in_bin": bool(in_bin),
+        "window": [int(window[0]), int(window[1])],
+        "within": bool(window[0] <= flops <= window[1]),
     }
 
 
@@ -51,18 +53,22 @@ def generate_arch(run, flops: str | float) -> dict[str, Any]:
 
     Keys: space, budget (multiply-adds), budget_mflops, bin, arch (decision -> value), short,
     flops, mflops, params, rel_error ((flops - budget) / budget), in_bin (the arch's FLOPs fall
-    in the budget's bin). A budget outside the space's FLOPs range is a ValueError giving it.
+    in the budget's bin), window ([budget - one bin width, budget]: the budget is a ceiling)
+    and within (the arch's FLOPs lie in it: always, the generator decodes into the window).
+    A budget outside the space's FLOPs range is a ValueError giving it.
     """
     gen = run.require_generator("generate")
     lo, hi = run.flops_range()
     budget = parse_budget(flops, lo, hi)
-    return _describe(run, gen.generate(budget), budget, run.bins.bin_of(budget))
+    window = gen.window(budget)
+    return _describe(run, gen.generate(budget), budget, run.bins.bin_of(budget), window)
 
 
 def generate_sweep(run) -> list[dict[str, Any]]:
-    """`generate_arch` at every bin centre, bin 0 first."""
+    """The generator's arch for every bin (`generate(bin=k)`, budget = the bin's centre), bin 0 first."""
     gen = run.require_generator("generate --sweep")
-    return [_describe(run, gen.generate(c), c, k) for k, c in enumerate(run.bins.centers.tolist())]
+    return [_describe(run, gen.generate(bin=k), c, k, run.bins.window(k))
+            for k, c in enumerate(run.bins.centers.tolist())]
 
 
 def _check_out(out: Path) -> None:
@@ -105,7 +111,7 @@ def _human(r: dict[str, Any], edges: list[float]) -> str:
     return (
         f"{format_budget(r['budget']):>7}  {where:<24} {r['mflops']:8.2f} MFLOPs  "
         f"{r['params'] / 1e6:7.3f}M params  {100 * r['rel_error']:+6.1f}%  "
-        f"{'in-bin ' if r['in_bin'] else 'off-bin'}  {r['short']}"
+        f"{'in-bin ' if r['in_bin'] else 'off-bin'}  {'' if r['within'] else 'OUTSIDE THE WINDOW  '}{r['short']}"
     )
 
 
