@@ -136,3 +136,59 @@ def test_state_dict_round_trip(parts):
         s.B.grad = torch.ones(6)
         s.optimizer.step()
     assert torch.equal(other.B, shift.B)
+
+
+def test_expected_improvement_step_favours_fast_dropping_bins():
+    shift = ProbabilityShift(torch.arange(4.0), lr=0.1)
+    deltas = torch.tensor([-0.01, -0.02, -0.20, -0.05])  # bin 2's loss dropped the most
+    for step in range(5):
+        rec = shift.step_expected(deltas, step)
+    p = shift.probs()  # Adam: every coordinate moves by ~lr per step, the sign from Delta_i - mean
+    assert int(p.argmax()) == 2 and p[2] > 0.4 and bool((p[[0, 1, 3]] < 0.2).all())
+    assert rec["deltas"] == pytest.approx(deltas.tolist()) and len(shift.history) == 5
+    # the exact gradient of sum_k p_k Delta_k
+    B = torch.zeros(4, requires_grad=True)
+    (torch.softmax(B, 0) * deltas).sum().backward()
+    fresh = ProbabilityShift(torch.arange(4.0))
+    q = fresh.probs()
+    assert torch.allclose(B.grad, q * (deltas - (q * deltas).sum()))
+    with pytest.raises(ValueError, match="finite"):
+        shift.step_expected(torch.tensor([0.0, float("nan"), 0.0, 0.0]), 6)
+    with pytest.raises(ValueError, match="estimator"):
+        ProbabilityShift(torch.arange(4.0), estimator="oracle")
+
+
+def test_shift_lr_spreads_the_movement_over_the_updates():
+    from shiftnas.sampling.shift import shift_lr
+
+    assert shift_lr(0.01, 5.6, 250, 10, 1000) == 0.01  # given: kept
+    # updates at 250, 260, ..., 990: 75 of them
+    assert shift_lr(None, 5.6, 250, 10, 1000) == pytest.approx(5.6 / 75)
+    shift = ProbabilityShift(torch.arange(3.0), warmup_steps=250, update_every=10)
+    assert sum(shift.should_update(s) for s in range(1000)) == 75
+    assert shift_lr(None, 5.6, 0, 100, 50) == 5.6  # no update at all: any value
+
+
+def test_delta_estimator_uses_the_same_archs_and_batch_across_the_interval():
+    from shiftnas.sampling import ShiftSampler, StepContext
+    from shiftnas.sampling.shift import val_losses
+
+    torch.manual_seed(0)
+    net = build_supernet(SPACE)
+    s = ShiftSampler(SPACE, n_bins=4, total_steps=100, warmup_steps=0, update_every=10, shift_lr=0.5)
+    x, y = _batch(8)
+    ctx = StepContext(net, minival=lambda i: (x, y))
+    assert s.before_step(0, ctx) is None  # step 0 = 10 - 10: the first reference, no step of B
+    refs, ref_losses = list(s.ref_archs), s.ref_losses.clone()
+    assert [a for a in refs] == [s.generator.generate(bin=k) for k in range(4)]
+    assert s.before_step(5, ctx) is None and s.ref_archs == refs  # between updates: nothing
+    _perturb(net)
+    rec = s.before_step(10, ctx)
+    want = val_losses(net, refs, x, y) - ref_losses
+    assert rec["deltas"] == pytest.approx(want.tolist(), rel=1e-5)
+    assert rec["probs"] == pytest.approx(s.shift.probs().tolist()) and s.shift.probs().std() > 0
+    # resume: the reference survives a state round trip
+    t = ShiftSampler(SPACE, n_bins=4, total_steps=100, warmup_steps=0, update_every=10, shift_lr=0.5)
+    t.load_state_dict(s.state_dict())
+    assert t.ref_archs == s.ref_archs and torch.equal(t.ref_losses, s.ref_losses)
+    assert torch.equal(t.shift.B, s.shift.B)

@@ -15,7 +15,8 @@ def test_defaults_valid():
     cfg = load_config(None, [])
     assert cfg == TrainConfig()
     assert cfg.sampler.name == "shift" and cfg.model.space == "vit-fmnist"
-    assert cfg.generator.hidden == 64 and cfg.shift.update_every == 100 and cfg.shift.lr == 1e-3
+    assert cfg.generator.hidden == 64 and cfg.shift.update_every == 100 and cfg.shift.lr is None
+    assert cfg.shift.estimator == "delta" and cfg.shift.movement == 5.6
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.optim.lr = 1.0  # frozen
 

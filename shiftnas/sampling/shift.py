@@ -2,33 +2,31 @@
 
 B (K logits, zeros = uniform) picks a FLOPs bin each step through hard Gumbel-softmax G(B),
 giving the target C = G(B) . centres. After a warm-up (B stays uniform while the generator
-learns to hit targets) B is updated every `update_every` steps with its own Adam (lr 1e-3)
-on the finite-difference hypergradient (Eq. 7-8):
+learns to hit targets) B takes an Adam step every `update_every` steps. Two estimators of the
+direction (`estimator`):
 
-    min_B  L_val(w_t, alpha | G(B)) - L_val(w_{t-1}, alpha | G(B))
+- "delta" (the default): the paper's intent, "bins whose validation loss is still dropping
+  fast gain probability", as an expected-improvement objective over the bins. At every update
+  the generator's arch a_k of every bin k is evaluated on one fixed minival batch; with
+  Delta_k = L_val(w_t, a_k) - L_val(w_{t-D}, a_k) across the update interval D,
 
-both losses on one validation batch for the one architecture the generator emits for G(B);
-the gradient reaches B through the generator and the supernet's masks. Bins whose loss still
-drops fast (a large negative difference) gain probability.
+      min_B  sum_k softmax(B)_k Delta_k,   d/dB_i = p_i (Delta_i - sum_j p_j Delta_j)   (exact).
 
-Previous weights. w_{t-1} are the weights one optimizer step before w_t. Cloning them every
-step would double the weight memory traffic for nothing, so the trainer clones only when the
-*next* step is an update step:
+  The same a_k (and the same images) are used at both ends of the interval, so Delta_k
+  measures how much training moved bin k's loss, not the batch or the arch. No weight copies.
+- "literal": PAPER.md Eq. 7-8 as written: one bin drawn from G(B), one arch, the difference
+  L_val(w_t) - L_val(w_{t-1}) against the weights one optimizer step back, back-propagated to
+  B through the generator's bin input. Measured (bench/shift_mechanism.py): it does not move B
+  towards under-trained bins; kept for comparison.
 
-    for step in ...:
-        if shift.should_update(step):                    # start of step: weights are w_t
-            shift.update(supernet, generator, prev, x_val, y_val, step)
-        if shift.needs_snapshot(step):                   # before this step's optimizer step
-            prev = shift.snapshot(supernet)              # = w_{t-1} for step t = step + 1
-        ... draw, generate, task + resource loss, optimizer step (B not in that optimizer) ...
-
-Any B.grad those training steps leave behind is ignored: `update` overwrites it (draw under
-`torch.no_grad()` or detach the bin vector there to skip that work).
+Previous weights (literal only). Cloning them every step would double the weight memory
+traffic for nothing, so the sampler clones only when the *next* step is an update step.
 """
 
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -39,7 +37,43 @@ from torch.func import functional_call
 
 from ..cost import FlopsBins
 
-__all__ = ["ProbabilityShift"]
+__all__ = ["ESTIMATORS", "PAPER_MOVEMENT", "ProbabilityShift", "shift_lr", "val_losses"]
+
+# The paper updates B every 100 of ~1250 iterations per epoch for 450 epochs after a 50-epoch
+# warm-up: ~5,600 Adam steps at lr 1e-3, so each logit can move by about 5.6 in all.
+PAPER_MOVEMENT = 5.6
+
+
+def shift_lr(lr: float | None, movement: float, warmup_steps: int, update_every: int, steps: int) -> float:
+    """B's learning rate: `lr` when given, else `movement` / (the number of updates of B in the
+    run), so a short run has the same total movement budget as the paper's long one."""
+    if lr is not None:
+        return float(lr)
+    first = max(warmup_steps, 1)
+    n = max(0, (steps - 1) // update_every - (first - 1) // update_every)
+    return float(movement) / max(1, n)
+
+ESTIMATORS = ("delta", "literal")
+
+
+@torch.no_grad()
+def val_losses(supernet: nn.Module, archs, x: torch.Tensor, y: torch.Tensor, prepare_input=None) -> torch.Tensor:
+    """Cross-entropy of each arch on (x, y) at the current weights, float64 [len(archs)].
+
+    The supernet runs in the mode the caller left it in, on cloned buffers (BN running
+    statistics are left as they were), with a fixed dropout seed, so the same weights give the
+    same losses.
+    """
+    params = dict(supernet.named_parameters())
+    out = []
+    for a in archs:
+        cur = {**params, **{n: b.clone() for n, b in supernet.named_buffers()}}
+        xa = prepare_input(x, a) if prepare_input is not None else x
+        with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
+            torch.manual_seed(0)
+            logits = functional_call(supernet, cur, (xa, a))
+        out.append(F.cross_entropy(logits.float(), y).double())
+    return torch.stack(out)
 
 
 class ProbabilityShift(nn.Module):
@@ -51,9 +85,15 @@ class ProbabilityShift(nn.Module):
         warmup_steps: int = 0,
         update_every: int = 100,
         lr: float = 1e-3,
+        estimator: str = "delta",
         device=None,
     ):
         super().__init__()
+        if estimator not in ESTIMATORS:
+            raise ValueError(f"ProbabilityShift: estimator={estimator!r}; allowed: {list(ESTIMATORS)}")
+        if not (isinstance(lr, (int, float)) and lr > 0 and math.isfinite(lr)):
+            raise ValueError(f"ProbabilityShift: lr={lr!r} must be a finite number > 0")
+        self.estimator = estimator
         centers = bins.centers if isinstance(bins, FlopsBins) else torch.as_tensor(bins)
         if centers.dim() != 1 or len(centers) < 1:
             raise ValueError(
@@ -173,6 +213,27 @@ class ProbabilityShift(nn.Module):
             "loss_prev": float(loss_prev.detach()),
             "grad_norm": float(self.B.grad.norm()),
         }
+        self.optimizer.zero_grad(set_to_none=True)
+        self.history.append(rec)
+        return rec
+
+    def step_expected(self, deltas: torch.Tensor, step: int, **extra: Any) -> dict[str, Any]:
+        """One Adam step on B along the exact gradient of sum_k softmax(B)_k deltas_k.
+
+        `deltas` [K]: each bin's validation-loss change over the last interval (the "delta"
+        estimator). Bins whose loss dropped more than the softmax(B)-weighted mean gain
+        probability. Returns (and records) the update.
+        """
+        d = torch.as_tensor(deltas, dtype=torch.float32, device=self.B.device).detach()
+        if d.shape != (self.n_bins,) or not bool(torch.isfinite(d).all()):
+            raise ValueError(
+                f"ProbabilityShift.step_expected: deltas must be {self.n_bins} finite numbers, got {d.tolist()}"
+            )
+        p = F.softmax(self.B.detach(), dim=0)
+        self.B.grad = p * (d - (p * d).sum())
+        self.optimizer.step()
+        rec = {"step": int(step), "probs": self.probs().tolist(), "deltas": d.tolist(),
+               "grad_norm": float(self.B.grad.norm()), **extra}
         self.optimizer.zero_grad(set_to_none=True)
         self.history.append(rec)
         return rec

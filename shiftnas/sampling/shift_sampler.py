@@ -1,28 +1,31 @@
 """The `shift` sampler: ShiftNAS's probability shift + architecture generator (PAPER.md 1-3).
 
 Each step: draw a FLOPs bin from G(B) (`ProbabilityShift.draw`), give its one-hot to the
-`ArchGenerator`, which emits one `ArchSample` (hard Gumbel-softmax one-hots). The trainer runs
-the supernet with that sample (the prefix masks carry the task gradient to the generator) and
-adds `extra_loss(sample)`: the resource loss lam * ((cost(p) - C) / F_max)^2 towards the drawn
-bin's centre C. B itself is not trained by that step (the bin is drawn without a gradient to
-B); the trainer calls `shift.update(...)` every `update_every` steps after the warm-up.
+`ArchGenerator`, which emits one `ArchSample` inside that bin (hard Gumbel-softmax one-hots on
+feasibility-masked logits). The trainer runs the supernet with that sample (the prefix masks
+carry the task gradient to the generator) and adds `extra_loss(sample)`: the resource loss
+lam * ((cost(p) - C) / F_max)^2 towards the drawn bin's centre C. B itself is not trained by
+that step (the bin is drawn without a gradient to B); `before_step` updates it every
+`update_every` steps after the warm-up (see `ProbabilityShift` for the two estimators).
 
 All randomness (bin draws, Gumbel noise) comes from one `torch.Generator` seeded with `seed`:
 DDP ranks built with the same seed emit the same architecture every step, and `state_dict()`
-holds the generator's RNG state, the generator and B, so a resumed run continues exactly.
+holds the generator's RNG state, the generator, B and the estimator's reference losses, so a
+resumed run continues exactly.
 """
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import torch
 
 from ..generator import ArchGenerator
-from ..spaces import SearchSpace
+from ..spaces import ArchConfig, SearchSpace
 from ..spaces.arch_sample import ArchSample
-from .base import Arch, Sampled, Sampler, ScoreFn, register_sampler
-from .shift import ProbabilityShift
+from .base import Arch, Sampled, Sampler, ScoreFn, StepContext, register_sampler
+from .shift import ProbabilityShift, val_losses
 
 __all__ = ["ShiftSampler"]
 
@@ -32,6 +35,8 @@ class ShiftSampler(Sampler):
     """`next(step) -> [(ArchSample, "target")]`; `extra_loss(sample)` is the resource loss."""
 
     name = "shift"
+    splits = ("minival",)
+    display_index = 0
 
     def __init__(
         self,
@@ -46,6 +51,9 @@ class ShiftSampler(Sampler):
         warmup_steps: int = 0,
         update_every: int = 100,
         shift_lr: float = 1e-3,
+        estimator: str = "delta",
+        pretrain_steps: int = 0,
+        pretrain_lr: float = 1e-2,
         device: Any = None,
     ):
         super().__init__(space, seed)
@@ -59,12 +67,21 @@ class ShiftSampler(Sampler):
         )
         self.bins = self.generator.bins
         self.shift = ProbabilityShift(
-            self.bins, warmup_steps=warmup_steps, update_every=update_every, lr=shift_lr, device=device
+            self.bins, warmup_steps=warmup_steps, update_every=update_every, lr=shift_lr,
+            estimator=estimator, device=device,
         )
         self.device = torch.device(device if device is not None else "cpu")
         self.torch_rng = torch.Generator(device=self.device)
         self.torch_rng.manual_seed(self.seed)
         self.last: dict[str, Any] = {}
+        self.prev: dict[str, torch.Tensor] | None = None  # literal estimator: w_{t-1}
+        # delta estimator: the archs and losses at the start of the current interval
+        self.ref_archs: list[ArchConfig] | None = None
+        self.ref_losses: torch.Tensor | None = None
+        if not (isinstance(pretrain_steps, int) and pretrain_steps >= 0):
+            raise ValueError(f"shift: pretrain_steps={pretrain_steps!r} must be an integer >= 0")
+        self.pretrain_steps, self.pretrain_lr = pretrain_steps, pretrain_lr
+        self.pretrained: dict[str, Any] = {}  # the generator pre-training's record, once done
 
     def to(self, device: Any) -> ShiftSampler:
         device = torch.device(device)
@@ -98,11 +115,70 @@ class ShiftSampler(Sampler):
         return {"generator": self.generator}
 
     def update_shift(self, supernet, prev, x_val, y_val, step: int, prepare_input=None) -> dict[str, Any]:
-        """One probability-shift update of B (see `ProbabilityShift.update`)."""
+        """One literal probability-shift update of B (see `ProbabilityShift.update`)."""
         return self.shift.update(
             supernet, self.generator, prev, x_val, y_val, step,
             tau=1.0, gen_tau=self.tau(step), rng=self.torch_rng, prepare_input=prepare_input,
         )
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    def before_step(self, step: int, ctx: StepContext) -> dict[str, Any] | None:
+        if self.pretrain_steps and not self.pretrained:  # once, before the first step
+            self.pretrained = self.generator.pretrain(self.pretrain_steps, lr=self.pretrain_lr, rng=self.torch_rng)
+        sh = self.shift
+        if sh.estimator == "literal":
+            rec = None
+            if sh.should_update(step):
+                if self.prev is None:
+                    warnings.warn(f"step {step}: no w_(t-1) snapshot, skipping the update of B", stacklevel=2)
+                else:
+                    xv, yv = ctx.minival(len(sh.history))
+                    with ctx.autocast():
+                        rec = self.update_shift(ctx.net, self.prev, xv, yv, step, ctx.prepare_input)
+            self.prev = sh.snapshot(ctx.net) if sh.needs_snapshot(step) else None
+            return rec
+        if sh.should_update(step) or sh.should_update(step + sh.update_every):
+            return self.delta_update(step, ctx)
+        return None
+
+    def delta_update(self, step: int, ctx: StepContext) -> dict[str, Any] | None:
+        """Measure every bin's arch on the fixed minival batch; step B on the change since the
+        last measurement (none at the first); the current archs become the next reference."""
+        x, y = ctx.minival(0)
+        archs = [self.generator.generate(bin=k) for k in range(self.n_bins)]
+        rec, now = None, None
+        with ctx.autocast():
+            if self.ref_archs is not None:
+                now = val_losses(ctx.net, self.ref_archs, x, y, ctx.prepare_input)
+                changed = sum(a != b for a, b in zip(archs, self.ref_archs))
+                rec = self.shift.step_expected(now - self.ref_losses, step, loss=now.tolist(),
+                                               archs_changed=changed)
+            fresh = [k for k in range(self.n_bins) if now is None or archs[k] != self.ref_archs[k]]
+            losses = torch.zeros(self.n_bins, dtype=torch.float64) if now is None else now.detach().cpu().clone()
+            if fresh:
+                losses[fresh] = val_losses(ctx.net, [archs[k] for k in fresh], x, y, ctx.prepare_input).cpu()
+        self.ref_archs, self.ref_losses = archs, losses
+        return rec
+
+    @property
+    def n_bins(self) -> int:
+        return len(self.bins)
+
+    def step_metrics(self, step: int) -> dict[str, Any]:
+        return {"target_bin": self.last.get("bin"), "tau": self.tau(step)}
+
+    def log_metrics(self) -> dict[str, Any]:
+        return {"probs": self.shift.probs().tolist()}
+
+    def eval_archs(self) -> list[tuple[ArchConfig, int]]:
+        return [(self.generator.generate(bin=k), k) for k in range(self.n_bins)]
+
+    def summary(self) -> dict[str, Any]:
+        return {"final_probs": self.shift.probs().tolist(), "estimator": self.shift.estimator,
+                "shift_lr": self.shift.lr, "generator_pretrain": self.pretrained}
+
+    def history(self) -> list[dict[str, Any]]:
+        return self.shift.history_state()
 
     # -- resume -------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -112,6 +188,10 @@ class ShiftSampler(Sampler):
             "generator": self.generator.state_dict(),
             "shift": self.shift.state_dict(),
             "history": self.shift.history_state(),
+            "prev": self.prev,
+            "ref_archs": None if self.ref_archs is None else [a.to_dict() for a in self.ref_archs],
+            "ref_losses": self.ref_losses,
+            "pretrained": dict(self.pretrained),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -120,6 +200,12 @@ class ShiftSampler(Sampler):
         self.generator.load_state_dict(state["generator"])
         self.shift.load_state_dict(state["shift"])
         self.shift.load_history(state["history"])
+        prev = state.get("prev")
+        self.prev = None if prev is None else {k: v.to(self.device) for k, v in prev.items()}
+        refs = state.get("ref_archs")
+        self.ref_archs = None if refs is None else [ArchConfig.from_dict(self.space.name, a) for a in refs]
+        self.ref_losses = state.get("ref_losses")
+        self.pretrained = dict(state.get("pretrained", {}))
 
     def __repr__(self) -> str:
         return f"ShiftSampler({self.space.name!r}, seed={self.seed}, bins={len(self.bins)}, lam={self.lam})"

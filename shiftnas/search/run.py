@@ -58,7 +58,7 @@ class LoadedRun:
     @property
     def generator(self):
         """The trained ArchGenerator, or None for a run of a baseline sampler."""
-        return self.trainer.sampler.generator if self.trainer.is_shift else None
+        return getattr(self.trainer.sampler, "generator", None)
 
     @property
     def amp_dtype(self) -> torch.dtype | None:

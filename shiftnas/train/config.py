@@ -26,6 +26,7 @@ SAMPLERS = ("shift", "uniform", "sandwich", "attentive", "bin_uniform")
 AMP_MODES = ("bf16", "fp16", "off")
 DATA_BACKENDS = ("dali", "torch", "auto")
 ATTENTIVE_MODES = ("best", "worst")
+ESTIMATORS = ("delta", "literal")  # shiftnas.sampling.shift.ESTIMATORS (kept import-free here)
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -82,6 +83,10 @@ class SamplerConfig:
     n_random: int = 2  # random subnets per step (sandwich, attentive)
     n_candidates: int = 4  # candidates per FLOPs target (attentive)
     mode: str = "best"  # attentive: best | worst
+    # Sandwich/attentive in-place distillation: labels only for this fraction of the steps,
+    # then the weight of the max subnet's soft logits ramps 0 -> 1 over distill_ramp_frac.
+    distill_warmup_frac: float = 0.0
+    distill_ramp_frac: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -91,13 +96,17 @@ class GeneratorConfig:
     tau_end: float = 0.5
     lam: float = 1.0  # weight of the resource loss on the normalised cost
     lr: float = 1e-3
+    pretrain_steps: int = 0  # steps on the resource loss alone (every bin per step, no data) before training
+    pretrain_lr: float = 1e-2
 
 
 @dataclass(frozen=True)
 class ShiftConfig:
     warmup_frac: float = 0.25  # B stays uniform for this fraction of the steps
     update_every: int = 100  # steps between updates of B (paper: 100)
-    lr: float = 1e-3  # Adam on B (paper)
+    estimator: str = "delta"  # delta: per-bin loss change over the interval | literal: PAPER Eq. 7-8
+    lr: float | None = None  # Adam on B; None: movement / (number of updates in the run)
+    movement: float = 5.6  # total movement budget of B's logits (paper: ~5,600 updates x lr 1e-3)
 
 
 @dataclass(frozen=True)
@@ -275,7 +284,13 @@ _RULES: dict[str, tuple[Any, str]] = {
     "generator.lr": (lambda v: v > 0, "> 0"),
     "shift.warmup_frac": (lambda v: 0 <= v <= 1, "in [0, 1]"),
     "shift.update_every": (lambda v: v >= 1, ">= 1"),
-    "shift.lr": (lambda v: v > 0, "> 0"),
+    "shift.lr": (lambda v: v is None or v > 0, "null (movement / updates) or > 0"),
+    "shift.movement": (lambda v: v > 0, "> 0"),
+    "shift.estimator": (lambda v: v in ESTIMATORS, f"one of {list(ESTIMATORS)}"),
+    "generator.pretrain_steps": (lambda v: v >= 0, ">= 0 (0: off)"),
+    "generator.pretrain_lr": (lambda v: v > 0, "> 0"),
+    "sampler.distill_warmup_frac": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "sampler.distill_ramp_frac": (lambda v: 0 <= v <= 1, "in [0, 1]"),
 }
 
 

@@ -42,7 +42,8 @@ from torch import nn
 
 from ..cost import FlopsBins, count_flops
 from ..models.registry import build_supernet
-from ..sampling import ShiftSampler, build_sampler
+from ..sampling import StepContext, build_sampler
+from ..sampling.shift import shift_lr
 from ..spaces import ArchConfig
 from ..spaces.arch_sample import ArchSample
 from .checkpoint import (
@@ -123,7 +124,6 @@ class Trainer:
         self.space = self.net.space
         self.bins = FlopsBins(self.space, n_bins=cfg.sampler.n_bins)
         self.sampler = self._build_sampler().to(self.device)
-        self.is_shift = isinstance(self.sampler, ShiftSampler)
         self.extra_params = [p for m in self.sampler.trainable().values() for p in m.parameters()]
 
         self.amp_dtype, self.scaler = self._amp()
@@ -165,7 +165,10 @@ class Trainer:
         self.images_seen = 0
         self.bin_counts = [0] * len(self.bins)
         self.windows: list[dict[str, Any]] = []
-        self.prev: dict[str, torch.Tensor] | None = None
+        self._minival_cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._minival: Iterator[tuple[torch.Tensor, torch.Tensor]] | None = None
+        self._minival_next: int | None = None
+        self._ctx = StepContext(self.net, self._input, self._autocast, self._minival_batch)
         self._loaders_built = False
         self._restored = False
         self.log = RunLog(self.run_dir, 0, 1, enabled=False)
@@ -201,11 +204,14 @@ class Trainer:
         c, name = self.cfg, self.cfg.sampler.name
         kw: dict[str, Any] = {"seed": c.run.seed}
         if name == "shift":
+            warm = int(round(c.shift.warmup_frac * c.optim.steps))
             kw.update(
                 n_bins=c.sampler.n_bins, total_steps=c.optim.steps, hidden=c.generator.hidden,
                 tau_start=c.generator.tau_start, tau_end=c.generator.tau_end, lam=c.generator.lam,
-                warmup_steps=int(round(c.shift.warmup_frac * c.optim.steps)),
-                update_every=c.shift.update_every, shift_lr=c.shift.lr,
+                warmup_steps=warm, update_every=c.shift.update_every,
+                shift_lr=shift_lr(c.shift.lr, c.shift.movement, warm, c.shift.update_every, c.optim.steps),
+                estimator=c.shift.estimator, pretrain_steps=c.generator.pretrain_steps,
+                pretrain_lr=c.generator.pretrain_lr,
             )
         elif name == "sandwich":
             kw.update(n_random=c.sampler.n_random)
@@ -245,7 +251,8 @@ class Trainer:
 
         c, info = self.cfg, self.info
         root = _data_root(c)
-        needed = [c.data.train_split, c.data.val_split] + ([c.data.minival_split] if self.is_shift else [])
+        extra = {"minival": c.data.minival_split}
+        needed = [c.data.train_split, c.data.val_split] + [extra[s] for s in self.sampler.splits]
         for split in needed:
             if not (root / split).is_dir():
                 hint = (
@@ -266,7 +273,7 @@ class Trainer:
                 f"the train split has fewer images per rank than data.batch_size={c.data.batch_size}; lower it"
             )
         self.minival_loader = None
-        if self.is_shift:  # unsharded: every rank takes the same B step without communication
+        if "minival" in self.sampler.splits:  # unsharded: every rank takes the same B step alone
             self.minival_loader = build_loader(
                 root, c.data.minival_split, c.data.batch_size, c.data.image_size, train=True,
                 augment=False, seed=c.run.seed + 1, drop_last=True, **common,
@@ -324,8 +331,6 @@ class Trainer:
             state["scaler"] = self.scaler.state_dict()
         if self.ema is not None:
             state["ema"] = self.ema.module.state_dict()
-        if self.prev is not None:
-            state["prev"] = self.prev
         return state
 
     def save(self) -> Path | None:
@@ -361,7 +366,6 @@ class Trainer:
             self.scaler.load_state_dict(state["scaler"])
         if self.ema is not None and "ema" in state:
             self.ema.module.load_state_dict(state["ema"])
-        self.prev = {k: v.to(self.device) for k, v in state["prev"].items()} if "prev" in state else None
         self.step = int(state["step"])
         c = state["counters"]
         self.skipped, self.bad_in_row, self.images_seen = int(c["skipped"]), int(c["bad_in_row"]), int(c["images_seen"])
@@ -388,6 +392,38 @@ class Trainer:
     def _input(self, x: torch.Tensor, arch: ArchConfig) -> torch.Tensor:
         return prepare_input(self.net, x, arch)
 
+    def _minival_batch(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Batch `index` of the minival split in its fixed order (epoch after epoch); batch 0
+        is kept, as the shift's "delta" estimator reads it at every update."""
+        if index in self._minival_cache:
+            return self._minival_cache[index]
+        if self._minival_next != index:
+            if self._minival is not None:
+                self._minival.close()
+            self._minival = self._stream(self.minival_loader, index)
+        batch = next(self._minival)
+        self._minival_next = index + 1
+        if index == 0:
+            self._minival_cache[0] = batch
+        return batch
+
+    def _label_loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if self.mixup is not None:  # target: mixed soft labels
+            return _soft_ce(logits, target)
+        return F.cross_entropy(logits.float(), target, label_smoothing=self.cfg.optim.label_smoothing)
+
+    def _distill_weight(self, step: int) -> float:
+        """Weight of in-place distillation for the non-max subnets at `step` (0 without it):
+        labels only for `sampler.distill_warmup_frac` of the run, then a linear ramp to 1 over
+        `sampler.distill_ramp_frac`, so the students do not learn from an untrained teacher."""
+        if not self.sampler.distill:
+            return 0.0
+        c, total = self.cfg.sampler, self.cfg.optim.steps
+        start, ramp = c.distill_warmup_frac * total, c.distill_ramp_frac * total
+        if step < start:
+            return 0.0
+        return 1.0 if ramp <= 0 else min(1.0, (step - start + 1) / ramp)
+
     def _score_fn(self, x: torch.Tensor, y: torch.Tensor):
         def score(arch: ArchConfig) -> float:
             with torch.no_grad(), self._autocast():
@@ -400,12 +436,9 @@ class Trainer:
         """One optimizer step on batch (x, y); returns the step's metrics (loss is the rank mean)."""
         step = self.step
         self.model.train()
-        if self.is_shift and self.sampler.shift.should_update(step):
-            self._update_shift()
-        if self.is_shift and self.sampler.shift.needs_snapshot(step):
-            self.prev = self.sampler.shift.snapshot(self.net)
-        elif self.is_shift:
-            self.prev = None  # w_(t-1) is kept only for the step that updates B
+        rec = self.sampler.before_step(step, self._ctx)
+        if rec is not None:
+            self.log.log(step, {k: v for k, v in rec.items() if k != "step"}, kind="shift")
 
         score_fn = self._score_fn(x, y) if self.sampler.needs_score_fn else None
         picked = self.sampler.next(step, score_fn)
@@ -424,12 +457,10 @@ class Trainer:
             with sync:
                 with self._autocast():
                     logits = self.model(self._input(x, arch), fed)
-                if self.sampler.distill and role != "max" and teacher is not None:
-                    loss = _soft_ce(logits, teacher)
-                elif self.mixup is not None:
-                    loss = _soft_ce(logits, target)
-                else:
-                    loss = F.cross_entropy(logits.float(), target, label_smoothing=self.cfg.optim.label_smoothing)
+                kd = self._distill_weight(step) if role != "max" and teacher is not None else 0.0
+                loss = _soft_ce(logits, teacher) if kd >= 1.0 else self._label_loss(logits, target)
+                if 0.0 < kd < 1.0:
+                    loss = kd * _soft_ce(logits, teacher) + (1.0 - kd) * loss
                 if self.sampler.distill and role == "max":
                     teacher = F.softmax(logits.detach().float(), dim=-1)
                 total = loss
@@ -485,27 +516,15 @@ class Trainer:
         bins = [self.bins.bin_of(f) for f in flops]
         for k in bins:
             self.bin_counts[k] += 1
+        shown = self.sampler.display_index
         out = {
             "loss": mean_loss, "lr": lr, "grad_norm": float(gnorm), "skipped": bad,
-            "mflops": flops[-1] / 1e6 if not self.is_shift else flops[0] / 1e6,
-            "bin": bins[0] if self.is_shift else bins[-1], "bins": bins, "n_subnets": n,
+            "mflops": flops[shown] / 1e6, "bin": bins[shown], "bins": bins, "n_subnets": n,
+            **self.sampler.step_metrics(step),
         }
         if extras:
             out["resource_loss"] = float(torch.stack(extras).sum())
-        if self.is_shift:
-            out["target_bin"] = self.sampler.last["bin"]
-            out["tau"] = self.sampler.tau(step)
         return out
-
-    def _update_shift(self) -> None:
-        if self.prev is None:
-            warnings.warn(f"step {self.step}: no w_(t-1) snapshot, skipping the update of B", stacklevel=2)
-            return
-        xv, yv = next(self._minival)
-        with self._autocast():
-            rec = self.sampler.update_shift(self.net, self.prev, xv, yv, self.step, prepare_input=self._input)
-        self.prev = None
-        self.log.log(self.step, {k: v for k, v in rec.items() if k != "step"}, kind="shift")
 
     # ------------------------------------------------------------------ the loop
     def restore(self) -> None:
@@ -535,9 +554,6 @@ class Trainer:
         if self._resume_path is not None:
             self.log.write(f"resumed from {self._resume_path} at step {self.step}")
         stream = self._stream(self.train_loader, self.step)
-        if self.is_shift:
-            n_updates = sum(1 for s in range(self.step) if self.sampler.shift.should_update(s))
-            self._minival = self._stream(self.minival_loader, n_updates)
         window = {"t": time.perf_counter(), "images": 0, "loss": 0.0, "n": 0, "counts": [0] * len(self.bins)}
         try:
             while self.step < cfg.optim.steps:
@@ -568,8 +584,7 @@ class Trainer:
                     rec = {k: v for k, v in m.items() if k not in ("bins", "skipped")}
                     rec.update(loss=window["loss"] / max(1, window["n"]), img_per_s=ips,
                                skipped_total=self.skipped, bin_counts=window["counts"])
-                    if self.is_shift:
-                        rec["probs"] = self.sampler.shift.probs().tolist()
+                    rec.update(self.sampler.log_metrics())
                     self.log.log(self.step, rec)
                     self.windows.append({"step": self.step, "counts": window["counts"]})
                     window = {"t": time.perf_counter(), "images": 0, "loss": 0.0, "n": 0, "counts": [0] * len(self.bins)}
@@ -578,8 +593,9 @@ class Trainer:
                     self.save()
             self.save()
             stream.close()  # end the suspended passes before evaluate() reads the loaders again
-            if self.is_shift:
+            if self._minival is not None:
                 self._minival.close()
+                self._minival, self._minival_next = None, None
             summary = self.evaluate()
         finally:
             self.log.close()
@@ -610,10 +626,8 @@ class Trainer:
 
         rows = []
         t0 = time.perf_counter()
-        if self.is_shift:
-            gen = self.sampler.generator
-            for k, c in enumerate(self.bins.centers.tolist()):
-                rows.append(run(gen.generate(c), k, "generator"))
+        for arch, k in self.sampler.eval_archs():
+            rows.append(run(arch, k, "generator"))
         if cfg.eval.random_archs:
             for e in bin_archs(self.space, self.bins, seed=0):
                 if e["hit"]:
@@ -629,13 +643,12 @@ class Trainer:
             "bins": {"edges_mflops": edges, "centers_mflops": centers},
             "rows": rows,
         }
-        if self.is_shift:
-            summary["final_probs"] = self.sampler.shift.probs().tolist()
+        summary.update(self.sampler.summary())
+        if any(r["source"] == "generator" for r in rows):
             summary["generator_in_bin"] = sum(r["in_bin"] for r in rows if r["source"] == "generator")
         sampling = {
             "sampler": cfg.sampler.name, "bins": summary["bins"], "counts": self.bin_counts,
-            "windows": self.windows,
-            "updates": self.sampler.shift.history_state() if self.is_shift else [],
+            "windows": self.windows, "updates": self.sampler.history(),
         }
         if self.info.is_main:
             write_json_atomic(self.run_dir / "summary.json", summary)
@@ -649,7 +662,7 @@ class Trainer:
 
         K = len(self.bins)
         centers = summary["bins"]["centers_mflops"]
-        if self.is_shift:
+        if "final_probs" in summary:  # a learned distribution: softmax(B) at every update
             history = [{"step": 0, "probs": [1.0 / K] * K}] + [
                 {"step": r["step"], "probs": r["probs"]} for r in sampling["updates"]
             ]

@@ -44,7 +44,7 @@ def main() -> None:
         "weights": flat(tr.net.parameters()).tolist()[:: max(1, sum(p.numel() for p in tr.net.parameters()) // 4000)],
         "weights_sum": float(flat(tr.net.parameters()).sum()),
         "extra": flat(tr.extra_params).tolist() if tr.extra_params else [],
-        "B": tr.sampler.shift.B.detach().tolist() if tr.is_shift else [],
+        "B": tr.sampler.shift.B.detach().tolist() if hasattr(tr.sampler, "shift") else [],
         "images_seen": tr.images_seen,
     }
     everyone = [None] * info.world_size

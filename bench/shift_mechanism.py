@@ -1,0 +1,157 @@
+"""Does the probability shift move B towards the under-trained bins? (PAPER.md section 3)
+
+The paper's own validation plan: "verify that the sampling distribution shifts towards the
+subnets with high-performance variance". Phase 1 trains a supernet only on archs of the lower
+half of the FLOPs bins (or, mirrored, the upper half); phase 2 trains it with the shift sampler
+(uniform B at the start, no warm-up) and updates B. A working estimator moves softmax(B)'s
+mass to the half phase 1 left out; an estimator without signal leaves it near 1/2.
+
+    python bench/shift_mechanism.py                       # 3 seeds x {lower, upper} x {delta, literal}
+    python bench/shift_mechanism.py --seeds 0 --estimators delta --phase1 100 --phase2 100
+
+Writes bench/results/shift_mechanism.json (per run: softmax(B) after every update, the mass on
+the half phase 1 left out, seconds). `run_mechanism` is also what tests/test_shift_mechanism.py
+runs at a small scale.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from shiftnas.models.registry import build_supernet  # noqa: E402
+from shiftnas.sampling import ShiftSampler, StepContext, sample_in_bin  # noqa: E402
+from shiftnas.sampling.shift import shift_lr  # noqa: E402
+
+
+def load_images(root: Path, split: str, n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first `n` images of `root/split` in a fixed shuffled order, as two tensors."""
+    from shiftnas.data import build_loader
+
+    loader = build_loader(root, split, min(n, 256), 28, train=True, augment=False, backend="torch",
+                          num_threads=1, seed=seed, channels=1)
+    xs, ys = [], []
+    for x, y in loader:
+        xs.append(x)
+        ys.append(y)
+        if sum(len(t) for t in ys) >= n:
+            break
+    return torch.cat(xs)[:n], torch.cat(ys)[:n]
+
+
+def run_mechanism(
+    train: tuple[torch.Tensor, torch.Tensor],
+    minival: tuple[torch.Tensor, torch.Tensor],
+    *,
+    space: str = "vit-fmnist",
+    half: str = "lower",
+    estimator: str = "delta",
+    seed: int = 0,
+    n_bins: int = 10,
+    phase1: int = 200,
+    phase2: int = 200,
+    update_every: int = 10,
+    batch: int = 64,
+    lr: float = 1e-3,
+    movement: float = 5.6,
+) -> dict:
+    """Phase 1 on the `half` ("lower" | "upper") of the bins, phase 2 with the shift sampler.
+
+    Returns softmax(B) after every update ("trajectory"), the final mass on the other half
+    ("mass_untrained_half") and the seconds each phase took.
+    """
+    torch.manual_seed(seed)
+    rng = random.Random(seed)
+    net = build_supernet(space).train()
+    sampler = ShiftSampler(
+        space, seed=seed, n_bins=n_bins, total_steps=phase2, tau_start=1.0, tau_end=0.5, lam=1.0,
+        warmup_steps=0, update_every=update_every, estimator=estimator,
+        shift_lr=shift_lr(None, movement, 0, update_every, phase2),
+    )
+    first = list(range(n_bins // 2)) if half == "lower" else list(range(n_bins // 2, n_bins))
+    x_all, y_all = train
+    g = torch.Generator().manual_seed(seed)
+
+    def batch_at() -> tuple[torch.Tensor, torch.Tensor]:
+        i = torch.randint(0, len(x_all), (batch,), generator=g)
+        return x_all[i], y_all[i]
+
+    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=0.05)
+    t0 = time.perf_counter()
+    for _ in range(phase1):
+        arch = sample_in_bin(net.space, sampler.bins, rng.choice(first), rng).arch
+        x, y = batch_at()
+        loss = F.cross_entropy(net(x, arch), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    t1 = time.perf_counter()
+    opt.add_param_group({"params": list(sampler.generator.parameters()), "lr": 1e-2, "weight_decay": 0.0})
+    ctx = StepContext(net, minival=lambda i: minival)
+    for step in range(phase2):
+        sampler.before_step(step, ctx)
+        (sample, _), = sampler.next(step)
+        x, y = batch_at()
+        loss = F.cross_entropy(net(x, sample), y) + sampler.extra_loss(sample).float()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    t2 = time.perf_counter()
+    probs = sampler.shift.probs()
+    other = [k for k in range(n_bins) if k not in first]
+    return {
+        "space": space, "half": half, "estimator": estimator, "seed": seed, "phase1": phase1,
+        "phase2": phase2, "update_every": update_every, "shift_lr": sampler.shift.lr,
+        "final_probs": probs.tolist(), "mass_untrained_half": float(probs[other].sum()),
+        "trajectory": [r["probs"] for r in sampler.shift.history],
+        "losses": [[round(v, 4) for v in r["loss"]] for r in sampler.shift.history if "loss" in r],
+        "seconds": {"phase1": round(t1 - t0, 1), "phase2": round(t2 - t1, 1)},
+    }
+
+
+def main() -> None:
+    from _common import git_commit, machine, utc_date, write_json
+
+    from shiftnas.data.prepare import default_data_root
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--root", default=str(default_data_root() / "fashion-mnist"))
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--halves", nargs="+", default=["lower", "upper"])
+    ap.add_argument("--estimators", nargs="+", default=["delta", "literal"])
+    ap.add_argument("--phase1", type=int, default=200)
+    ap.add_argument("--phase2", type=int, default=200)
+    ap.add_argument("--update-every", type=int, default=10)
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "shift_mechanism.json"))
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    root = Path(a.root)
+    train, minival = load_images(root, "train", 20000), load_images(root, "minival", 256, seed=1)
+    runs = []
+    for est in a.estimators:
+        for half in a.halves:
+            for seed in a.seeds:
+                r = run_mechanism(train, minival, half=half, estimator=est, seed=seed, phase1=a.phase1,
+                                  phase2=a.phase2, update_every=a.update_every, batch=a.batch)
+                runs.append(r)
+                print(f"{est:8s} {half:5s} seed {seed}: mass on the untrained half {r['mass_untrained_half']:.3f} "
+                      f"({r['seconds']['phase1']:.0f}+{r['seconds']['phase2']:.0f} s)", flush=True)
+    doc = {"date": utc_date(), "commit": git_commit(), "machine": machine(),
+           "cpu_capability": torch.backends.cpu.get_cpu_capability(), "torch": torch.__version__,
+           "threads": a.threads, "args": vars(a), "runs": runs}
+    write_json(a.out, doc)
+    print(f"wrote {a.out}")
+
+
+if __name__ == "__main__":
+    main()
