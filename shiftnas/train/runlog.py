@@ -5,6 +5,11 @@ no-op. Lines carry `step`: for kind "train", the number of steps done; for "shif
 "skipped" (a non-finite step), the index of their step. On resume (`start_step > 0`) lines
 written after the checkpoint being resumed are dropped, and TensorBoard purges its events from
 `start_step` on, so a resumed run's logs read as one run.
+
+Durability: each line is flushed to the OS when written; `RunLog.fsync()` also forces
+metrics.jsonl to disk. The engine calls it just before each checkpoint is written, so a power
+loss cannot lose lines that a checkpoint already covers. metrics.jsonl and tb/ are placed with
+`checkpoint.safe_path`: a symlink planted in the run directory cannot send them elsewhere.
 """
 from __future__ import annotations
 
@@ -15,21 +20,33 @@ import sys
 from pathlib import Path
 from typing import Any
 
-__all__ = ["RunLog", "write_json_atomic"]
+from .checkpoint import _fsync_dir, safe_path
+
+__all__ = ["RunLog", "write_json_atomic", "write_text_atomic"]
 
 
-def write_json_atomic(path: str | os.PathLike, obj: Any) -> Path:
-    """JSON to `path` through a temp file + fsync + rename (never a half-written file)."""
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    """`text` to `path` through a temp file + fsync + rename (never a half-written file)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=1, allow_nan=False, default=_jsonable)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    tmp.unlink(missing_ok=True)  # a leftover, or a planted symlink (removed, never followed)
+    try:
+        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644), "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
     return path
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any) -> Path:
+    """JSON to `path`, atomically (`write_text_atomic`); nan/inf refused."""
+    return write_text_atomic(path, json.dumps(obj, indent=1, allow_nan=False, default=_jsonable) + "\n")
 
 
 def _jsonable(o: Any) -> Any:
@@ -64,12 +81,15 @@ class RunLog:
         if not enabled:
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.path = safe_path(self.run_dir, "metrics.jsonl")
+        tb_dir = safe_path(self.run_dir, "tb") if tensorboard else None  # checked before anything is written
         self._truncate(start_step)
         self._file = open(self.path, "a", encoding="utf-8")
-        if tensorboard:
+        _fsync_dir(self.path.parent)  # a new metrics.jsonl's directory entry
+        if tb_dir is not None:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._tb = SummaryWriter(str(self.run_dir / "tb"), purge_step=start_step if start_step > 0 else None)
+            self._tb = SummaryWriter(str(tb_dir), purge_step=start_step if start_step > 0 else None)
         if progress:
             from tqdm import tqdm
 
@@ -93,9 +113,7 @@ class RunLog:
             # that line); other kinds carry the index of their step, which the resumed run redoes.
             if rec["step"] < start_step or (rec["step"] == start_step and rec.get("kind") == "train"):
                 keep.append(line)
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text("".join(x + "\n" for x in keep), encoding="utf-8")
-        os.replace(tmp, self.path)
+        write_text_atomic(self.path, "".join(x + "\n" for x in keep))
 
     def log(self, step: int, metrics: dict[str, Any], kind: str = "train") -> None:
         """One line of metrics.jsonl and TensorBoard scalars `kind/<key>` for numeric values."""
@@ -108,6 +126,16 @@ class RunLog:
             for k, v in metrics.items():
                 if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
                     self._tb.add_scalar(f"{kind}/{k}", v, step)
+
+    def fsync(self) -> None:
+        """Force metrics.jsonl to disk (`os.fsync`) and hand TensorBoard's buffer to the OS. Call it
+        before writing a checkpoint: the lines up to that step then survive a power loss."""
+        if not self.enabled or self._file.closed:
+            return
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        if self._tb is not None:
+            self._tb.flush()
 
     def progress(self, n: int = 1, **postfix: Any) -> None:
         if self._bar is not None:
