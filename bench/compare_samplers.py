@@ -1,287 +1,239 @@
-"""Samplers compared at equal budgets on Fashion-MNIST: uniform, sandwich, attentive, bin_uniform
-and shift (ShiftNAS), then the generator against evolutionary search on the shift run.
+"""Samplers compared on Fashion-MNIST, several seeds, on a fixed evaluation panel no sampler proposes.
 
-    python bench/compare_samplers.py                  # train (or resume) all five, then evaluate
-    python bench/compare_samplers.py --phase train    # only the training runs
-    python bench/compare_samplers.py --phase eval     # only the evaluation of finished runs
+    python bench/compare_samplers.py                                   # vit-fmnist + cnn-fmnist, 3 seeds
+    python bench/compare_samplers.py --spaces vit-fmnist --seeds 0 1 --steps 300
+    python bench/compare_samplers.py --samplers uniform,bin_uniform,shift,sandwich --phase train
 
-Equal budgets: every run has the same config apart from `sampler.name` (configs/fmnist-vit-*.yaml:
-same seed, steps, batch, lr schedule, data order), so each sees the same images; samplers that
-train several subnets per step (sandwich, attentive) spend more compute on them, which the
-training-time columns show. Each run is a `train.py` subprocess (its wall time and CPU time are
-measured); a finished run is not retrained, an interrupted one resumes.
+Runs: every (space, sampler, seed) is a `train.py` subprocess on the space's Fashion-MNIST
+config (configs/fmnist-vit-shift.yaml or fmnist-cnn-shift.yaml) with only `sampler.name` and
+`run.seed` changed, fp32 (`optim.amp=off`: the same on every CPU). Uniform, bin_uniform and
+shift train one subnet per step; sandwich and attentive train n_random + 2 = 4, so they get a
+quarter of the steps: equal subnet gradients (`--equal-steps` gives them the same steps). A
+finished run is not retrained; an interrupted one resumes.
 
-Evaluation per run (inherited weights, no retraining):
-- per-bin top-1 on `--eval-images` val images: the generator's subnet per bin (shift) and one
-  fixed-seed random subnet per bin (every sampler, the same archs for all);
-- Kendall tau / Spearman between inherited and fine-tuned top-1 over `--rank-n` archs;
-- shift run only: the generator vs evolutionary search (fitness = inherited minival top-1) at
-  three budgets (bin centres at ~20/50/80%), top-1 on val, constraint error, wall time.
+Evaluation panel (the same for every run): the min and max subnets plus two archs per bin at
+its 25% and 75% FLOPs positions, drawn by feasibility-masked decoding with uniformly random
+choices into a window of +-1% of a bin width around the position (no sampler proposes these),
+(widened where no arch costs that close), each evaluated with inherited weights on the same `--eval-images` val images. Shift runs also
+evaluate the generator's arch of every bin.
 
-Writes bench/results/compare_samplers.json, compare_samplers.png, and prints the table.
+Report: per arch and seed, top-1 minus uniform's (paired: same seed, same arch, same images),
+then mean and standard deviation over seeds; per bin (the mean of its two panel archs), the
+bottom and top bins and the all-bin mean as headlines; sampled-bin histograms and softmax(B)
+over time. Writes bench/results/compare_samplers.json and .png.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import resource
+import random
+import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:  # run as a script from anywhere
-    sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))  # for _common
-from _common import git_commit, git_dirty, loadavg, machine, write_json
+sys.path.insert(0, str(ROOT / "bench"))
+from _common import git_commit, git_dirty, machine, write_json  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
-SAMPLERS = ("uniform", "sandwich", "attentive", "bin_uniform", "shift")
-CONFIG = {"uniform": "fmnist-vit-uniform", "sandwich": "fmnist-vit-sandwich", "attentive": "fmnist-vit-attentive",
-          "bin_uniform": "fmnist-vit-binuniform", "shift": "fmnist-vit-shift"}
+SAMPLERS = ("uniform", "bin_uniform", "shift", "sandwich", "attentive")
+CONFIG = {"vit-fmnist": "fmnist-vit-shift", "cnn-fmnist": "fmnist-cnn-shift"}
+SUBNETS_PER_STEP = {"sandwich": 4, "attentive": 4}  # max + n_random (2) + min
 
 
-def _finished(run_dir: Path, steps: int) -> bool:
-    p = run_dir / "summary.json"
-    if not p.is_file():
-        return False
-    try:
-        return json.loads(p.read_text())["steps"] >= steps
-    except (ValueError, KeyError):
-        return False
+def panel(space_name: str, n_bins: int, seed: int = 0) -> list[dict]:
+    """min, max and two archs per bin at 25% / 75% of the bin's FLOPs span."""
+    from shiftnas.budget import feasibility
+    from shiftnas.cost import FlopsBins, count_flops
+    from shiftnas.spaces import get_space
+
+    space, bins, feas = get_space(space_name), FlopsBins(space_name, n_bins=n_bins), feasibility(space_name)
+    rng = random.Random(seed)
+    out = [{"name": "min", "bin": 0, "arch": space.min()}, {"name": "max", "bin": n_bins - 1, "arch": space.max()}]
+    w = bins.width()
+    for k in range(n_bins):
+        for q in (0.25, 0.75):
+            pos = float(bins.edges[k]) + q * w
+            half = 0.01 * w  # widened (doubling) only where no arch costs within +-1%
+            while not any(feas.mask(feas.start(), int(pos - half), int(pos + half))):
+                half *= 2
+            lo, hi = int(pos - half), int(pos + half)
+            st = feas.start()
+            for _ in space.decisions:
+                feas.commit(st, rng.choice([c for c, ok in enumerate(feas.mask(st, lo, hi)) if ok]))
+            idx = {d.name: c for d, c in zip(space.decisions, st.chosen)}
+            out.append({"name": f"bin{k}@{int(q * 100)}%", "bin": k, "arch": space.from_indices(idx)})
+    for p in out:
+        p["mflops"] = count_flops(space, p["arch"]) / 1e6
+    return out
 
 
-def _times_path(out: Path, s: str) -> Path:
-    return out / f"{s}.train_time.json"
-
-
-def load_times(out: Path, samplers) -> dict:
-    """{sampler: timing} of the finished training runs (one file per run, so runs may train in
-    parallel processes: `--phase train --samplers X`)."""
-    return {s: json.loads(_times_path(out, s).read_text()) for s in samplers if _times_path(out, s).is_file()}
-
-
-def train_all(args, samplers) -> dict:
-    """Train (or resume) each sampler's run; returns {sampler: timing}."""
-    out = Path(args.runs)
+def train(args, space: str, sampler: str, seed: int) -> dict:
+    out = Path(args.runs) / space
+    name = f"{sampler}-s{seed}"
+    run_dir = out / name
+    steps = args.steps if args.equal_steps else args.steps // SUBNETS_PER_STEP.get(sampler, 1)
+    summary = run_dir / "summary.json"
+    if summary.is_file() and json.loads(summary.read_text()).get("steps") == steps:
+        return {"run": str(run_dir), "steps": steps, "wall_s": json.loads((out / f"{name}.time").read_text())}
+    cmd = [sys.executable, str(ROOT / "train.py"), "--config", str(ROOT / "configs" / f"{CONFIG[space]}.yaml"),
+           "--resume", "auto", f"run.out_dir={out}", f"run.name={name}", f"run.seed={seed}",
+           f"sampler.name={sampler}", f"optim.steps={steps}", f"optim.warmup_steps={max(1, steps // 10)}",
+           f"data.batch_size={args.batch}",
+           "optim.amp=off", "run.progress=false", "run.device=cpu", "eval.max_images=500",
+           "eval.random_archs=false", "run.tensorboard=false"]
     out.mkdir(parents=True, exist_ok=True)
-    times = load_times(out, samplers)
-    for s in samplers:
-        run_dir = out / s
-        if _finished(run_dir, args.steps) and s in times:
-            print(f"[train] {s}: finished earlier ({times[s]['wall_s']:.0f} s)", flush=True)
-            continue
-        cmd = [sys.executable, str(ROOT / "train.py"), "--config", str(ROOT / "configs" / f"{CONFIG[s]}.yaml"),
-               "--resume", "auto", f"run.out_dir={out}", f"run.name={s}", f"run.seed={args.seed}",
-               f"optim.steps={args.steps}", f"data.batch_size={args.batch}", "eval.max_images=2000",
-               "run.progress=false", "run.device=cpu"]
-        print(f"[train] {s}: {' '.join(cmd[1:])}", flush=True)
-        ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
-        load0 = loadavg()
-        t0 = time.perf_counter()
-        with open(out / f"{s}.log", "a") as log:
-            rc = subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, check=False).returncode
-        wall = time.perf_counter() - t0
-        ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
-        if rc != 0:
-            raise SystemExit(f"[train] {s} failed with exit code {rc}; see {out / f'{s}.log'}")
-        cpu = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
-        prev = times.get(s, {"wall_s": 0.0, "cpu_s": 0.0, "segments": 0})
-        times[s] = {"wall_s": prev["wall_s"] + wall, "cpu_s": prev["cpu_s"] + cpu, "segments": prev["segments"] + 1,
-                    "loadavg_before": load0, "loadavg_after": loadavg()}
-        _times_path(out, s).write_text(json.dumps(times[s], indent=1))
-        print(f"[train] {s}: {wall:.0f} s wall, {cpu:.0f} s CPU", flush=True)
-    return times
+    t0 = time.perf_counter()
+    with open(out / f"{name}.log", "a") as log:
+        rc = subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, check=False).returncode
+    if rc != 0:
+        raise SystemExit(f"[train] {space}/{name} failed (exit {rc}); see {out / f'{name}.log'}")
+    wall = time.perf_counter() - t0
+    (out / f"{name}.time").write_text(json.dumps(wall))
+    print(f"[train] {space}/{name}: {steps} steps, {wall:.0f} s", flush=True)
+    return {"run": str(run_dir), "steps": steps, "wall_s": wall}
 
 
-def _bin_stats(rows: list[dict], source: str) -> dict:
-    r = sorted((x for x in rows if x["source"] == source), key=lambda x: x["bin"])
-    if not r:
-        return {}
-    return {"min_bin": r[0]["top1"], "max_bin": r[-1]["top1"], "mean": sum(x["top1"] for x in r) / len(r),
-            "per_bin": [{"bin": x["bin"], "mflops": x["mflops"], "top1": x["top1"]} for x in r]}
-
-
-def evaluate_all(args, samplers, times) -> dict:
+def evaluate(args, space: str, info: dict, archs: list[dict]) -> dict:
     from shiftnas.search import load_run
-    from shiftnas.search.evaluate import evaluate_run
-    from shiftnas.search.evolution import evolution_search
-    from shiftnas.search.generate import generate_arch
-    from shiftnas.search.ranking import rank_correlation
 
-    out = Path(args.runs)
-    settings = {k: getattr(args, k) for k in ("steps", "batch", "seed", "eval_images", "rank_n", "finetune_steps",
-                                               "rank_images", "generations", "evo_images")}
-    results = {}
-    for s in samplers:
-        run_dir = out / s
-        if not _finished(run_dir, args.steps):
-            raise SystemExit(f"[eval] {s}: run {run_dir} is not finished; run --phase train first")
-        cache = out / f"{s}.eval.json"  # one file per run: runs may be evaluated in parallel processes
-        if cache.is_file():
-            cached = json.loads(cache.read_text())
-            if cached.get("settings") == settings:
-                print(f"[eval] {s}: evaluated earlier ({cache})", flush=True)
-                results[s] = cached["entry"]
-                continue
-        run = load_run(run_dir, device="cpu")
-        t0 = time.perf_counter()
-        ev = evaluate_run(run, split="val", max_images=args.eval_images, random_archs=True)
-        print(f"[eval] {s}: per-bin top-1 in {time.perf_counter() - t0:.0f} s", flush=True)
-        t0 = time.perf_counter()
-        rk = rank_correlation(run, n=args.rank_n, finetune_steps=args.finetune_steps, seed=0,
-                              images=args.rank_images, split="val", write=True)
-        print(f"[eval] {s}: Kendall tau {rk['kendall_tau']:.3f}, Spearman {rk['spearman']:.3f} "
-              f"({time.perf_counter() - t0:.0f} s)", flush=True)
-        entry = {
-            "train": times.get(s), "random": _bin_stats(ev["rows"], "random"),
-            "generator": _bin_stats(ev["rows"], "generator"), "eval_images": ev["images_per_arch"],
-            "rank": {k: rk[k] for k in ("n", "finetune_steps", "images", "kendall_tau", "spearman", "wall_s")},
-            "rank_archs": rk["archs"],
+    run = load_run(info["run"], device="cpu")
+    top1 = [run.evaluate(p["arch"], "val", args.eval_images)["top1"] for p in archs]
+    res = {"top1": top1}
+    gen = getattr(run.trainer.sampler, "generator", None)
+    if gen is not None:
+        res["generator"] = [{"bin": k, "mflops": 0.0, "top1": run.evaluate(a, "val", args.eval_images)["top1"]}
+                            for k, a in enumerate(gen.generate(bin=k) for k in range(len(run.bins)))]
+        from shiftnas.cost import count_flops
+        for r in res["generator"]:
+            r["mflops"] = count_flops(space, gen.generate(bin=r["bin"])) / 1e6
+    sampling = json.loads((Path(info["run"]) / "sampling.json").read_text())
+    res["bin_counts"] = sampling["counts"]
+    res["probs"] = [u["probs"] for u in sampling.get("updates", [])]
+    return res
+
+
+def _ms(xs: list[float]) -> dict:
+    return {"mean": statistics.fmean(xs), "std": statistics.stdev(xs) if len(xs) > 1 else 0.0, "n": len(xs)}
+
+
+def verdict(pan: list[dict], evals: dict, seeds: list[int], n_bins: int) -> dict:
+    """Paired differences from uniform: per arch, per bin and over all bins, mean +- std over seeds."""
+    out = {}
+    for s, per_seed in evals.items():
+        if s == "uniform":
+            continue
+        diffs = {seed: [a - b for a, b in zip(per_seed[seed]["top1"], evals["uniform"][seed]["top1"])]
+                 for seed in seeds}
+        per_bin = []
+        for k in range(n_bins):
+            idx = [i for i, p in enumerate(pan) if p["bin"] == k and p["name"].startswith("bin")]
+            per_bin.append(_ms([statistics.fmean(diffs[seed][i] for i in idx) for seed in seeds]))
+        idx_bins = [i for i, p in enumerate(pan) if p["name"].startswith("bin")]
+        out[s] = {
+            "per_arch": [_ms([diffs[seed][i] for seed in seeds]) for i in range(len(pan))],
+            "per_bin": per_bin, "bottom_bin": per_bin[0], "top_bin": per_bin[-1],
+            "all_bins": _ms([statistics.fmean(diffs[seed][i] for i in idx_bins) for seed in seeds]),
+            "min_subnet": _ms([diffs[seed][0] for seed in seeds]), "max_subnet": _ms([diffs[seed][1] for seed in seeds]),
         }
-        summary = json.loads((run_dir / "summary.json").read_text())
-        if "final_probs" in summary:
-            entry["final_probs"] = summary["final_probs"]
-        if s == "shift":
-            entry["generator_vs_evolution"] = generator_vs_evolution(args, run, generate_arch, evolution_search)
-        results[s] = entry
-        write_json(cache, {"settings": settings, "entry": entry})
-    return results
+    return out
 
 
-def generator_vs_evolution(args, run, generate_arch, evolution_search) -> list[dict]:
-    from shiftnas.spaces import ArchConfig
-
-    K = len(run.bins)
-    centers = run.bins.centers.tolist()
-    rows = []
-    for k in (K // 5, K // 2, (4 * K) // 5):
-        budget = centers[k]
-        t0 = time.perf_counter()
-        g = generate_arch(run, budget)
-        g_s = time.perf_counter() - t0
-        g_arch = ArchConfig.from_dict(run.space.name, g["arch"])
-        g_top1 = run.evaluate(g_arch, "val", args.eval_images)["top1"]
-        e = evolution_search(run, flops_limit=budget, generations=args.generations, images=args.evo_images,
-                             split="minival", seed=0, log=lambda *a: print("   ", *a, flush=True))
-        e_arch = ArchConfig.from_dict(run.space.name, e["best"]["arch"])
-        e_top1 = run.evaluate(e_arch, "val", args.eval_images)["top1"]
-        rows.append({
-            "bin": k, "budget_mflops": budget / 1e6,
-            "generator": {"mflops": g["mflops"], "top1": g_top1, "constraint_error": g["rel_error"],
-                          "wall_s": g_s, "short": g["short"]},
-            "evolution": {"mflops": e["best"]["mflops"], "top1": e_top1, "minival_fitness": e["best"]["fitness"],
-                          "constraint_error": e.get("constraint_error"), "wall_s": e["wall_s"],
-                          "evaluations": e["evaluations"], "short": e["best"]["short"]},
-        })
-        print(f"[evo] budget {budget / 1e6:.1f}M: generator {g['mflops']:.1f}M {g_top1:.2f}% ({g_s:.2f} s) | "
-              f"evolution {e['best']['mflops']:.1f}M {e_top1:.2f}% ({e['wall_s']:.0f} s, {e['evaluations']} evals)",
-              flush=True)
-    return rows
-
-
-def table(results: dict) -> str:
-    lines = ["| sampler | min bin | max bin | mean over bins | Kendall tau | Spearman | train wall s | train CPU s |",
-             "|---|---|---|---|---|---|---|---|"]
-    for s, e in results.items():
-        for src in ("random", "generator"):
-            st = e.get(src)
-            if not st:
-                continue
-            name = s if src == "random" else f"{s} (generator's subnets)"
-            tr = e.get("train") or {}
-            lines.append(f"| {name} | {st['min_bin']:.2f} | {st['max_bin']:.2f} | {st['mean']:.2f} | "
-                         f"{e['rank']['kendall_tau']:.3f} | {e['rank']['spearman']:.3f} | "
-                         f"{tr.get('wall_s', float('nan')):.0f} | {tr.get('cpu_s', float('nan')):.0f} |")
-    gve = results.get("shift", {}).get("generator_vs_evolution")
-    if gve:
-        lines += ["", "| budget MFLOPs | generator MFLOPs / top-1 / error / s | evolution MFLOPs / top-1 / error / s |",
-                  "|---|---|---|"]
-        for r in gve:
-            g, e = r["generator"], r["evolution"]
-            lines.append(f"| {r['budget_mflops']:.1f} | {g['mflops']:.1f} / {g['top1']:.2f} / {100 * g['constraint_error']:+.1f}% "
-                         f"/ {g['wall_s']:.2f} | {e['mflops']:.1f} / {e['top1']:.2f} / "
-                         f"{100 * (e['constraint_error'] or 0):+.1f}% / {e['wall_s']:.0f} ({e['evaluations']} evals) |")
+def table(space: str, ver: dict, evals: dict, seeds: list[int]) -> str:
+    lines = [f"{space}: top-1 minus uniform's (points; mean +- std over seeds {seeds})",
+             "| sampler | bottom bin | top bin | all bins | min subnet | max subnet | uniform all-bin top-1 |",
+             "|---|---|---|---|---|---|---|"]
+    u = _ms([statistics.fmean(evals["uniform"][s]["top1"][2:]) for s in seeds])
+    lines.append(f"| uniform | 0 | 0 | 0 | 0 | 0 | {u['mean']:.2f} +- {u['std']:.2f} |")
+    for s, v in ver.items():
+        f = lambda m: f"{m['mean']:+.2f} +- {m['std']:.2f}"  # noqa: E731
+        lines.append(f"| {s} | {f(v['bottom_bin'])} | {f(v['top_bin'])} | {f(v['all_bins'])} | "
+                     f"{f(v['min_subnet'])} | {f(v['max_subnet'])} | |")
     return "\n".join(lines)
 
 
-def plot(results: dict, path: Path) -> None:
+def plot(doc: dict, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(1, 2, figsize=(12, 4.5))
-    for s, e in results.items():
-        for src, ls in (("random", "-"), ("generator", "--")):
-            st = e.get(src)
-            if st:
-                ax[0].plot([p["mflops"] for p in st["per_bin"]], [p["top1"] for p in st["per_bin"]], ls, marker="o",
-                           label=s if src == "random" else f"{s} (generator)")
-    ax[0].set_xlabel("MFLOPs")
-    ax[0].set_ylabel("inherited top-1 (%)")
-    ax[0].set_title("per-bin subnets, inherited weights")
-    ax[0].legend(fontsize=8)
-    names = list(results)
-    ax[1].bar(names, [results[s]["rank"]["kendall_tau"] for s in names])
-    ax[1].set_ylabel("Kendall tau (inherited vs fine-tuned)")
-    ax[1].set_title("ranking correlation")
+    spaces = list(doc["spaces"])
+    fig, ax = plt.subplots(len(spaces), 3, figsize=(16, 4.2 * len(spaces)), squeeze=False)
+    for row, space in enumerate(spaces):
+        d = doc["spaces"][space]
+        K = d["n_bins"]
+        for s, v in d["verdict"].items():
+            m = [b["mean"] for b in v["per_bin"]]
+            e = [b["std"] for b in v["per_bin"]]
+            ax[row][0].errorbar(range(K), m, yerr=e, marker="o", capsize=3, label=s)
+        ax[row][0].axhline(0, color="k", lw=0.8)
+        ax[row][0].set(xlabel="FLOPs bin", ylabel="top-1 minus uniform (points)", title=f"{space}: panel, paired")
+        ax[row][0].legend(fontsize=8)
+        for s, per_seed in d["evals"].items():
+            counts = [sum(per_seed[str(x)]["bin_counts"][k] for x in d["seeds"]) for k in range(K)]
+            tot = max(1, sum(counts))
+            ax[row][1].plot(range(K), [c / tot for c in counts], marker=".", label=s)
+        ax[row][1].set(xlabel="FLOPs bin", ylabel="fraction of trained subnets", title="sampled bins")
+        ax[row][1].legend(fontsize=8)
+        for seed in d["seeds"]:
+            probs = d["evals"].get("shift", {}).get(str(seed), {}).get("probs", [])
+            if probs:
+                im = [[p[k] for p in probs] for k in range(K)]
+                for k in range(K):
+                    ax[row][2].plot(im[k], color=plt.cm.viridis(k / max(1, K - 1)), lw=0.8,
+                                    label=f"bin {k}" if seed == d["seeds"][0] else None)
+        ax[row][2].set(xlabel="update of B", ylabel="softmax(B)", title="shift: softmax(B) per bin (all seeds)")
+        ax[row][2].legend(fontsize=6, ncol=2)
     fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--phase", choices=("all", "train", "eval"), default="all")
-    ap.add_argument("--samplers", default=",".join(SAMPLERS), help="comma-separated subset of %(default)s")
-    ap.add_argument("--runs", default=str(ROOT / "runs" / "compare"), help="parent of the run dirs (default: %(default)s)")
+    ap.add_argument("--phase", choices=("all", "train"), default="all")
+    ap.add_argument("--spaces", nargs="+", default=list(CONFIG), choices=list(CONFIG))
+    ap.add_argument("--samplers", default="uniform,bin_uniform,shift", help=f"comma-separated, from {SAMPLERS}")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--steps", type=int, default=600)
     ap.add_argument("--batch", type=int, default=128)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--eval-images", type=int, default=10000, help="val images per subnet (default: %(default)s)")
-    ap.add_argument("--rank-n", type=int, default=15)
-    ap.add_argument("--finetune-steps", type=int, default=40)
-    ap.add_argument("--rank-images", type=int, default=2000)
-    ap.add_argument("--generations", type=int, default=5, help="evolution generations (default: %(default)s)")
-    ap.add_argument("--evo-images", type=int, default=500, help="minival images per fitness evaluation")
+    ap.add_argument("--equal-steps", action="store_true", help="sandwich/attentive: the same steps, not a quarter")
+    ap.add_argument("--eval-images", type=int, default=3000)
+    ap.add_argument("--n-bins", type=int, default=10)
+    ap.add_argument("--runs", default=str(ROOT / "runs" / "compare"))
     ap.add_argument("--out", default=str(RESULTS / "compare_samplers.json"))
-    ap.add_argument("--only-cache", action="store_true",
-                    help="with --phase eval: evaluate into RUNS/<sampler>.eval.json only (no table, JSON or plot)")
     args = ap.parse_args(argv)
     samplers = [s for s in args.samplers.split(",") if s]
-    bad = [s for s in samplers if s not in SAMPLERS]
-    if bad:
-        ap.error(f"--samplers: unknown {bad}; allowed: {', '.join(SAMPLERS)}")
-    for k in ("steps", "batch", "eval_images", "rank_n", "rank_images", "generations", "evo_images"):
-        if getattr(args, k) < 1:
-            ap.error(f"--{k.replace('_', '-')} must be >= 1, got {getattr(args, k)}")
-    times = train_all(args, samplers) if args.phase in ("all", "train") else load_times(Path(args.runs), samplers)
-    if args.phase == "eval" and args.only_cache:
-        evaluate_all(args, samplers, times)
-        return 0
-    if args.phase == "train":
-        return 0
-    results = evaluate_all(args, samplers, times)
-    doc = {
-        "benchmark": "compare_samplers", "git": {"commit": git_commit(), "dirty": git_dirty()},
-        "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "machine": machine(),
-        "settings": {k: getattr(args, k) for k in ("steps", "batch", "seed", "eval_images", "rank_n", "finetune_steps",
-                                                     "rank_images", "generations", "evo_images")},
-        "space": "vit-fmnist", "data": "Fashion-MNIST (55k train / 5k minival / 10k val)",
-        "results": results,
-    }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    write_json(out, doc)
-    plot(results, out.with_suffix(".png"))
-    print("\n" + table(results))
-    print(f"\nwrote {out} and {out.with_suffix('.png')}")
+    if "uniform" not in samplers or any(s not in SAMPLERS for s in samplers):
+        ap.error(f"--samplers must include uniform and come from {SAMPLERS}, got {samplers}")
+    import torch
+
+    torch.set_num_threads(2)
+    doc = {"benchmark": "compare_samplers", "git": {"commit": git_commit(), "dirty": git_dirty()},
+           "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine(),
+           "cpu_capability": torch.backends.cpu.get_cpu_capability(), "settings": vars(args), "spaces": {}}
+    for space in args.spaces:
+        runs = {s: {seed: train(args, space, s, seed) for seed in args.seeds} for s in samplers}
+        if args.phase == "train":
+            continue
+        pan = panel(space, args.n_bins)
+        evals = {s: {seed: evaluate(args, space, runs[s][seed], pan) for seed in args.seeds} for s in samplers}
+        ver = verdict(pan, evals, args.seeds, args.n_bins)
+        print("\n" + table(space, ver, evals, args.seeds), flush=True)
+        doc["spaces"][space] = {
+            "n_bins": args.n_bins, "seeds": args.seeds,
+            "panel": [{"name": p["name"], "bin": p["bin"], "mflops": p["mflops"], "arch": p["arch"].to_dict()} for p in pan],
+            "runs": {s: {str(k): v for k, v in r.items()} for s, r in runs.items()},
+            "evals": {s: {str(k): v for k, v in r.items()} for s, r in evals.items()},
+            "verdict": ver,
+        }
+        write_json(args.out, doc)
+    if args.phase == "all":
+        plot(doc, Path(args.out).with_suffix(".png"))
+        print(f"wrote {args.out} and {Path(args.out).with_suffix('.png')}")
     return 0
 
 

@@ -334,6 +334,7 @@ class Trainer:
         return state
 
     def save(self) -> Path | None:
+        self.log.fsync()  # the metrics lines this checkpoint covers survive a power loss
         state = self._state()  # every rank joins the RNG gather
         path = None
         if self.info.is_main:
