@@ -35,7 +35,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
-from _common import git_commit, git_dirty, machine, write_json  # noqa: E402
+from _common import git_commit, git_dirty, machine, write_json
 
 RESULTS = ROOT / "bench" / "results"
 SAMPLERS = ("uniform", "bin_uniform", "shift", "sandwich", "attentive")
@@ -148,7 +148,7 @@ def table(space: str, ver: dict, evals: dict, seeds: list[int]) -> str:
     u = _ms([statistics.fmean(evals["uniform"][s]["top1"][2:]) for s in seeds])
     lines.append(f"| uniform | 0 | 0 | 0 | 0 | 0 | {u['mean']:.2f} +- {u['std']:.2f} |")
     for s, v in ver.items():
-        f = lambda m: f"{m['mean']:+.2f} +- {m['std']:.2f}"  # noqa: E731
+        f = lambda m: f"{m['mean']:+.2f} +- {m['std']:.2f}"
         lines.append(f"| {s} | {f(v['bottom_bin'])} | {f(v['top_bin'])} | {f(v['all_bins'])} | "
                      f"{f(v['min_subnet'])} | {f(v['max_subnet'])} | |")
     return "\n".join(lines)

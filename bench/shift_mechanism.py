@@ -24,12 +24,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
+import torch
+import torch.nn.functional as F
 
-from shiftnas.models.registry import build_supernet  # noqa: E402
-from shiftnas.sampling import ShiftSampler, StepContext, sample_in_bin  # noqa: E402
-from shiftnas.sampling.shift import shift_lr  # noqa: E402
+from shiftnas.models.registry import build_supernet
+from shiftnas.sampling import ShiftSampler, StepContext, sample_in_bin
+from shiftnas.sampling.shift import shift_lr
 
 
 def load_images(root: Path, split: str, n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

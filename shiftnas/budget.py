@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from .cost import FastCost, cost_terms, fast_cost
 from .spaces import SearchSpace, get_space
 
-__all__ = ["Feasibility", "DecodeState", "budget_window", "feasibility"]
+__all__ = ["DecodeState", "Feasibility", "budget_window", "feasibility"]
 
 
 @dataclass
@@ -187,7 +187,7 @@ class Feasibility:
             )
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _feasibility(space_name: str, what: str) -> Feasibility:
     return Feasibility(space_name, what)
 

@@ -16,8 +16,8 @@ from __future__ import annotations
 import functools
 import itertools
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import torch
 
@@ -26,15 +26,15 @@ from .spaces.arch_sample import ArchSample
 
 __all__ = [
     "CostTerm",
+    "FastCost",
+    "FlopsBins",
     "cost_terms",
-    "tabulate",
     "count_flops",
     "count_params",
     "expected_cost",
-    "flops_range",
-    "FlopsBins",
-    "FastCost",
     "fast_cost",
+    "flops_range",
+    "tabulate",
 ]
 
 
@@ -57,7 +57,7 @@ def tabulate(space: SearchSpace, names: Sequence[str], fn: Callable[..., float])
     return CostTerm(tuple(names), table)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _terms(space_name: str, what: str, num_classes: int | None) -> tuple[CostTerm, ...]:
     space = get_space(space_name)
     num_classes = space.hparams["num_classes"] if num_classes is None else num_classes
@@ -191,7 +191,7 @@ class FastCost:
         return after - before
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _fast_cost(space_name: str, what: str) -> FastCost:
     return FastCost(get_space(space_name), what)
 

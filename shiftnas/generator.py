@@ -188,7 +188,7 @@ class ArchGenerator(nn.Module):
         self,
         budget: float | None = None,
         *,
-        bin: int | None = None,  # noqa: A002 - the paper's word
+        bin: int | None = None,
         interval: tuple[float, float] | None = None,
     ) -> tuple[int, int]:
         """The inclusive cost window [lo, hi] (MACs) that `generate` decodes into (same arguments)."""
@@ -214,7 +214,7 @@ class ArchGenerator(nn.Module):
         self,
         budget: float | None = None,
         *,
-        bin: int | None = None,  # noqa: A002
+        bin: int | None = None,
         interval: tuple[float, float] | None = None,
     ) -> ArchConfig:
         """Deployment (PAPER.md section 2): arg-max of every decision, inside the window.
