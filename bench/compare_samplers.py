@@ -77,7 +77,8 @@ def train(args, space: str, sampler: str, seed: int) -> dict:
     steps = args.steps if args.equal_steps else args.steps // SUBNETS_PER_STEP.get(sampler, 1)
     summary = run_dir / "summary.json"
     if summary.is_file() and json.loads(summary.read_text()).get("steps") == steps:
-        return {"run": str(run_dir), "steps": steps, "wall_s": json.loads((out / f"{name}.time").read_text())}
+        timed = out / f"{name}.time"  # absent when the run finished outside this script
+        return {"run": str(run_dir), "steps": steps, "wall_s": json.loads(timed.read_text()) if timed.is_file() else None}
     cmd = [sys.executable, str(ROOT / "train.py"), "--config", str(ROOT / "configs" / f"{CONFIG[space]}.yaml"),
            "--resume", "auto", f"run.out_dir={out}", f"run.name={name}", f"run.seed={seed}",
            f"sampler.name={sampler}", f"optim.steps={steps}", f"optim.warmup_steps={max(1, steps // 10)}",

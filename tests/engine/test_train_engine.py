@@ -173,16 +173,16 @@ def test_missing_split_names_the_path(tiny_cfg):
 
 
 def test_generator_lands_in_the_requested_bin(tiny_cfg):
-    # Joint training (task + resource loss) for 400 steps of batch 8 on vit-fmnist with 5 bins,
-    # generator lr 2e-2: seed 0 gives 5/5 bins (seeds 1 and 2 measured 5/5 and 4/5; ~20 s).
-    cfg = tiny_cfg("hits", "optim.steps=400", "optim.warmup_steps=10", "generator.lr=0.02",
+    # Joint training (task + resource loss, B updated) on vit-fmnist with 5 bins: the
+    # feasibility masks keep every generated subnet in its bin whatever the generator learned.
+    cfg = tiny_cfg("hits", "optim.steps=40", "optim.warmup_steps=10", "generator.lr=0.02",
                    "sampler.n_bins=5", "shift.update_every=10", "data.batch_size=8", "run.seed=0",
                    "run.ckpt_every=0", "run.log_every=100")
     tr, summary = _fit(cfg)
     gen = [r for r in summary["rows"] if r["source"] == "generator"]
     assert len(gen) == 5
     hits = sum(r["in_bin"] for r in gen)
-    assert hits / len(gen) >= 0.9, [(r["bin"], r["mflops"]) for r in gen]
+    assert hits == len(gen), [(r["bin"], r["mflops"]) for r in gen]
     assert summary["generator_in_bin"] == hits
 
 
