@@ -34,7 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--config", default=str(DEFAULT_CONFIG), help="YAML run config (default: %(default)s)")
     ap.add_argument("--resume", default=None, metavar="auto|PATH",
-                    help="'auto': continue from the run directory's newest checkpoint (fresh if none); or a checkpoint file")
+                    help="'auto': continue from the run directory's newest checkpoint that verifies (fresh if it has "
+                         "none; corrupt ones are moved aside as *.corrupt; exit 2 if none verifies); or a checkpoint file")
     ap.add_argument("overrides", nargs="*", metavar="section.key=value")
     args = ap.parse_args(argv)
 

@@ -101,8 +101,9 @@ class Trainer:
     """Builds data, supernet, sampler, optimizer from a `TrainConfig`; `fit()` trains and evaluates.
 
     `resume`: None (a fresh run; refuses a run directory that already has checkpoints),
-    "auto" (the newest checkpoint of the run directory, or fresh when there is none) or a
-    checkpoint path.
+    "auto" (the newest checkpoint of the run directory whose digest verifies, or fresh when it
+    has none; failing ones are moved aside as *.corrupt, and a directory where none verifies is
+    a ValueError) or a checkpoint path.
     """
 
     def __init__(self, cfg: TrainConfig, resume: str | None = None, info: DistInfo | None = None):
