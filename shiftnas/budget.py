@@ -57,7 +57,8 @@ class Feasibility:
         self.pos_of = {d.name: i for i, d in enumerate(self.decs)}
         self.tables = cost_terms(self.space, what)
         self._chain_bounds()
-        self.lo, self.hi = self.start().cmin, self.start().cmax
+        first = self.start()
+        self.lo, self.hi = first.cmin, first.cmax
         self.searches = 0  # how many depth-first searches ran (for tests and benchmarks)
 
     def start(self) -> DecodeState:

@@ -122,11 +122,6 @@ class ArchGenerator(nn.Module):
         """One-hots of every decision, each drawn among the candidates that can still land in
         `window` (arg-max when `tau` is None, hard Gumbel-softmax otherwise)."""
         w = self.bin_embed.weight
-        if bin_vec.shape != (self.n_bins,):
-            raise ValueError(
-                f"ArchGenerator: bin_vec must have shape ({self.n_bins},) (one entry per FLOPs bin), "
-                f"got {tuple(bin_vec.shape)}"
-            )
         lo, hi = window
         feas = self.feasibility
         st = feas.start()

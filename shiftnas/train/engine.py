@@ -166,7 +166,7 @@ class Trainer:
         self.images_seen = 0
         self.bin_counts = [0] * len(self.bins)
         self.windows: list[dict[str, Any]] = []
-        self._minival_cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._minival0: tuple[torch.Tensor, torch.Tensor] | None = None  # batch 0, kept
         self._minival: Iterator[tuple[torch.Tensor, torch.Tensor]] | None = None
         self._minival_next: int | None = None
         self._ctx = StepContext(self.net, self._input, self._autocast, self._minival_batch)
@@ -397,8 +397,8 @@ class Trainer:
     def _minival_batch(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Batch `index` of the minival split in its fixed order (epoch after epoch); batch 0
         is kept, as the shift's "delta" estimator reads it at every update."""
-        if index in self._minival_cache:
-            return self._minival_cache[index]
+        if index == 0 and self._minival0 is not None:
+            return self._minival0
         if self._minival_next != index:
             if self._minival is not None:
                 self._minival.close()
@@ -406,7 +406,7 @@ class Trainer:
         batch = next(self._minival)
         self._minival_next = index + 1
         if index == 0:
-            self._minival_cache[0] = batch
+            self._minival0 = batch
         return batch
 
     def _label_loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
