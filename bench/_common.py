@@ -5,7 +5,7 @@ import these as ``from _common import ...`` (each also puts the folder on ``sys.
 for ``python -m bench.<script>`` and imports from elsewhere). Nothing here imports torch at
 module level.
 
-  provenance   cpu_model / cpu_name / cpu_affinity / loadavg, machine (bench_supernet,
+  provenance   cpu_model / cpu_name / cpu_affinity / cpu_features / loadavg, machine (bench_supernet,
                bench_train_step), cpu_op_machine (bench_layer_norm_cpu, bench_cpu_ops),
                timing_env, git / git_commit / git_dirty, utc_date
   CPU load     cpu_jiffies, foreign_load: CPUs used by *other* processes over an interval
@@ -70,13 +70,24 @@ def loadavg() -> list[float]:
     return [round(v, 2) for v in os.getloadavg()]
 
 
+def cpu_features() -> dict:
+    """``cpu_capability`` (torch's), ``cpu_flags`` (avx2, avx512f, avx512_bf16, amx_bf16,
+    amx_tile; None off x86 Linux) and ``native_bf16``: `shiftnas.train.precision.cpu_features`,
+    the rule optim.amp=auto follows (bf16 without native support is ~10x slower than fp32)."""
+    from shiftnas.train.precision import cpu_features as features
+
+    return features()
+
+
 def machine() -> dict:
-    """Host, OS, CPU and current load (the ``machine`` block of bench_supernet/bench_train_step)."""
+    """Host, OS, CPU (with `cpu_features`) and current load (the ``machine`` block of
+    bench_supernet/bench_train_step)."""
     return {
         "node": platform.node(),
         "platform": platform.platform(),
         "processor": platform.processor() or None,
         "cpu_model": cpu_model(),
+        **cpu_features(),
         "cpu_count": os.cpu_count(),
         "cpu_affinity": cpu_affinity(),
         "python": platform.python_version(),
@@ -99,6 +110,7 @@ def cpu_op_machine(loadavg_before: list[float], **extra) -> dict:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "cpu_flags": cpu_features()["cpu_flags"],
         **extra,
         "threads": torch.get_num_threads(),
         "loadavg_before": loadavg_before,

@@ -71,7 +71,7 @@ def test_unknown_key_close_matches(tmp_path):
     ("optim.lr=.nan", r"'optim.lr'.*not finite"),
     ("optim.steps=0", r"'optim.steps'.*>= 1"),
     ("sampler.name=foo", r"'sampler.name'.*'foo'.*\['shift', 'uniform', 'sandwich', 'attentive', 'bin_uniform'\]"),
-    ("optim.amp=fp32", r"'optim.amp'.*\['bf16', 'fp16', 'off'\]"),
+    ("optim.amp=fp32", r"'optim.amp'.*\['auto', 'bf16', 'fp16', 'off'\]"),
     ("model.space=nope", r"'model.space'.*vit-fmnist"),
     ("run.name=../escape", r"'run.name'"),
     ("optim.warmup_steps=5000", r"warmup_steps.*<= optim.steps"),
@@ -106,4 +106,4 @@ def test_yaml_round_trip(tmp_path):
     f.write_text(cfg.to_yaml())
     assert load_config(f) == cfg
     assert TrainConfig.from_dict(cfg.to_dict()) == cfg
-    assert load_config(None, []).to_dict()["optim"]["amp"] == "bf16"
+    assert load_config(None, []).to_dict()["optim"]["amp"] == "auto"

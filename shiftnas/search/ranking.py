@@ -349,6 +349,7 @@ def rank_correlation(run, n: int = 25, finetune_steps: int = 100, *, seed: int =
     a few images). With `write`, also `<run>/rank.json` and the scatter `<run>/plots/rank.png`.
     """
     from ..cost import count_flops, count_params
+    from ..train.precision import amp_name
 
     _check_int("n", n, 2, " (a correlation needs at least 2 subnets)")
     _check_int("finetune_steps", finetune_steps, 0, " (0: no fine-tuning)")
@@ -414,7 +415,7 @@ def rank_correlation(run, n: int = 25, finetune_steps: int = 100, *, seed: int =
             "weight_decay": c.optim.weight_decay,
             "label_smoothing": c.optim.label_smoothing,
             "grad_clip": c.optim.grad_clip,
-            "amp": c.optim.amp,
+            "amp": amp_name(run.amp_dtype),  # optim.amp resolved (auto: bf16 or fp32 by device)
             "augment": c.data.augment,
             "bn_recalibrated": run.calib_batches() is not None,
             "device": str(run.device),

@@ -23,7 +23,7 @@ from typing import Any
 import yaml
 
 SAMPLERS = ("shift", "uniform", "sandwich", "attentive", "bin_uniform")
-AMP_MODES = ("bf16", "fp16", "off")
+AMP_MODES = ("auto", "bf16", "fp16", "off")
 DATA_BACKENDS = ("dali", "torch", "auto")
 ATTENTIVE_MODES = ("best", "worst")
 ESTIMATORS = ("delta", "literal")  # shiftnas.sampling.shift.ESTIMATORS (kept import-free here)
@@ -70,7 +70,9 @@ class OptimConfig:
     steps: int = 1000  # total optimizer steps
     grad_clip: float | None = 5.0  # None: no clipping
     label_smoothing: float = 0.1
-    amp: str = "bf16"  # bf16 | fp16 (GradScaler, GPU) | off
+    # auto: bf16 on CUDA and on CPUs with native bf16 (avx512_bf16/amx_bf16), else fp32
+    # (shiftnas/train/precision.py) | bf16 | fp16 (GradScaler, GPU) | off (fp32)
+    amp: str = "auto"
     ema_decay: float = 0.0  # 0: no EMA
     mixup: float = 0.0  # alpha; 0: off
     cutmix: float = 0.0  # alpha; 0: off

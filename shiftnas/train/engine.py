@@ -58,6 +58,7 @@ from .config import TrainConfig
 from .distributed import DistInfo, all_reduce_mean_grads, all_reduce_sum, barrier, init_distributed
 from .evaluate import arch_row, bin_archs, evaluate_arch, has_batch_norm, prepare_input
 from .faults import engine_faults
+from .precision import amp_name, amp_setup
 from .runlog import RunLog, write_json_atomic
 
 __all__ = ["MAX_BAD_STEPS", "Trainer", "TrainingDiverged", "lr_factor"]
@@ -127,7 +128,7 @@ class Trainer:
         self.sampler = self._build_sampler().to(self.device)
         self.extra_params = [p for m in self.sampler.trainable().values() for p in m.parameters()]
 
-        self.amp_dtype, self.scaler = self._amp()
+        self.amp_dtype, self.scaler, self._amp_line = amp_setup(cfg.optim.amp, self.device)
         self.optimizer = self._build_optimizer()
         total, warm = cfg.optim.steps, cfg.optim.warmup_steps
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -222,16 +223,6 @@ class Trainer:
         elif name == "bin_uniform":
             kw.update(n_bins=c.sampler.n_bins)
         return build_sampler(name, self.space, **kw)
-
-    def _amp(self):
-        mode = self.cfg.optim.amp
-        if mode == "off":
-            return None, None
-        if mode == "fp16":
-            if self.device.type != "cuda":
-                raise ValueError("optim.amp=fp16 needs a GPU (GradScaler); on CPU use optim.amp=bf16 or off")
-            return torch.float16, torch.amp.GradScaler("cuda")
-        return torch.bfloat16, None
 
     def _build_optimizer(self) -> torch.optim.Optimizer:
         o = self.cfg.optim
@@ -553,6 +544,7 @@ class Trainer:
             self.run_dir, self.step, cfg.optim.steps, enabled=self.info.is_main,
             progress=cfg.run.progress, tensorboard=cfg.run.tensorboard,
         )
+        self.log.write(self._amp_line)
         if self._resume_path is not None:
             self.log.write(f"resumed from {self._resume_path} at step {self.step}")
         stream = self._stream(self.train_loader, self.step)
@@ -639,7 +631,7 @@ class Trainer:
         summary = {
             "run": cfg.run.name, "space": self.space.name, "sampler": cfg.sampler.name,
             "steps": self.step, "images_seen": self.images_seen, "skipped_steps": self.skipped,
-            "world_size": self.info.world_size, "ema": self.ema is not None,
+            "world_size": self.info.world_size, "ema": self.ema is not None, "amp": amp_name(self.amp_dtype),
             "eval_images_per_arch": rows[0]["images"] if rows else 0,
             "eval_s": round(time.perf_counter() - t0, 2),
             "bins": {"edges_mflops": edges, "centers_mflops": centers},

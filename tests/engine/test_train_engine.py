@@ -166,6 +166,16 @@ def test_fp16_on_cpu_is_refused(tiny_cfg):
         Trainer(tiny_cfg("fp16", "optim.amp=fp16", "run.device=cpu"))
 
 
+def test_auto_amp_says_which_dtype_and_why(tiny_cfg, capsys):
+    from shiftnas.train.precision import cpu_features
+
+    tr, summary = _fit(tiny_cfg("auto", "sampler.name=uniform", "optim.steps=2", "optim.amp=auto"))
+    want = "bf16" if cpu_features()["native_bf16"] else "fp32"
+    assert summary["amp"] == want and tr.amp_dtype is (torch.bfloat16 if want == "bf16" else None)
+    lines = [x for x in capsys.readouterr().err.splitlines() if x.startswith("amp: ")]
+    assert len(lines) == 1 and lines[0].startswith(f"amp: {want} (optim.amp=auto: ") and "native bf16" in lines[0]
+
+
 def test_missing_split_names_the_path(tiny_cfg):
     tr = Trainer(tiny_cfg("nosplit", "data.minival_split=nope"))
     with pytest.raises(ValueError, match="data split 'nope' not found"):

@@ -1,0 +1,89 @@
+"""optim.amp: 'auto' computes in bf16 only where bf16 is native (CUDA, AVX512-BF16/AMX CPUs)."""
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+from shiftnas.train import precision
+from shiftnas.train.config import load_config
+from shiftnas.train.precision import amp_name, amp_setup, cpu_features
+
+EPYC_AVX2 = "processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu sse2 avx avx2 fma bmi2\n"
+SAPPHIRE_RAPIDS = ("model name\t: Intel(R) Xeon(R) Platinum 8480+\n"
+                   "flags\t\t: avx2 avx512f avx512bw avx512_bf16 amx_bf16 amx_tile amx_int8\n")
+COOPER_LAKE = "flags\t\t: avx2 avx512f avx512_bf16\n"
+ARM = "processor\t: 0\nFeatures\t: fp asimd evtstrm aes\n"
+
+
+def test_cpu_features_read_the_flags_that_decide_bf16_speed():
+    avx2 = cpu_features(EPYC_AVX2)
+    assert avx2["cpu_flags"] == {"avx2": True, "avx512f": False, "avx512_bf16": False, "amx_bf16": False,
+                                 "amx_tile": False}
+    assert avx2["native_bf16"] is False
+    assert cpu_features(SAPPHIRE_RAPIDS)["native_bf16"] is True
+    assert cpu_features(COOPER_LAKE)["native_bf16"] is True
+    arm = cpu_features(ARM)
+    assert arm["cpu_flags"] is None and arm["native_bf16"] is False
+    assert avx2["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+
+
+def test_this_host_is_described_and_the_result_is_cached():
+    feat = cpu_features()
+    assert set(feat) == {"cpu_capability", "cpu_flags", "native_bf16"}
+    assert cpu_features() == feat
+
+
+def _on_cpu(monkeypatch, cpuinfo: str) -> None:
+    monkeypatch.setattr(precision, "cpu_features", lambda: cpu_features(cpuinfo))
+
+
+def test_auto_is_fp32_on_a_cpu_without_native_bf16(monkeypatch):
+    _on_cpu(monkeypatch, EPYC_AVX2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # auto never warns
+        dtype, scaler, line = amp_setup("auto", torch.device("cpu"))
+    assert dtype is None and scaler is None
+    assert line.startswith("amp: fp32 (optim.amp=auto") and "no native bf16" in line and "slower" in line
+
+
+def test_auto_is_bf16_on_native_bf16_cpus_and_on_cuda(monkeypatch):
+    _on_cpu(monkeypatch, SAPPHIRE_RAPIDS)
+    dtype, _, line = amp_setup("auto", torch.device("cpu"))
+    assert dtype is torch.bfloat16 and "avx512_bf16, amx_bf16" in line
+    dtype, scaler, line = amp_setup("auto", torch.device("cuda", 0))
+    assert dtype is torch.bfloat16 and scaler is None and "CUDA" in line
+
+
+def test_explicit_bf16_on_a_slow_cpu_works_and_warns_once(monkeypatch):
+    _on_cpu(monkeypatch, EPYC_AVX2)
+    monkeypatch.setattr(precision, "_warned_slow_bf16", False)
+    with pytest.warns(UserWarning, match=r"optim.amp=bf16: .*~10x slower than fp32"):
+        dtype, _, _ = amp_setup("bf16", torch.device("cpu"))
+    assert dtype is torch.bfloat16
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert amp_setup("bf16", torch.device("cpu"))[0] is torch.bfloat16  # no second warning
+
+
+def test_explicit_bf16_on_a_native_cpu_is_silent(monkeypatch):
+    _on_cpu(monkeypatch, SAPPHIRE_RAPIDS)
+    monkeypatch.setattr(precision, "_warned_slow_bf16", False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert amp_setup("bf16", torch.device("cpu"))[0] is torch.bfloat16
+
+
+def test_off_fp16_and_bad_modes():
+    assert amp_setup("off", torch.device("cpu"))[:2] == (None, None)
+    with pytest.raises(ValueError, match="fp16 needs a GPU"):
+        amp_setup("fp16", torch.device("cpu"))
+    with pytest.raises(ValueError, match="'fp8'.*'auto', 'bf16', 'fp16', 'off'"):
+        amp_setup("fp8", torch.device("cpu"))
+    assert [amp_name(d) for d in (torch.bfloat16, torch.float16, None)] == ["bf16", "fp16", "fp32"]
+
+
+def test_auto_is_the_default():
+    assert load_config(None, []).optim.amp == "auto"
+    assert load_config(None, ["optim.amp=auto"]).optim.amp == "auto"
