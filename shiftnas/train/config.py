@@ -38,7 +38,7 @@ class RunConfig:
     log_every: int = 20  # steps between metrics.jsonl lines
     ckpt_every: int = 250  # steps between checkpoints (0: only at the end)
     device: str = "auto"  # auto (cuda when available) | cpu | cuda
-    progress: bool = True  # rank 0 progress bar
+    progress: bool = True  # rank 0 progress bar; false: a line every log_every steps (step, loss, lr, img/s)
     tensorboard: bool = True  # TensorBoard events under <run>/tb
 
 
@@ -66,6 +66,8 @@ class ModelConfig:
 class OptimConfig:
     lr: float = 1e-3  # AdamW, cosine schedule after a linear warm-up
     weight_decay: float = 0.05
+    # linear lr warm-up; one as long as the run or longer (warmup_steps >= steps, e.g. a short
+    # run with the default 100) is clipped to steps // 10, with a note in the log: effective_warmup
     warmup_steps: int = 100
     steps: int = 1000  # total optimizer steps
     grad_clip: float | None = 5.0  # None: no clipping
@@ -76,6 +78,12 @@ class OptimConfig:
     ema_decay: float = 0.0  # 0: no EMA
     mixup: float = 0.0  # alpha; 0: off
     cutmix: float = 0.0  # alpha; 0: off
+
+    @property
+    def effective_warmup(self) -> int:
+        """The warm-up the schedule uses: `warmup_steps`, or `steps // 10` when the warm-up would
+        fill the whole run (`warmup_steps >= steps`)."""
+        return self.steps // 10 if self.warmup_steps >= self.steps else self.warmup_steps
 
 
 @dataclass(frozen=True)
@@ -318,8 +326,6 @@ def _build(d: dict[str, dict[str, Any]]) -> TrainConfig:
         sections[s] = cls(**kw)
     cfg = TrainConfig(**sections)
     _check_space(cfg.model.space)
-    if cfg.optim.warmup_steps > cfg.optim.steps:
-        raise ValueError(f"config key 'optim.warmup_steps': value {cfg.optim.warmup_steps} is not allowed; must be <= optim.steps ({cfg.optim.steps})")
     return cfg
 
 

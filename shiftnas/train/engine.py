@@ -130,7 +130,7 @@ class Trainer:
 
         self.amp_dtype, self.scaler, self._amp_line = amp_setup(cfg.optim.amp, self.device)
         self.optimizer = self._build_optimizer()
-        total, warm = cfg.optim.steps, cfg.optim.warmup_steps
+        total, warm = cfg.optim.steps, cfg.optim.effective_warmup
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: lr_factor(s, warm, total)
         )
@@ -545,6 +545,9 @@ class Trainer:
             progress=cfg.run.progress, tensorboard=cfg.run.tensorboard,
         )
         self.log.write(self._amp_line)
+        if cfg.optim.effective_warmup != cfg.optim.warmup_steps:
+            self.log.write(f"optim.warmup_steps={cfg.optim.warmup_steps} >= optim.steps={cfg.optim.steps}: "
+                           f"warm-up clipped to steps // 10 = {cfg.optim.effective_warmup}")
         if self._resume_path is not None:
             self.log.write(f"resumed from {self._resume_path} at step {self.step}")
         stream = self._stream(self.train_loader, self.step)
@@ -580,6 +583,7 @@ class Trainer:
                                skipped_total=self.skipped, bin_counts=window["counts"])
                     rec.update(self.sampler.log_metrics())
                     self.log.log(self.step, rec)
+                    self.log.status(self.step, cfg.optim.steps, rec["loss"], rec["lr"], ips)
                     self.windows.append({"step": self.step, "counts": window["counts"]})
                     window = {"t": time.perf_counter(), "images": 0, "loss": 0.0, "n": 0, "counts": [0] * len(self.bins)}
                 if (cfg.run.ckpt_every and self.step % cfg.run.ckpt_every == 0 and self.step < cfg.optim.steps

@@ -143,6 +143,12 @@ class RunLog:
                 self._bar.set_postfix(postfix, refresh=False)
             self._bar.update(n)
 
+    def status(self, step: int, total: int, loss: float, lr: float, img_per_s: float) -> None:
+        """One line on stderr when there is no progress bar (`run.progress=false`), so that a batch
+        job's log shows the run moving; the engine calls it every `run.log_every` steps."""
+        if self.enabled and self._bar is None:
+            print(f"step {step}/{total}  loss {loss:.4f}  lr {lr:.2e}  img/s {img_per_s:.0f}", file=sys.stderr, flush=True)
+
     def write(self, msg: str) -> None:
         """A message on rank 0 that does not break the progress bar."""
         if not self.enabled:

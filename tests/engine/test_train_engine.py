@@ -176,6 +176,21 @@ def test_auto_amp_says_which_dtype_and_why(tiny_cfg, capsys):
     assert len(lines) == 1 and lines[0].startswith(f"amp: {want} (optim.amp=auto: ") and "native bf16" in lines[0]
 
 
+def test_short_run_clips_the_warmup_and_logs_lines_without_a_progress_bar(tiny_cfg, capsys):
+    cfg = tiny_cfg("short", "sampler.name=uniform", "optim.steps=10", "optim.warmup_steps=100",
+                   "run.log_every=5", "run.progress=false")
+    tr = Trainer(cfg)
+    assert tr.optimizer.param_groups[0]["lr"] == pytest.approx(cfg.optim.lr * lr_factor(0, 1, 10))
+    summary = tr.fit()
+    assert summary["steps"] == 10
+    err = capsys.readouterr().err.splitlines()
+    assert "optim.warmup_steps=100 >= optim.steps=10: warm-up clipped to steps // 10 = 1" in err
+    lines = [x.split() for x in err if x.startswith("step ")]
+    assert [x[1] for x in lines] == ["5/10", "10/10"]
+    assert [x[2::2] for x in lines] == [["loss", "lr", "img/s"]] * 2
+    assert all(math.isfinite(float(x[3])) and float(x[5]) > 0 and float(x[7]) > 0 for x in lines)
+
+
 def test_missing_split_names_the_path(tiny_cfg):
     tr = Trainer(tiny_cfg("nosplit", "data.minival_split=nope"))
     with pytest.raises(ValueError, match="data split 'nope' not found"):
