@@ -23,7 +23,7 @@ from torch import nn
 from ..ops.batch_norm import ElasticBatchNorm2d
 from ..ops.conv import ElasticConv2d, ElasticDWConv2d
 from ..ops.linear import ElasticLinear
-from ..ops.se import ElasticSE
+from ..ops.se import ElasticSE, se_mid
 from ..spaces import ArchConfig, SearchSpace, get_space
 from ..spaces.arch_sample import ArchSample
 from .static_mbconv import StaticMBConv, hidden_width
@@ -90,14 +90,18 @@ class ElasticMBConvBlock(nn.Module):
         expand: float,
         hidden_scale: torch.Tensor | None = None,
         out_scale: torch.Tensor | None = None,
+        hidden: int | None = None,
+        se_mid: int | None = None,
     ) -> torch.Tensor:
-        """`hidden_scale` multiplies the dw output ([hidden] or scalar), `out_scale` the branch."""
+        """`hidden_scale` multiplies the dw output ([hidden] or scalar), `out_scale` the branch.
+        `hidden` / `se_mid` override the widths derived from x (the full-width Eq. 9 path)."""
         h = x
         if expand != 1:
-            h = F.silu(self.expand_bn(self.expand_conv(x, hidden_width(x.shape[1], expand))))
+            hidden = hidden_width(x.shape[1], expand) if hidden is None else hidden
+            h = F.silu(self.expand_bn(self.expand_conv(x, hidden)))
         h = _scale(F.silu(self.dw_bn(self.dw_conv(h, kernel))), hidden_scale)
         if self.se is not None:
-            h = self.se(h)
+            h = self.se(h, se_mid)
         h = _scale(self.project_bn(self.project_conv(h, width)), out_scale)
         return x + h if self.residual else h
 
@@ -190,6 +194,8 @@ class MBConvSupernet(nn.Module):
     def forward(self, x: torch.Tensor, arch: ArchConfig | ArchSample) -> torch.Tensor:
         arch, sample, idx = self._resolve(arch)
         self.check_input(x, arch["resolution"])
+        if sample is not None and sample.full_width:
+            return self._forward_full(x, arch, sample, idx)
         sp = self.space
 
         def width_mask(name: str, active: int, scale: int = 1) -> torch.Tensor | None:
@@ -218,15 +224,51 @@ class MBConvSupernet(nn.Module):
                     hidden_scale = emask * sample.gate(kname, idx[kname])
                     out_scale = wmask * dmask[j]  # j == 0 too: every depth one-hot gets a gradient
                 x = stage[j](x, w, k, t, hidden_scale, out_scale)
+        return self._head(x, arch["stage%d.width" % (len(self.stages) - 1)], arch["head.width"], width_mask)
+
+    def _head(self, x: torch.Tensor, last_width: int, hw: int, width_mask) -> torch.Tensor:
         last = f"stage{len(self.stages) - 1}.width"
-        c = self.final_expand * arch[last]
+        c = self.final_expand * last_width
         x = _scale(
             F.silu(self.final_bn(self.final_conv(x, c))), width_mask(last, c, self.final_expand)
         )
-        hw = arch["head.width"]
         x = _scale(F.silu(self.feature_mix(x.mean((2, 3)), hw)), width_mask("head.width", hw))
         x = F.dropout(x, self.drop_rate, self.training)
         return self.classifier(x, self.num_classes)
+
+    def _forward_full(self, x: torch.Tensor, arch: ArchConfig, sample: ArchSample, idx: dict[str, int]) -> torch.Tensor:
+        """Eq. 9 at full width: every width, expand ratio and depth at its largest candidate, the
+        whole output times its prefix mask (same forward value as the hard subnet). Kernel size
+        and resolution are not prefixes: they keep their straight-through gates. Widths that
+        depend on another decision (hidden = expand x input width, the SE reduce width) are
+        taken at the hard choice of that decision. BN running statistics of channels beyond the
+        subnet are updated too: BN is recalibrated per subnet before evaluation."""
+        sp = self.space
+        choices = lambda name: sp.decision(name).choices  # noqa: E731
+        choice = lambda name: choices(name)[idx[name]]  # noqa: E731 - inactive decisions too
+
+        def mask(name: str, widths: list[int], length: int | None = None) -> tuple[int, torch.Tensor]:
+            return max(widths), sample.prefix_mask(name, widths, length)
+
+        w, m = mask("stem.width", choices("stem.width"))
+        x = _scale(F.silu(self.stem_bn(self.stem_conv(x, w))), m * sample.gate("resolution", idx["resolution"]))
+        cin = arch["stem.width"]  # the hard subnet's input width of the next block
+        for s, stage in enumerate(self.stages):
+            w, wmask = mask(f"stage{s}.width", choices(f"stage{s}.width"))
+            dmask = sample.prefix_mask(f"stage{s}.depth", choices(f"stage{s}.depth"), length=len(stage))
+            for j, block in enumerate(stage):
+                kname, ename = f"stage{s}.block{j}.kernel", f"stage{s}.block{j}.expand"
+                widths = [hidden_width(cin, c) for c in choices(ename)]
+                # no expand conv (expand 1 only): the dw conv runs on x's full width
+                hidden, emask = mask(ename, widths, None if block.expand_conv else x.shape[1])
+                x = block(x, w, choice(kname), max(choices(ename)), emask * sample.gate(kname, idx[kname]),
+                          wmask * dmask[j], hidden, se_mid(hidden_width(cin, choice(ename))))
+                cin = arch[f"stage{s}.width"]
+        last = f"stage{len(self.stages) - 1}.width"
+        full_mask = lambda name, active, scale=1: sample.prefix_mask(  # noqa: E731
+            name, [scale * c for c in choices(name)])[:active]
+        hw = max(choices("head.width"))
+        return self._head(x, max(sp.decision(last).choices), hw, full_mask)
 
     # -- export ------------------------------------------------------------------------------------
     @torch.no_grad()

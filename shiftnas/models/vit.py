@@ -6,8 +6,9 @@ shared by all layers, heads and mlp ratio per layer, depth by skipping trailing 
 head dim. The active subnet is an argument of `forward`, never module state.
 
 `forward(x, arch)`: an `ArchConfig` runs the sliced subnet; an `ArchSample` runs its hard
-(arg-max) subnet and multiplies each op's output by its prefix mask (PAPER.md Eq. 9), so the
-loss has a gradient w.r.t. the generator's one-hots.
+(arg-max) subnet and multiplies each op's output by its prefix mask (Eq. 9 of the ShiftNAS
+paper), so the loss has a gradient w.r.t. the generator's one-hots; with
+`ArchSample.full_width` every op runs at its widest candidate times the whole mask.
 """
 from __future__ import annotations
 
@@ -41,15 +42,17 @@ class ViTBlock(nn.Module):
         head_mask: torch.Tensor | None = None,
         hidden_mask: torch.Tensor | None = None,
         layer_gate: torch.Tensor | None = None,
+        embed_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        a = self.attn(self.norm1(x), heads, head_mask)
-        if layer_gate is not None:
-            a = a * layer_gate
-        x = x + a
-        m = self.mlp(self.norm2(x), hidden, hidden_mask)
-        if layer_gate is not None:
-            m = m * layer_gate
-        return x + m
+        """`embed_mask` (full-width path): x is at full embed width with the channels beyond the
+        subnet's zero; norms weigh channels by the mask and outputs are masked back to zero."""
+        out_scale = layer_gate if embed_mask is None else (embed_mask if layer_gate is None else layer_gate * embed_mask)
+        norm1 = self.norm1(x) if embed_mask is None else self.norm1.masked(x, embed_mask)
+        a = self.attn(norm1, heads, head_mask)
+        x = x + (a if out_scale is None else a * out_scale)
+        norm2 = self.norm2(x) if embed_mask is None else self.norm2.masked(x, embed_mask)
+        m = self.mlp(norm2, hidden, hidden_mask)
+        return x + (m if out_scale is None else m * out_scale)
 
 
 class ViTSupernet(nn.Module):
@@ -110,24 +113,28 @@ class ViTSupernet(nn.Module):
         return self.head(self.norm(t[:, 0]), self.num_classes)
 
     def _forward_sample(self, x: torch.Tensor, sample: ArchSample) -> torch.Tensor:
+        """The hard subnet times prefix masks; `sample.full_width`: every op at its widest
+        candidate times the whole mask (Eq. 9 as written; same forward value). The MLP hidden
+        widths of the ratio candidates are taken at the hard embed dim."""
         if sample.space != self.space.name:
             raise ValueError(f"sample is from space {sample.space!r}, expected space {self.space.name!r}")
-        arch = sample.hard()
-        sp = self.space
-        E = arch["embed_dim"]
-        embed_mask = sample.prefix_mask("embed_dim", sp.decision("embed_dim").choices)[:E]
-        depth_choices = sp.decision("depth").choices
+        arch, sp, full = sample.hard(), self.space, sample.full_width
+        dec = sp.decision
+        E = max(dec("embed_dim").choices) if full else arch["embed_dim"]
+        embed_mask = sample.prefix_mask("embed_dim", dec("embed_dim").choices)[:E]
+        depth_choices = dec("depth").choices
         layer_gates = sample.prefix_mask("depth", depth_choices, length=max(depth_choices))
         t = self._embed(x, E) * embed_mask
-        heads_choices = sp.decision("layers.0.num_heads").choices
-        ratio_choices = sp.decision("layers.0.mlp_ratio").choices
-        for i in range(arch["depth"]):
-            h, r = arch[f"layers.{i}.num_heads"], arch[f"layers.{i}.mlp_ratio"]
-            hidden = mlp_hidden(E, r)
+        heads_choices, ratio_choices = dec("layers.0.num_heads").choices, dec("layers.0.mlp_ratio").choices
+        widths = [mlp_hidden(arch["embed_dim"], c) for c in ratio_choices]
+        for i in range(max(depth_choices) if full else arch["depth"]):
+            h = max(heads_choices) if full else arch[f"layers.{i}.num_heads"]
+            hidden = max(widths) if full else mlp_hidden(E, arch[f"layers.{i}.mlp_ratio"])
             head_mask = sample.prefix_mask(f"layers.{i}.num_heads", heads_choices)[:h]
-            widths = [mlp_hidden(E, c) for c in ratio_choices]
             hidden_mask = sample.prefix_mask(f"layers.{i}.mlp_ratio", widths)[:hidden]
-            t = self.blocks[i](t, h, hidden, head_mask, hidden_mask, layer_gates[i])
+            t = self.blocks[i](t, h, hidden, head_mask, hidden_mask, layer_gates[i], embed_mask if full else None)
+        if full:
+            return self.head(self.norm.masked(t[:, 0], embed_mask), self.num_classes)
         return self._head(t, E)
 
     @torch.no_grad()

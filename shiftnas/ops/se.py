@@ -31,9 +31,11 @@ class ElasticSE(nn.Module):
         self.reduce = ElasticConv2d(channels, mid, 1, bias=True, **kw)
         self.expand = ElasticConv2d(mid, channels, 1, bias=True, **kw)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mid: int | None = None) -> torch.Tensor:
+        """`mid`: the reduce width when x is wider than the subnet (full-width Eq. 9 path: the
+        channels beyond the subnet's are zero); default: se_mid of x's width."""
         c = x.shape[1]
         s = x.mean((2, 3), keepdim=True)
-        s = F.relu(self.reduce(s, se_mid(c, self.reduction)))
+        s = F.relu(self.reduce(s, se_mid(c, self.reduction) if mid is None else mid))
         s = F.hardsigmoid(self.expand(s, c))
         return x * s

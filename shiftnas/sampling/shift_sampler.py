@@ -16,6 +16,7 @@ resumed run continues exactly.
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from typing import Any
 
@@ -27,7 +28,12 @@ from ..spaces.arch_sample import ArchSample
 from .base import Arch, Sampled, Sampler, ScoreFn, StepContext, register_sampler
 from .shift import ProbabilityShift, val_losses
 
-__all__ = ["ShiftSampler"]
+__all__ = ["ShiftSampler", "GRAD_PATHS"]
+
+# How the task loss reaches the generator's one-hots (`ArchSample.full_width`): "prefix" runs
+# the hard subnet times the first entries of each mask (its own cost); "full" runs every op at
+# its widest candidate times the whole mask (Eq. 9 as written; the largest subnet's cost).
+GRAD_PATHS = ("prefix", "full")
 
 
 @register_sampler
@@ -54,9 +60,13 @@ class ShiftSampler(Sampler):
         estimator: str = "delta",
         pretrain_steps: int = 0,
         pretrain_lr: float = 1e-2,
+        grad_path: str = "prefix",
         device: Any = None,
     ):
         super().__init__(space, seed)
+        if grad_path not in GRAD_PATHS:
+            raise ValueError(f"shift: grad_path={grad_path!r}; allowed: {', '.join(GRAD_PATHS)}")
+        self.grad_path = grad_path
         if not (isinstance(total_steps, int) and total_steps >= 1):
             raise ValueError(f"shift: total_steps={total_steps!r} must be an integer >= 1")
         if not lam >= 0:
@@ -103,6 +113,8 @@ class ShiftSampler(Sampler):
         with torch.no_grad():  # B is frozen during the supernet/AG step (PAPER.md section 3)
             bin_vec, k, target = self.shift.draw(1.0, generator=self.torch_rng)
         sample = self.generator(bin_vec, tau=self.tau(step), rng=self.torch_rng)
+        if self.grad_path == "full":
+            sample = dataclasses.replace(sample, full_width=True)
         self.last = {"bin": k, "target": target}
         return [(sample, "target")]
 

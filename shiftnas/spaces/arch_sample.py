@@ -3,8 +3,16 @@
 Every decision of the space (inactive ones included) carries a one-hot vector over its
 candidates: hard in the forward pass, with a straight-through gradient from the generator.
 The matrix mapping turns a one-hot p into a prefix mask p' = sum_j p_j m_j over channels,
-heads or layers. A supernet run with an `ArchSample` computes only the hard (arg-max) subnet
-and multiplies each operation's output by its mask, so d(loss)/d(one-hot) exists.
+heads or layers. Two gradient paths, both with the hard subnet's forward value:
+
+- prefix (`full_width=False`, the default): the supernet computes only the hard (arg-max)
+  subnet and multiplies each op's output by the first `active` entries of its mask. Cheap (the
+  subnet's own cost), but d(loss)/d(one-hot) is the same for every candidate above the chosen
+  one and zero when the smallest is chosen: the task loss can only ask for smaller subnets.
+- full width (`full_width=True`, Eq. 9 as written): every op runs at its widest candidate and
+  its whole output is multiplied by the mask, so channels, heads and layers beyond the chosen
+  width contribute to the gradient and the task loss can ask for a larger candidate. A step
+  costs what the largest subnet costs.
 """
 from __future__ import annotations
 
@@ -22,6 +30,7 @@ __all__ = ["ArchSample"]
 class ArchSample:
     space: str
     onehots: Mapping[str, torch.Tensor]  # decision name -> [n_choices], one-hot in value
+    full_width: bool = False  # Eq. 9 at full width (see the module docstring)
 
     def __post_init__(self) -> None:
         sp = get_space(self.space)
@@ -72,4 +81,4 @@ class ArchSample:
         return self.onehots[name][index]
 
     def to(self, device) -> "ArchSample":
-        return ArchSample(self.space, {k: v.to(device) for k, v in self.onehots.items()})
+        return ArchSample(self.space, {k: v.to(device) for k, v in self.onehots.items()}, self.full_width)
