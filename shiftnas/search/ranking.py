@@ -230,8 +230,9 @@ def _finetune(run, arch: ArchConfig, steps: int, *, lr: float | None, batch_size
 
 def _train(run, wrapped: _StaticAsSupernet, arch: ArchConfig, steps: int, base_lr: float, loader) -> None:
     """`steps` optimizer steps of `wrapped.model` (see `finetune`); a non-finite step is skipped."""
-    from ..train.engine import MAX_BAD_STEPS, _no_decay
+    from ..train.engine import _no_decay
     from ..train.evaluate import prepare_input
+    from ..train.step import MAX_BAD_STEPS, backward, next_bad_streak, optimizer_step
 
     c, model = run.cfg, wrapped.model
     decay, no_decay = [], []
@@ -242,7 +243,6 @@ def _train(run, wrapped: _StaticAsSupernet, arch: ArchConfig, steps: int, base_l
     kw = {"fused": True} if run.device.type == "cuda" else {}
     opt = torch.optim.AdamW(groups, lr=base_lr, **kw)
     scaler = torch.amp.GradScaler("cuda") if run.amp_dtype == torch.float16 else None
-    clip = c.optim.grad_clip if c.optim.grad_clip is not None else float("inf")
     warmup = steps // 10
     stream = _endless(loader)
     bad_in_row = 0
@@ -257,30 +257,15 @@ def _train(run, wrapped: _StaticAsSupernet, arch: ArchConfig, steps: int, base_l
             with amp:
                 logits = model(prepare_input(wrapped, x, arch))
             loss = F.cross_entropy(logits.float(), y, label_smoothing=c.optim.label_smoothing)
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                scaler.unscale_(opt)
-            else:
-                loss.backward()
-            gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
-            if not (torch.isfinite(loss) and torch.isfinite(gnorm)):
-                opt.zero_grad(set_to_none=True)  # as the engine does: skip the step
-                if scaler is not None:
-                    scaler.update()
-                bad_in_row += 1
-                if bad_in_row >= MAX_BAD_STEPS:
-                    raise RuntimeError(
-                        f"fine-tuning {arch.short()}: {bad_in_row} consecutive steps (up to step "
-                        f"{step}) had a non-finite loss or gradient; lower lr (now {base_lr:g})"
-                    )
-                continue
-            bad_in_row = 0
-            if scaler is not None:
-                scaler.step(opt)
-                scaler.update()
-            else:
-                opt.step()
-            opt.zero_grad(set_to_none=True)
+            backward(loss, scaler)
+            out = optimizer_step(opt, [model.parameters()], clip=c.optim.grad_clip, scaler=scaler,
+                                 loss_finite=bool(torch.isfinite(loss)))
+            bad_in_row = next_bad_streak(out, bad_in_row)  # as the engine: a non-finite step is skipped
+            if bad_in_row >= MAX_BAD_STEPS:
+                raise RuntimeError(
+                    f"fine-tuning {arch.short()}: {bad_in_row} consecutive steps (up to step "
+                    f"{step}) had a non-finite loss or gradient; lower lr (now {base_lr:g})"
+                )
     finally:
         stream.close()  # end the suspended pass of the loader
 

@@ -60,10 +60,10 @@ from .evaluate import arch_row, bin_archs, evaluate_arch, has_batch_norm, prepar
 from .faults import engine_faults
 from .precision import amp_name, amp_setup
 from .runlog import RunLog, write_json_atomic
+from .step import MAX_BAD_STEPS, backward, next_bad_streak, optimizer_step
 
 __all__ = ["MAX_BAD_STEPS", "Trainer", "TrainingDiverged", "lr_factor"]
 
-MAX_BAD_STEPS = 10
 MIN_LR_RATIO = 0.01  # the cosine ends at lr * MIN_LR_RATIO
 
 
@@ -462,10 +462,7 @@ class Trainer:
                     extra = extra.float()
                     total = total + extra
                     extras.append(extra.detach())
-                if self.scaler is not None:
-                    self.scaler.scale(total).backward()
-                else:
-                    total.backward()
+                backward(total, self.scaler)
                 losses.append(loss.detach().float())
 
         loss_sum = torch.stack(losses).sum()
@@ -474,34 +471,17 @@ class Trainer:
         all_reduce_mean_grads(self.extra_params, self.info)
         if self._faults is not None:
             self._faults.corrupt_grads(step, self.net.parameters(), self.extra_params)
-        if self.scaler is not None:
-            self.scaler.unscale_(self.optimizer)
-        clip = self.cfg.optim.grad_clip if self.cfg.optim.grad_clip is not None else float("inf")
-        gnorm = torch.nn.utils.clip_grad_norm_(self.net.parameters(), clip)
-        finite = torch.isfinite(gnorm)
-        if self.extra_params:  # the generator's gradient too: the resource loss reaches only it
-            finite &= torch.isfinite(torch.nn.utils.clip_grad_norm_(self.extra_params, clip))
         mean_loss = float(stats[0]) / (self.info.world_size * n)
-        bad = bool(stats[1] > 0) or not math.isfinite(mean_loss) or not bool(finite)
-
+        loss_ok = not bool(stats[1] > 0) and math.isfinite(mean_loss)
         lr = self.optimizer.param_groups[0]["lr"]
-        if bad:
-            self.optimizer.zero_grad(set_to_none=True)
-            if self.scaler is not None:
-                self.scaler.update()
-            self.skipped += 1
-            self.bad_in_row += 1
-        else:
-            self.bad_in_row = 0
-            if self.scaler is not None:
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
-            else:
-                self.optimizer.step()
-            self.optimizer.zero_grad(set_to_none=True)
-            if self.ema is not None:
-                self.ema.update(self.net, step=step)
-        self.scheduler.step()
+        res = optimizer_step(  # the generator's gradient too: the resource loss reaches only it
+            self.optimizer, [self.net.parameters(), self.extra_params], clip=self.cfg.optim.grad_clip,
+            scaler=self.scaler, loss_finite=loss_ok, scheduler=self.scheduler,
+        )
+        self.bad_in_row = next_bad_streak(res, self.bad_in_row)
+        self.skipped += res.bad
+        if res.stepped and self.ema is not None:
+            self.ema.update(self.net, step=step)
         self.step += 1
         self.images_seen += x.shape[0] * self.info.world_size
 
@@ -511,7 +491,7 @@ class Trainer:
             self.bin_counts[k] += 1
         shown = self.sampler.display_index
         out = {
-            "loss": mean_loss, "lr": lr, "grad_norm": float(gnorm), "skipped": bad,
+            "loss": mean_loss, "lr": lr, "grad_norm": res.grad_norm, "skipped": not res.stepped,
             "mflops": flops[shown] / 1e6, "bin": bins[shown], "bins": bins, "n_subnets": n,
             **self.sampler.step_metrics(step),
         }
