@@ -14,6 +14,8 @@ batch, against the weights w_{t-1} cloned one step earlier.
 A step whose loss or gradient norm is not finite (on any rank) is skipped: no optimizer step,
 no EMA update; it is counted and logged, and after `MAX_BAD_STEPS` in a row training stops with
 `TrainingDiverged` without writing a checkpoint (the weights never took a non-finite step).
+With fp16, a step the GradScaler skips for overflowing gradients while its scale settles is
+counted and logged apart ("overflow"), and is not a bad step (see step.py).
 
 Resume: a checkpoint holds everything a step reads (weights, optimizer, scheduler, scaler,
 EMA, sampler incl. generator and B, every rank's RNG state, counters, w_{t-1} when the next
@@ -164,6 +166,7 @@ class Trainer:
         self.step = 0
         self.bad_in_row = 0
         self.skipped = 0
+        self.overflows = 0  # fp16 steps the GradScaler skipped while its scale settled (not bad steps)
         self.images_seen = 0
         self.bin_counts = [0] * len(self.bins)
         self.windows: list[dict[str, Any]] = []
@@ -315,7 +318,8 @@ class Trainer:
             "config": self.cfg.to_dict(),
             "world_size": self.info.world_size,
             "batches_per_epoch": len(self.train_loader),
-            "counters": {"skipped": self.skipped, "bad_in_row": self.bad_in_row, "images_seen": self.images_seen},
+            "counters": {"skipped": self.skipped, "bad_in_row": self.bad_in_row, "images_seen": self.images_seen,
+                         "overflows": self.overflows},
             "bin_counts": list(self.bin_counts),
             "windows": self.windows,
         }
@@ -362,6 +366,7 @@ class Trainer:
         self.step = int(state["step"])
         c = state["counters"]
         self.skipped, self.bad_in_row, self.images_seen = int(c["skipped"]), int(c["bad_in_row"]), int(c["images_seen"])
+        self.overflows = int(c.get("overflows", 0))  # absent before fp16 overflows were counted apart
         self.bin_counts = [int(x) for x in state["bin_counts"]]
         self.windows = list(state["windows"])
         rngs = state["rng"]
@@ -480,6 +485,7 @@ class Trainer:
         )
         self.bad_in_row = next_bad_streak(res, self.bad_in_row)
         self.skipped += res.bad
+        self.overflows += res.overflow
         if res.stepped and self.ema is not None:
             self.ema.update(self.net, step=step)
         self.step += 1
@@ -492,6 +498,7 @@ class Trainer:
         shown = self.sampler.display_index
         out = {
             "loss": mean_loss, "lr": lr, "grad_norm": res.grad_norm, "skipped": not res.stepped,
+            "overflow": res.overflow,
             "mflops": flops[shown] / 1e6, "bin": bins[shown], "bins": bins, "n_subnets": n,
             **self.sampler.step_metrics(step),
         }
@@ -545,8 +552,11 @@ class Trainer:
                 for k in m["bins"]:
                     window["counts"][k] += 1
                 if m["skipped"]:
-                    self.log.log(self.step - 1, {"loss": m["loss"], "grad_norm": m["grad_norm"],
-                                                  "in_a_row": self.bad_in_row, "skipped_total": self.skipped}, kind="skipped")
+                    rec = {"loss": m["loss"], "grad_norm": m["grad_norm"], "in_a_row": self.bad_in_row,
+                           "skipped_total": self.skipped, "overflow_total": self.overflows}
+                    if self.scaler is not None:
+                        rec["scale"] = self.scaler.get_scale()
+                    self.log.log(self.step - 1, rec, kind="overflow" if m["overflow"] else "skipped")
                     if self.bad_in_row >= MAX_BAD_STEPS:
                         raise TrainingDiverged(
                             f"{self.bad_in_row} consecutive steps (up to step {self.step - 1}) had a non-finite "
@@ -558,9 +568,9 @@ class Trainer:
                 self.log.progress(1, loss=f"{m['loss']:.3f}", lr=f"{m['lr']:.2e}", bin=m["bin"],
                                   mflops=f"{m['mflops']:.1f}", ips=f"{ips:.0f}")
                 if self.step % cfg.run.log_every == 0 or self.step == cfg.optim.steps:
-                    rec = {k: v for k, v in m.items() if k not in ("bins", "skipped")}
+                    rec = {k: v for k, v in m.items() if k not in ("bins", "skipped", "overflow")}
                     rec.update(loss=window["loss"] / max(1, window["n"]), img_per_s=ips,
-                               skipped_total=self.skipped, bin_counts=window["counts"])
+                               skipped_total=self.skipped, overflow_total=self.overflows, bin_counts=window["counts"])
                     rec.update(self.sampler.log_metrics())
                     self.log.log(self.step, rec)
                     self.log.status(self.step, cfg.optim.steps, rec["loss"], rec["lr"], ips)
@@ -615,6 +625,7 @@ class Trainer:
         summary = {
             "run": cfg.run.name, "space": self.space.name, "sampler": cfg.sampler.name,
             "steps": self.step, "images_seen": self.images_seen, "skipped_steps": self.skipped,
+            "overflow_steps": self.overflows,
             "world_size": self.info.world_size, "ema": self.ema is not None, "amp": amp_name(self.amp_dtype),
             "eval_images_per_arch": rows[0]["images"] if rows else 0,
             "eval_s": round(time.perf_counter() - t0, 2),

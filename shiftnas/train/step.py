@@ -68,6 +68,8 @@ def optimizer_step(optimizer: torch.optim.Optimizer, param_sets: Sequence[Iterab
             scaler.step(optimizer)
         else:
             optimizer.step()
+    elif scaler is not None and loss_finite:
+        overflow = scaler.get_scale() > SETTLING_SCALE  # the scale before update() lowers it
     if scaler is not None:
         scaler.update()  # halves the scale when unscale_ found non-finite gradients
     optimizer.zero_grad(set_to_none=True)
