@@ -178,12 +178,11 @@ def sample_in_bin(
     if not 0 <= k < len(bins):
         raise ValueError(f"bin k={k} is out of range; {bins!r} has bins 0..{len(bins) - 1}")
     ff = fast_cost(space)
-    lo, hi = float(bins.edges[k]), float(bins.edges[k + 1])
+    lo, hi = bins.window(k)  # the integer costs FlopsBins.bin_of maps to k
     last = k == len(bins) - 1
 
-    def inside(f: float) -> bool:  # same convention as FlopsBins.bin_of (top edge -> last bin)
-        f = round(f)  # as count_flops rounds
-        return lo <= f < hi or (last and f == hi)
+    def inside(f: float) -> bool:
+        return lo <= round(f) <= hi  # round: as count_flops does
 
     def gap(f: float) -> float:
         return 0.0 if inside(f) else (lo - f if f < lo else f - hi)
