@@ -26,6 +26,9 @@ through the generator. By the chain rule this is the trainer's single
 `(CE + L_RC).backward()`, split at the one-hots; the split is checked once per space against
 the fused backward (max gradient difference in the JSON, `split_check`).
 
+`shift_full`: the same step with the full-width Eq. 9 path (`ArchSample.full_width`: every op
+at its widest candidate times the whole mask), on the same sample.
+
 Baseline `uniform`: the same supernet step with the hard `ArchConfig` of the same sample (no
 generator, no masks, no resource loss; the generator's AdamW group gets no gradient, so it
 is skipped) -- the plain uniform-sampler step on the same subnet. `trainer`: the unmodified
@@ -50,6 +53,7 @@ Target (reported, not asserted): (gen fwd + gen bwd + amortised shift) / step to
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import sys
 import tempfile
@@ -72,7 +76,7 @@ N_BINS = 10
 UPDATE_EVERY = 100  # the paper's
 UPDATE_EVERY_MIN = 50  # the paper's ablated minimum (amortised number only)
 TOTAL_STEPS = 1000  # the config default; only sets the Gumbel temperature schedule
-PATHS = ("shift", "uniform", "trainer", "update")
+PATHS = ("shift", "shift_full", "uniform", "trainer", "update")
 SEED = 0
 
 if str(ROOT) not in sys.path:  # run as a script from anywhere
@@ -203,18 +207,22 @@ class Bench:
         tr.optimizer.zero_grad(set_to_none=True)
         tr.scheduler.step()
 
-    def shift_split(self, step: int) -> tuple[dict[str, float], object]:
-        """The shift step, split into parts; returns ({part: ms}, hard arch)."""
+    def shift_split(self, step: int, full: bool = False) -> tuple[dict[str, float], object]:
+        """The shift step, split into parts; returns ({part: ms}, hard arch). `full`: the
+        full-width Eq. 9 path (`ArchSample.full_width`, the sampler's grad_path="full")."""
         torch, F, pc = self.torch, self.F, time.perf_counter
         tr, sampler = self.tr, self.sampler
         t0 = pc()
         sample = sampler.next(step)[0][0]
+        if full:
+            sample = dataclasses.replace(sample, full_width=True)
         arch = sample.hard()
         extra = sampler.extra_loss(sample).float()
         t1 = pc()
         # untimed harness: the leaf copy the supernet backward stops at
         leaf = self.ArchSample(
-            sample.space, {n: v.detach().requires_grad_(True) for n, v in sample.onehots.items()}
+            sample.space, {n: v.detach().requires_grad_(True) for n, v in sample.onehots.items()},
+            sample.full_width,
         )
         t2 = pc()
         with tr._autocast():
@@ -339,14 +347,14 @@ def run_repeat(b: Bench, r: int, order: list[str], rec: dict | None) -> None:
     seed = 1000 + r
     arch = b.peek_arch(seed, step)
     for path in order:
-        if path == "shift":
+        if path in ("shift", "shift_full"):
             b.seed_rng(seed)
-            parts, got = b.shift_split(step)
+            parts, got = b.shift_split(step, full=path == "shift_full")
             if rec is not None:
                 for k, v in parts.items():
-                    rec["shift"][k].append(v)
-                rec["shift"]["step"].append(sum(parts.values()))
-                rec["same_arch"]["shift"] += int(got == arch)
+                    rec[path][k].append(v)
+                rec[path]["step"].append(sum(parts.values()))
+                rec["same_arch"][path] += int(got == arch)
         elif path == "uniform":
             parts = b.uniform(arch)
             if rec is not None:
@@ -387,11 +395,12 @@ def bench_space(space_name: str, args) -> dict:
         return shiftnas.count_flops(space, arch) / 1e6
 
     rec = {
-        "shift": {k: [] for k in ("gen_fwd", "gen_bwd", "supernet_fwd_bwd", "optim", "step")},
+        **{p: {k: [] for k in ("gen_fwd", "gen_bwd", "supernet_fwd_bwd", "optim", "step")}
+           for p in ("shift", "shift_full")},
         "uniform": {k: [] for k in ("fwd_bwd", "optim", "step")},
         "trainer": {"step": []},
         "update": {k: [] for k in ("snapshot", "update_shift", "total")},
-        "same_arch": {"shift": 0, "trainer": 0},
+        "same_arch": {"shift": 0, "shift_full": 0, "trainer": 0},
         "archs_mflops": [],
         "mflops_of": mflops_of,
     }
@@ -408,7 +417,7 @@ def bench_space(space_name: str, args) -> dict:
     med = {
         g: {k: quantile(v, 0.5) for k, v in d.items()}
         for g, d in rec.items()
-        if g in ("shift", "uniform", "trainer", "update")
+        if g in ("shift", "shift_full", "uniform", "trainer", "update")
     }
     upd = med["update"]["total"]
     amort = {n: upd / n for n in (UPDATE_EVERY, UPDATE_EVERY_MIN)}
@@ -417,7 +426,7 @@ def bench_space(space_name: str, args) -> dict:
         "space": space_name,
         "batch": batch,
         "input": list(x.shape),
-        "amp": args.amp,
+        "amp": "off" if tr.amp_dtype is None else str(tr.amp_dtype).replace("torch.", ""),
         "n_decisions": len(space.decisions),
         "supernet_params_m": round(sum(p.numel() for p in b.net_params) / 1e6, 4),
         "generator_params": sum(p.numel() for p in b.gen_params),
@@ -427,7 +436,7 @@ def bench_space(space_name: str, args) -> dict:
         "split_check": check,
         "times": {
             g: {k: summary(v) for k, v in rec[g].items()}
-            for g in ("shift", "uniform", "trainer", "update")
+            for g in ("shift", "shift_full", "uniform", "trainer", "update")
         },
         "amortised_shift_ms": {f"every_{n}": round(v, 3) for n, v in amort.items()},
         "foreign_cpu_load": foreign,
@@ -447,6 +456,8 @@ def bench_space(space_name: str, args) -> dict:
                 100 * (total - med["uniform"]["step"]) / med["uniform"]["step"], 2
             ),
             "vs_uniform_pct_paired_median": round(100 * quantile(paired, 0.5), 2),
+            "full_vs_uniform_pct_paired_median": round(100 * quantile(
+                [(s + a) / u - 1 for s, u in zip(rec["shift_full"]["step"], rec["uniform"]["step"])], 0.5), 2),
             "trainer_total_ms": round(med["trainer"]["step"] + a, 3),
             "target_met": (gen + a) / total <= 0.10,
         }
@@ -510,6 +521,8 @@ def print_space(r: dict) -> None:
         f"{d100['vs_uniform_pct_paired_median']:+.2f}%); masks alone (supernet f+b): "
         f"{r['mask_overhead_pct']:+.2f}%"
     )
+    line("shift step, full-width Eq. 9 (grad_path=full)", t["shift_full"]["step"],
+         f"  (vs uniform, paired median {d100['full_vs_uniform_pct_paired_median']:+.2f}%)")
     c = r["split_check"]
     print(
         f"  split check, max |fused - split| grad: supernet {c['supernet_max_abs_diff']:.2e} "
@@ -520,7 +533,7 @@ def print_space(r: dict) -> None:
 
 def print_summary(rows: list[dict]) -> None:
     hdr = (
-        f"{'space':13s} {'amp':4s} | {'gen f+b':>8s} {'supernet':>9s} {'optim':>7s} "
+        f"{'space':13s} {'amp':8s} | {'gen f+b':>8s} {'supernet':>9s} {'optim':>7s} "
         f"{'amort100':>8s} {'total':>9s} | {'uniform':>9s} {'trainer':>9s} | "
         f"{'ovh% 100':>8s} {'ovh% 50':>7s} {'vs unif%':>8s}"
     )
@@ -530,7 +543,7 @@ def print_summary(rows: list[dict]) -> None:
         t, d = r["times"], r["derived"][f"every_{UPDATE_EVERY}"]
         d50 = r["derived"][f"every_{UPDATE_EVERY_MIN}"]
         print(
-            f"{r['space']:13s} {r['amp']:4s} | {d['generator_ms']:8.2f} "
+            f"{r['space']:13s} {r['amp']:8s} | {d['generator_ms']:8.2f} "
             f"{t['shift']['supernet_fwd_bwd']['median_ms']:9.2f} {t['shift']['optim']['median_ms']:7.2f} "
             f"{r['amortised_shift_ms'][f'every_{UPDATE_EVERY}']:8.2f} {d['total_ms']:9.2f} | "
             f"{t['uniform']['step']['median_ms']:9.2f} {t['trainer']['step']['median_ms']:9.2f} | "
@@ -547,9 +560,9 @@ def main(argv=None) -> None:
     p.add_argument("--spaces", default=",".join(DEFAULT_SPACES), help="comma-separated space names")
     p.add_argument(
         "--amp",
-        choices=("bf16", "off"),
-        default="bf16",
-        help="autocast dtype of the forwards (the trainer's optim.amp; default bf16)",
+        choices=("auto", "bf16", "off"),
+        default="auto",
+        help="the trainer's optim.amp (default auto: bf16 only where the CPU has native bf16)",
     )
     p.add_argument("--repeats", type=int, default=None, help="timed repeats (>= 10; default 20)")
     p.add_argument("--warmup", type=int, default=None, help="untimed repeats first (default 5)")

@@ -39,6 +39,14 @@ from _common import git_commit, git_dirty, machine, write_json
 
 RESULTS = ROOT / "bench" / "results"
 SAMPLERS = ("uniform", "bin_uniform", "shift", "sandwich", "attentive")
+# Variants: a label -> (sampler, config overrides). shift_full: Eq. 9 at full width (the task
+# loss reaches every candidate); *_warm: in-place distillation after a labels-only warm-up of
+# 30% of the steps, ramped in over the next 20%.
+VARIANTS = {
+    "shift_full": ("shift", ["generator.grad_path=full"]),
+    "sandwich_warm": ("sandwich", ["sampler.distill_warmup_frac=0.3", "sampler.distill_ramp_frac=0.2"]),
+    "attentive_warm": ("attentive", ["sampler.distill_warmup_frac=0.3", "sampler.distill_ramp_frac=0.2"]),
+}
 CONFIG = {"vit-fmnist": "fmnist-vit-shift", "cnn-fmnist": "fmnist-cnn-shift"}
 SUBNETS_PER_STEP = {"sandwich": 4, "attentive": 4}  # max + n_random (2) + min
 
@@ -74,14 +82,15 @@ def train(args, space: str, sampler: str, seed: int) -> dict:
     out = Path(args.runs) / space
     name = f"{sampler}-s{seed}"
     run_dir = out / name
-    steps = args.steps if args.equal_steps else args.steps // SUBNETS_PER_STEP.get(sampler, 1)
+    base, overrides = VARIANTS.get(sampler, (sampler, []))
+    steps = args.steps if args.equal_steps else args.steps // SUBNETS_PER_STEP.get(base, 1)
     summary = run_dir / "summary.json"
     if summary.is_file() and json.loads(summary.read_text()).get("steps") == steps:
         timed = out / f"{name}.time"  # absent when the run finished outside this script
         return {"run": str(run_dir), "steps": steps, "wall_s": json.loads(timed.read_text()) if timed.is_file() else None}
     cmd = [sys.executable, str(ROOT / "train.py"), "--config", str(ROOT / "configs" / f"{CONFIG[space]}.yaml"),
            "--resume", "auto", f"run.out_dir={out}", f"run.name={name}", f"run.seed={seed}",
-           f"sampler.name={sampler}", f"optim.steps={steps}", f"optim.warmup_steps={max(1, steps // 10)}",
+           f"sampler.name={base}", *overrides, f"optim.steps={steps}", f"optim.warmup_steps={max(1, steps // 10)}",
            f"data.batch_size={args.batch}",
            "optim.amp=off", "run.progress=false", "run.device=cpu", "eval.max_images=500",
            "eval.random_archs=false", "run.tensorboard=false"]
@@ -139,6 +148,13 @@ def verdict(pan: list[dict], evals: dict, seeds: list[int], n_bins: int) -> dict
             "all_bins": _ms([statistics.fmean(diffs[seed][i] for i in idx_bins) for seed in seeds]),
             "min_subnet": _ms([diffs[seed][0] for seed in seeds]), "max_subnet": _ms([diffs[seed][1] for seed in seeds]),
         }
+        if all("generator" in per_seed[seed] for seed in seeds):  # the generator's arch vs the panel's, same run
+            gvp = [[per_seed[seed]["generator"][k]["top1"]
+                    - statistics.fmean(per_seed[seed]["top1"][i] for i, p in enumerate(pan)
+                                       if p["bin"] == k and p["name"].startswith("bin")) for k in range(n_bins)]
+                   for seed in seeds]
+            out[s]["generator_vs_panel"] = {"per_bin": [_ms([g[k] for g in gvp]) for k in range(n_bins)],
+                                            "all_bins": _ms([statistics.fmean(g) for g in gvp])}
     return out
 
 
@@ -152,6 +168,12 @@ def table(space: str, ver: dict, evals: dict, seeds: list[int]) -> str:
         f = lambda m: f"{m['mean']:+.2f} +- {m['std']:.2f}"
         lines.append(f"| {s} | {f(v['bottom_bin'])} | {f(v['top_bin'])} | {f(v['all_bins'])} | "
                      f"{f(v['min_subnet'])} | {f(v['max_subnet'])} | |")
+    for s, v in ver.items():
+        if "generator_vs_panel" in v:
+            g = v["generator_vs_panel"]
+            lines.append(f"{s}: generator's arch minus the bin's panel archs (same run): all bins "
+                         f"{g['all_bins']['mean']:+.2f} +- {g['all_bins']['std']:.2f}; per bin "
+                         + " ".join(f"{b['mean']:+.1f}" for b in g["per_bin"]))
     return "\n".join(lines)
 
 
@@ -197,7 +219,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--phase", choices=("all", "train"), default="all")
     ap.add_argument("--spaces", nargs="+", default=list(CONFIG), choices=list(CONFIG))
-    ap.add_argument("--samplers", default="uniform,bin_uniform,shift", help=f"comma-separated, from {SAMPLERS}")
+    ap.add_argument("--samplers", default="uniform,bin_uniform,shift", help=f"comma-separated, from {SAMPLERS + tuple(VARIANTS)}")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--steps", type=int, default=600)
     ap.add_argument("--batch", type=int, default=128)
@@ -208,8 +230,9 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=str(RESULTS / "compare_samplers.json"))
     args = ap.parse_args(argv)
     samplers = [s for s in args.samplers.split(",") if s]
-    if "uniform" not in samplers or any(s not in SAMPLERS for s in samplers):
-        ap.error(f"--samplers must include uniform and come from {SAMPLERS}, got {samplers}")
+    known = SAMPLERS + tuple(VARIANTS)
+    if "uniform" not in samplers or any(s not in known for s in samplers):
+        ap.error(f"--samplers must include uniform and come from {known}, got {samplers}")
     import torch
 
     torch.set_num_threads(2)
@@ -217,7 +240,10 @@ def main(argv=None) -> int:
            "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine(),
            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "settings": vars(args), "spaces": {}}
     for space in args.spaces:
-        runs = {s: {seed: train(args, space, s, seed) for seed in args.seeds} for s in samplers}
+        runs = {s: {} for s in samplers}
+        for seed in args.seeds:  # seed-major: an interrupted sweep leaves whole seeds
+            for s in samplers:
+                runs[s][seed] = train(args, space, s, seed)
         if args.phase == "train":
             continue
         pan = panel(space, args.n_bins)
