@@ -27,6 +27,7 @@ AMP_MODES = ("auto", "bf16", "fp16", "off")
 DATA_BACKENDS = ("dali", "torch", "auto")
 ATTENTIVE_MODES = ("best", "worst")
 ESTIMATORS = ("delta", "literal")  # shiftnas.sampling.shift.ESTIMATORS (kept import-free here)
+GRAD_PATHS = ("prefix", "full")  # shiftnas.sampling.shift_sampler.GRAD_PATHS
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -108,6 +109,7 @@ class GeneratorConfig:
     lr: float = 1e-3
     pretrain_steps: int = 0  # steps on the resource loss alone (every bin per step, no data) before training
     pretrain_lr: float = 1e-2
+    grad_path: str = "prefix"  # task gradient to the one-hots: prefix (the subnet's cost) | full (Eq. 9 at full width)
 
 
 @dataclass(frozen=True)
@@ -299,6 +301,7 @@ _RULES: dict[str, tuple[Any, str]] = {
     "shift.estimator": (lambda v: v in ESTIMATORS, f"one of {list(ESTIMATORS)}"),
     "generator.pretrain_steps": (lambda v: v >= 0, ">= 0 (0: off)"),
     "generator.pretrain_lr": (lambda v: v > 0, "> 0"),
+    "generator.grad_path": (lambda v: v in GRAD_PATHS, f"one of {list(GRAD_PATHS)}"),
     "sampler.distill_warmup_frac": (lambda v: 0 <= v <= 1, "in [0, 1]"),
     "sampler.distill_ramp_frac": (lambda v: 0 <= v <= 1, "in [0, 1]"),
 }

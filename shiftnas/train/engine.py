@@ -216,7 +216,7 @@ class Trainer:
                 warmup_steps=warm, update_every=c.shift.update_every,
                 shift_lr=shift_lr(c.shift.lr, c.shift.movement, warm, c.shift.update_every, c.optim.steps),
                 estimator=c.shift.estimator, pretrain_steps=c.generator.pretrain_steps,
-                pretrain_lr=c.generator.pretrain_lr,
+                pretrain_lr=c.generator.pretrain_lr, grad_path=c.generator.grad_path,
             )
         elif name == "sandwich":
             kw.update(n_random=c.sampler.n_random)
