@@ -255,6 +255,33 @@ def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
     return None
 
 
+def find_resume(run_dir: str | os.PathLike, resume: str | None, move_aside: bool = True) -> Path | None:
+    """The checkpoint a run starts from. `resume`: None (a fresh run: a ValueError when `run_dir`
+    has checkpoints, or ones moved aside as corrupt), "auto" (`resume_checkpoint`) or a path."""
+    run_dir = Path(run_dir)
+    if resume is None:
+        existing = list_checkpoints(run_dir) if run_dir.exists() else []
+        if existing:
+            raise ValueError(
+                f"run directory {str(run_dir)!r} already has checkpoints (newest: "
+                f"{existing[-1][1].name}); pass --resume auto to continue it, or set run.name / "
+                "run.out_dir to start a new run (nothing was overwritten)"
+            )
+        if aside := list_moved_aside(run_dir):
+            raise ValueError(
+                f"run directory {str(run_dir)!r} holds checkpoints moved aside as corrupt "
+                f"({', '.join(p.name for _, p in aside)}); to start over here, delete them (or the "
+                "run directory), or set run.name / run.out_dir for a new run (nothing was overwritten)"
+            )
+        return None
+    if resume == "auto":  # every rank verifies; only rank 0 moves corrupt files aside
+        return resume_checkpoint(run_dir, move_aside=move_aside)
+    p = Path(resume).expanduser()
+    if not p.is_file():
+        raise ValueError(f"--resume {resume!r}: no such checkpoint file (use 'auto' or a checkpoint-*.pt path)")
+    return p
+
+
 def resume_checkpoint(run_dir: str | os.PathLike, move_aside: bool = True) -> Path | None:
     """What ``--resume auto`` continues from: the newest checkpoint in ``run_dir`` that loads and
     verifies. Newer ones that fail are (``move_aside``) renamed to ``*.corrupt`` and named in a

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import time
 import warnings
 from collections.abc import Iterator
@@ -50,10 +49,11 @@ from ..spaces import ArchConfig
 from ..spaces.arch_sample import ArchSample
 from .checkpoint import (
     capture_rng_state,
+    find_resume,
     latest_checkpoint,
-    list_checkpoints,
     load_checkpoint,
     restore_rng_state,
+    safe_path,
     save_checkpoint,
 )
 from .config import TrainConfig
@@ -61,12 +61,15 @@ from .distributed import DistInfo, all_reduce_mean_grads, all_reduce_sum, barrie
 from .evaluate import arch_row, bin_archs, evaluate_arch, has_batch_norm, prepare_input
 from .faults import engine_faults
 from .precision import amp_name, amp_setup
-from .runlog import RunLog, write_json_atomic
+from .runlog import RunLog, write_json_atomic, write_text_atomic
 from .step import MAX_BAD_STEPS, backward, next_bad_streak, optimizer_step
 
 __all__ = ["MAX_BAD_STEPS", "Trainer", "TrainingDiverged", "lr_factor"]
 
 MIN_LR_RATIO = 0.01  # the cosine ends at lr * MIN_LR_RATIO
+PLOTS = ("plots/sampling.png", "plots/pareto.png")
+# what fit() writes besides checkpoints (metrics.jsonl and tb/: RunLog, also through safe_path)
+OUTPUTS = ("config.yaml", "metrics.jsonl", "tb", "summary.json", "sampling.json", *PLOTS)
 
 
 class TrainingDiverged(RuntimeError):
@@ -114,7 +117,7 @@ class Trainer:
         self.info = info or init_distributed(cfg.run.device)
         self.device = self.info.device
         self.run_dir = Path(cfg.run.out_dir).expanduser() / cfg.run.name
-        self._resume_path = self._find_resume(resume)
+        self._resume_path = find_resume(self.run_dir, resume, move_aside=self.info.is_main)
 
         torch.manual_seed(cfg.run.seed)  # identical initial weights on every rank
         import random
@@ -180,31 +183,6 @@ class Trainer:
         self._faults = engine_faults(self.info.rank)  # None unless SHIFTNAS_FAULT_* is set
 
     # ------------------------------------------------------------------ building
-    def _find_resume(self, resume: str | None) -> Path | None:
-        from .checkpoint import list_moved_aside, resume_checkpoint
-
-        if resume is None:
-            existing = list_checkpoints(self.run_dir) if self.run_dir.exists() else []
-            if existing:
-                raise ValueError(
-                    f"run directory {str(self.run_dir)!r} already has checkpoints (newest: "
-                    f"{existing[-1][1].name}); pass --resume auto to continue it, or set run.name / "
-                    "run.out_dir to start a new run (nothing was overwritten)"
-                )
-            if aside := list_moved_aside(self.run_dir):
-                raise ValueError(
-                    f"run directory {str(self.run_dir)!r} holds checkpoints moved aside as corrupt "
-                    f"({', '.join(p.name for _, p in aside)}); to start over here, delete them (or the "
-                    "run directory), or set run.name / run.out_dir for a new run (nothing was overwritten)"
-                )
-            return None
-        if resume == "auto":  # every rank verifies; rank 0 moves corrupt files aside
-            return resume_checkpoint(self.run_dir, move_aside=self.info.is_main)
-        p = Path(resume).expanduser()
-        if not p.is_file():
-            raise ValueError(f"--resume {resume!r}: no such checkpoint file (use 'auto' or a checkpoint-*.pt path)")
-        return p
-
     def _build_sampler(self):
         c, name = self.cfg, self.cfg.sampler.name
         kw: dict[str, Any] = {"seed": c.run.seed}
@@ -507,6 +485,10 @@ class Trainer:
         return out
 
     # ------------------------------------------------------------------ the loop
+    def _output(self, name: str) -> Path:
+        """`run_dir/name` through `safe_path`: a ValueError when a symlink sends it out of the run dir."""
+        return safe_path(self.run_dir, name)
+
     def restore(self) -> None:
         """Build the data loaders and load the resume checkpoint (if any), without training.
 
@@ -523,9 +505,9 @@ class Trainer:
         self.restore()
         if self.info.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            tmp = self.run_dir / f".config.yaml.tmp-{os.getpid()}"  # a kill never leaves half a config
-            tmp.write_text(cfg.to_yaml(), encoding="utf-8")
-            os.replace(tmp, self.run_dir / "config.yaml")
+            for name in OUTPUTS:  # a symlink planted in the run dir is refused before anything is written
+                self._output(name)
+            write_text_atomic(self._output("config.yaml"), cfg.to_yaml())  # a kill never leaves half a config
         barrier(self.info)
         self.log = RunLog(
             self.run_dir, self.step, cfg.optim.steps, enabled=self.info.is_main,
@@ -640,29 +622,10 @@ class Trainer:
             "windows": self.windows, "updates": self.sampler.history(),
         }
         if self.info.is_main:
-            write_json_atomic(self.run_dir / "summary.json", summary)
-            write_json_atomic(self.run_dir / "sampling.json", sampling)
-            self._plots(summary, sampling)
+            from .plots import plot_run
+
+            write_json_atomic(self._output("summary.json"), summary)
+            write_json_atomic(self._output("sampling.json"), sampling)
+            plot_run(summary, sampling, self._output(PLOTS[0]), self._output(PLOTS[1]))
         barrier(self.info)
         return summary
-
-    def _plots(self, summary: dict[str, Any], sampling: dict[str, Any]) -> None:
-        from .plots import plot_pareto, plot_sampling
-
-        K = len(self.bins)
-        centers = summary["bins"]["centers_mflops"]
-        if "final_probs" in summary:  # a learned distribution: softmax(B) at every update
-            history = [{"step": 0, "probs": [1.0 / K] * K}] + [
-                {"step": r["step"], "probs": r["probs"]} for r in sampling["updates"]
-            ]
-            title = "ShiftNAS: softmax(B) over training"
-        else:  # the empirical bin frequencies per logging window
-            history = [
-                {"step": w["step"], "probs": [c / max(1, sum(w["counts"])) for c in w["counts"]]}
-                for w in sampling["windows"]
-            ]
-            title = f"{self.cfg.sampler.name}: sampled bin frequency per window"
-        plot_sampling(history, self.run_dir / "plots" / "sampling.png", centers_mflops=centers, title=title)
-        if summary["rows"]:
-            plot_pareto(summary["rows"], self.run_dir / "plots" / "pareto.png",
-                        title=f"{self.space.name} / {self.cfg.sampler.name}: inherited top-1")

@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["plot_pareto", "plot_sampling"]
+__all__ = ["plot_pareto", "plot_run", "plot_sampling"]
 
 
 def _pyplot():
@@ -172,3 +172,26 @@ def plot_pareto(
         return _save(fig, path)
     finally:
         plt.close(fig)
+
+
+def plot_run(summary: Mapping[str, Any], sampling: Mapping[str, Any], sampling_png: str | os.PathLike,
+             pareto_png: str | os.PathLike) -> None:
+    """The two figures of a finished training run from its summary.json and sampling.json: the
+    learned softmax(B) at every update (shift) or the sampled bin frequency per logging window
+    (the other samplers), and the inherited top-1 front (when there are evaluated rows)."""
+    centers = summary["bins"]["centers_mflops"]
+    k = len(centers)
+    if "final_probs" in summary:  # a learned distribution: softmax(B) at every update
+        history = [{"step": 0, "probs": [1.0 / k] * k}] + [
+            {"step": r["step"], "probs": r["probs"]} for r in sampling["updates"]
+        ]
+        title = "ShiftNAS: softmax(B) over training"
+    else:  # the empirical bin frequencies per logging window
+        history = [
+            {"step": w["step"], "probs": [c / max(1, sum(w["counts"])) for c in w["counts"]]}
+            for w in sampling["windows"]
+        ]
+        title = f"{summary['sampler']}: sampled bin frequency per window"
+    plot_sampling(history, sampling_png, centers_mflops=centers, title=title)
+    if summary["rows"]:
+        plot_pareto(summary["rows"], pareto_png, title=f"{summary['space']} / {summary['sampler']}: inherited top-1")

@@ -10,7 +10,7 @@
   model.safetensors and an arch.json with code-like content;
 - run.name / split names cannot leave their folder; what train.py, evaluate, rank and export
   write lies in the run directory (or the export folder given), and a symlink planted in the
-  run directory cannot redirect evaluate's or rank's outputs out of it.
+  run directory cannot redirect the outputs of training, evaluate or rank out of it.
 """
 from __future__ import annotations
 
@@ -400,6 +400,31 @@ def test_symlink_in_run_dir_cannot_redirect_outputs(genuine, tmp_path, planted):
         assert "escapes the run directory" in assert_one_line_error(rc, err, f"shiftnas {argv[0]}")
     assert sorted(p.name for p in elsewhere.iterdir()) == ["keep.json"]
     assert (elsewhere / "keep.json").read_text() == "{}"
+
+
+@pytest.mark.parametrize("start", ["fresh", "resume"])
+@pytest.mark.parametrize("planted", ["config.yaml", "metrics.jsonl", "tb", "summary.json", "sampling.json", "plots"])
+def test_symlink_in_run_dir_cannot_redirect_training_outputs(genuine, tmp_path, planted, start):
+    """A symlink out of the run directory planted for any output of a training run, fresh or
+    resumed, is refused with the output's name before the run writes anything."""
+    run = tmp_path / "runs" / "real"
+    if start == "resume":
+        shutil.copytree(genuine["run"], run)
+    else:
+        run.mkdir(parents=True)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "keep.json").write_text("{}")
+    (run / planted).unlink(missing_ok=True)
+    (run / planted).symlink_to(elsewhere if planted in ("plots", "tb") else elsewhere / "keep.json")
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file() and not p.is_symlink()}
+    cfg = genuine["cfg"].replace([f"run.out_dir={tmp_path / 'runs'}", "run.tensorboard=true"])
+    tr = Trainer(cfg, resume="auto" if start == "resume" else None)
+    with pytest.raises(ValueError, match=rf"^output path '{planted}[^']*' escapes the run directory"):
+        tr.fit()
+    assert sorted(p.name for p in elsewhere.iterdir()) == ["keep.json"]
+    assert (elsewhere / "keep.json").read_text() == "{}"
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file() and not p.is_symlink()} == before
 
 
 def test_unusable_out_dir_is_one_line(genuine, tmp_path):
