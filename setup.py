@@ -2,16 +2,18 @@
 
 Project metadata (name, version, dependencies, scripts) lives in pyproject.toml;
 this file only supplies what setuptools cannot express declaratively there:
-the package layout (``kernels/`` is installed as ``shiftnas.kernels``) and the
-C++/CUDA extension.
+the package layout (``kernels/`` is installed as ``shiftnas.kernels``, the run configs
+``configs/*.yaml`` as package data ``shiftnas/configs/``) and the C++/CUDA extension.
 
-The CUDA sources are compiled only when all of these hold:
-  * torch is a CUDA build (``torch.version.cuda`` is not None),
-  * a CUDA toolkit with nvcc is found (``$CUDA_HOME``/``$CUDA_PATH`` or /usr/local/cuda*),
-  * ``SHIFTNAS_SKIP_CUDA_BUILD`` is not "1".
-Otherwise a CPU-only extension is built and a note is printed.
+One rule decides whether the CUDA sources are compiled (``SHIFTNAS_BUILD_CUDA``):
+  * ``SHIFTNAS_BUILD_CUDA=1``: always (CI keeps compile coverage on GPU-less machines); an
+    error when torch is not a CUDA build or no nvcc is found,
+  * ``SHIFTNAS_BUILD_CUDA=0``: never (``SHIFTNAS_SKIP_CUDA_BUILD=1``, the old switch, means the same),
+  * unset: only when a GPU is visible (``torch.cuda.is_available()``) and nvcc is found.
+The toolkit is ``$CUDA_HOME``/``$CUDA_PATH``, else the /usr/local/cuda* matching torch's CUDA.
+Otherwise a CPU-only extension is built (the *_cuda ops are missing) and a note says why.
 
-Build with:  CUDA_HOME=/usr/local/cuda-13.0 pip install --no-build-isolation -e '.[dev]'
+Build with:  pip install --no-build-isolation -e '.[dev]'
 """
 
 from __future__ import annotations
@@ -53,22 +55,44 @@ def _find_cuda_home(torch_cuda: str) -> str | None:
     return None
 
 
+def _cuda_wanted() -> bool | None:
+    """SHIFTNAS_BUILD_CUDA as True/False, or None when unset (decide by the visible GPUs)."""
+    value = os.environ.get("SHIFTNAS_BUILD_CUDA")
+    if value is None and os.environ.get("SHIFTNAS_SKIP_CUDA_BUILD") == "1":
+        return False
+    if value in (None, ""):
+        return None
+    if value not in ("0", "1"):
+        raise SystemExit(
+            f"[shiftnas setup] error: SHIFTNAS_BUILD_CUDA={value!r}; allowed: 0 (CPU-only), "
+            "1 (with CUDA), unset (CUDA when a GPU is visible)"
+        )
+    return value == "1"
+
+
 def _cuda_home_for_build() -> str | None:
     """The toolkit to build the CUDA sources with, or None for a CPU-only build."""
     import torch
 
-    if os.environ.get("SHIFTNAS_SKIP_CUDA_BUILD") == "1":
-        _log("SHIFTNAS_SKIP_CUDA_BUILD=1: building CPU-only shiftnas._C")
+    wanted = _cuda_wanted()
+    if wanted is False:
+        _log("SHIFTNAS_BUILD_CUDA=0: building CPU-only shiftnas._C")
         return None
-    if torch.version.cuda is None:
-        _log("torch is not a CUDA build: building CPU-only shiftnas._C")
+    if wanted is None and not torch.cuda.is_available():
+        _log("no GPU visible: building CPU-only shiftnas._C (SHIFTNAS_BUILD_CUDA=1 compiles the CUDA sources anyway)")
+        return None
+    why = "SHIFTNAS_BUILD_CUDA=1" if wanted else "a GPU is visible"
+    if torch.version.cuda is None:  # e.g. a ROCm build sees a GPU but has no CUDA
+        if wanted:
+            raise SystemExit(f"[shiftnas setup] error: {why}, but torch {torch.__version__} is not a CUDA build")
+        _log(f"{why}, but torch is not a CUDA build: building CPU-only shiftnas._C")
         return None
     home = _find_cuda_home(torch.version.cuda)
     if home is None:
-        _log(
-            "warning: no CUDA toolkit (nvcc) found via CUDA_HOME, CUDA_PATH or /usr/local/cuda*; "
-            "building CPU-only shiftnas._C (the *_cuda ops will be missing)"
-        )
+        msg = f"{why}, but no CUDA toolkit (nvcc) was found via CUDA_HOME, CUDA_PATH or /usr/local/cuda*"
+        if wanted:
+            raise SystemExit(f"[shiftnas setup] error: {msg}")
+        _log(f"warning: {msg}; building CPU-only shiftnas._C (the *_cuda ops will be missing)")
     return home
 
 
@@ -133,8 +157,11 @@ def main() -> None:
     os.chdir(ROOT)  # sources are given relative to the repository root
     ext_modules, cmdclass = _extensions()
     setup(
-        packages=[*find_packages(include=["shiftnas", "shiftnas.*"]), "shiftnas.kernels"],
-        package_dir={"shiftnas.kernels": "kernels"},
+        # configs/ has no __init__.py: it ships as data (shiftnas/configs/*.yaml), read through
+        # importlib.resources by shiftnas.train.cli.
+        packages=[*find_packages(include=["shiftnas", "shiftnas.*"]), "shiftnas.kernels", "shiftnas.configs"],
+        package_dir={"shiftnas.kernels": "kernels", "shiftnas.configs": "configs"},
+        package_data={"shiftnas.configs": ["*.yaml"]},
         ext_modules=ext_modules,
         cmdclass=cmdclass,
         zip_safe=False,

@@ -1,8 +1,13 @@
-"""The `shiftnas` command line: spaces, sample, cost, backends, prepare; generate, search,
-evaluate, export and rank on a trained run (`shiftnas.search`)."""
+"""The `shiftnas` command line: spaces, sample, cost, backends, prepare, train; generate, search,
+evaluate, export and rank on a trained run (`shiftnas.search`).
+
+Startup stays light: a command defined in another module is imported only when it runs (the
+others get a placeholder sub-parser with the same one-line help), and nothing here imports torch.
+"""
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import random
 import sys
@@ -13,6 +18,8 @@ EXAMPLES = """examples:
   shiftnas cost --arch runs/demo/arch.json
   shiftnas backends
   shiftnas prepare fashion-mnist --out ~/.cache/shiftnas/fashion-mnist
+  shiftnas train --config fmnist-vit-shift optim.steps=300 run.name=quick
+  shiftnas train --print-config
   shiftnas generate --run runs/fmnist-vit-shift --flops 25M --export subnets/25M
   shiftnas search --run runs/fmnist-vit-shift --flops 25M --method evolution
   shiftnas evaluate --run runs/fmnist-vit-shift --max-images 2000
@@ -75,13 +82,45 @@ def _cmd_backends(args) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+# Commands defined elsewhere: name -> (module, the function adding its sub-parser, its one-line
+# help as that function gives it; tests/test_cli.py checks they agree).
+MODULE_COMMANDS = {
+    "prepare": ("shiftnas.data.prepare", "add_prepare_parser", "convert a data set into an ImageFolder tree"),
+    "train": ("shiftnas.train.cli", "add_train_parser", "train a supernet from a run config (what train.py does)"),
+    "generate": ("shiftnas.search.generate", "add_generate_parser",
+                 "the generator's subnet for a FLOPs budget (no search)"),
+    "search": ("shiftnas.search.evolution", "add_search_parser",
+               "evolutionary search for the best subnet under a FLOPs/params limit (baseline)"),
+    "evaluate": ("shiftnas.search.evaluate", "add_evaluate_parser", "per-bin inherited top-1 of a trained run"),
+    "export": ("shiftnas.search.export", "add_export_parser", "write a subnet of a trained run as a standalone model"),
+    "rank": ("shiftnas.search.ranking", "add_rank_parser",
+             "Kendall tau / Spearman between inherited and fine-tuned top-1"),
+}
+
+
+def version() -> str:
+    """The installed distribution's version, else `shiftnas.__version__` (a source tree)."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as dist_version
+
+    try:
+        return dist_version("shiftnas")
+    except PackageNotFoundError:
+        from . import __version__
+
+        return __version__
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The whole parser; with `command`, only that command's module is imported (the other
+    module commands are placeholders that list them in --help)."""
     ap = argparse.ArgumentParser(
         prog="shiftnas",
         description="ShiftNAS: one-shot NAS with a probability shift (ICCV 2023).",
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    ap.add_argument("--version", action="version", version=f"shiftnas {version()}")
     sub = ap.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
     p = sub.add_parser("spaces", help="list the search spaces with their FLOPs range")
     p.set_defaults(fn=_cmd_spaces)
@@ -102,22 +141,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="default: cpu")
     p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16", "float64"])
     p.set_defaults(fn=_cmd_backends)
-    from .data.prepare import add_prepare_parser
-    from .search.evaluate import add_evaluate_parser
-    from .search.evolution import add_search_parser
-    from .search.export import add_export_parser
-    from .search.generate import add_generate_parser
-    from .search.ranking import add_rank_parser
-
-    for add in (add_prepare_parser, add_generate_parser, add_search_parser, add_evaluate_parser,
-                add_export_parser, add_rank_parser):
-        add(sub)
+    for name, (module, adder, one_line) in MODULE_COMMANDS.items():
+        if command is None or command == name:
+            getattr(importlib.import_module(module), adder)(sub)
+        else:
+            sub.add_parser(name, help=one_line, add_help=False)
     return ap
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = build_parser()
-    args = ap.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = next((a for a in argv if not a.startswith("-")), "")  # "": no module command is built
+    args = build_parser(command).parse_args(argv)
     try:
         return args.fn(args)
     except (ValueError, RuntimeError, OSError) as e:  # OSError: e.g. an unwritable --out

@@ -1,27 +1,22 @@
 """The training engine: typed config (`config`), atomic checkpoints + auto-resume (`checkpoint`),
 torchrun/DDP plumbing (`distributed`), the loop (`engine.Trainer`), per-bin evaluation
-(`evaluate`), run logs (`runlog`) and plots (`plots`, imported on use: matplotlib)."""
-from .checkpoint import (
-    capture_rng_state,
-    latest_checkpoint,
-    load_checkpoint,
-    restore_rng_state,
-    safe_path,
-    save_checkpoint,
-)
-from .config import TrainConfig, load_config
-from .engine import MAX_BAD_STEPS, Trainer, TrainingDiverged
+(`evaluate`), run logs (`runlog`), plots (`plots`) and the command line (`cli`: `shiftnas train`,
+`python -m shiftnas.train`, `train.py`). Names are imported on first use (PEP 562), so the
+command line starts without torch."""
+from .._lazy import lazy_exports
 
-__all__ = [
-    "MAX_BAD_STEPS",
-    "TrainConfig",
-    "Trainer",
-    "TrainingDiverged",
-    "capture_rng_state",
-    "latest_checkpoint",
-    "load_checkpoint",
-    "load_config",
-    "restore_rng_state",
-    "safe_path",
-    "save_checkpoint",
-]
+_EXPORTS = {
+    "MAX_BAD_STEPS": ".engine",
+    "TrainConfig": ".config",
+    "Trainer": ".engine",
+    "TrainingDiverged": ".engine",
+    "capture_rng_state": ".checkpoint",
+    "latest_checkpoint": ".checkpoint",
+    "load_checkpoint": ".checkpoint",
+    "load_config": ".config",
+    "restore_rng_state": ".checkpoint",
+    "safe_path": ".checkpoint",
+    "save_checkpoint": ".checkpoint",
+}
+__all__ = list(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
