@@ -133,7 +133,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.set_defaults(fn=_cmd_sample)
     p = sub.add_parser("cost", help="exact FLOPs (MACs) and params of an arch file",
                        description="e.g. shiftnas cost --arch runs/demo/arch.json")
-    p.add_argument("--arch", required=True, help="arch JSON/YAML ({space, arch}) or an exported arch.json")
+    p.add_argument("--arch", required=True,
+                   help="an arch file shiftnas wrote: {space, arch} JSON/YAML, one line of sample/generate --json, "
+                        "an exported arch.json or a search --out result")
     p.add_argument("--num-classes", type=int, default=None, help="classifier size (default: the space's)")
     p.set_defaults(fn=_cmd_cost)
     p = sub.add_parser("backends", help="which kernel backend runs each op here, and why",

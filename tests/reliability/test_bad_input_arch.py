@@ -64,7 +64,7 @@ def broken_arch(draw) -> dict:
         assume(doc["space"] not in SPACES)
     else:
         doc = draw(st.sampled_from([
-            {"arch": arch}, {"space": sp.name}, {**doc, "extra": 1}, [doc], {"space": sp.name, "arch": [arch]},
+            {"arch": arch}, {"space": sp.name}, [doc], {"space": sp.name, "arch": [arch]},
         ]))
     return doc
 
