@@ -7,30 +7,41 @@ Public API::
     shiftnas.count_flops(space, arch); shiftnas.count_params(space, arch)
     sub = shiftnas.export_subnet(net, arch); shiftnas.save_subnet(sub, arch, path)
     sub2 = shiftnas.load_subnet(path)
+
+`import shiftnas` imports neither torch nor timm: each name below is imported on first use
+(PEP 562), and the supernets register with timm (`timm.create_model("shiftnas_vit_fmnist_supernet")`)
+as soon as timm is imported, before or after shiftnas.
 """
-from .generator import ArchGenerator
-from .cost import FlopsBins, count_flops, count_params, expected_cost, flops_range
-from .models.export import export_subnet, load_subnet, save_subnet
-from .models.registry import build_supernet
-from .spaces import ArchConfig, SearchSpace, get_space, list_spaces
-from .spaces.arch_sample import ArchSample
+from ._lazy import lazy_exports, when_imported
 
-__version__ = "0.1.0"
+__version__ = "0.1.0"  # the fallback of `shiftnas --version` when no package metadata is installed
 
-__all__ = [
-    "ArchConfig",
-    "ArchGenerator",
-    "ArchSample",
-    "FlopsBins",
-    "SearchSpace",
-    "build_supernet",
-    "count_flops",
-    "count_params",
-    "expected_cost",
-    "export_subnet",
-    "flops_range",
-    "get_space",
-    "list_spaces",
-    "load_subnet",
-    "save_subnet",
-]
+_EXPORTS = {
+    "ArchConfig": ".spaces",
+    "ArchGenerator": ".generator",
+    "ArchSample": ".spaces.arch_sample",
+    "FlopsBins": ".cost",
+    "SearchSpace": ".spaces",
+    "build_supernet": ".models.registry",
+    "count_flops": ".cost",
+    "count_params": ".cost",
+    "expected_cost": ".cost",
+    "export_subnet": ".models.export",
+    "flops_range": ".cost",
+    "get_space": ".spaces",
+    "list_spaces": ".spaces",
+    "load_subnet": ".models.export",
+    "save_subnet": ".models.export",
+}
+__all__ = list(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+
+
+def _register_with_timm() -> None:
+    import importlib
+
+    for module in (".models.registry", ".models.mbconv"):  # they decorate the supernets with timm's register_model
+        importlib.import_module(module, __name__)
+
+
+when_imported("timm", _register_with_timm)

@@ -1,0 +1,53 @@
+"""Startup: `import shiftnas` and the light commands import neither torch nor timm; the public
+names resolve on first use; the supernets are registered with timm whichever is imported first."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+import shiftnas
+
+
+def _python(code: str) -> str:
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return r.stdout
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["--version"], ["train", "--help"], ["train", "--print-config"]])
+def test_import_and_light_commands_do_not_import_torch(argv):
+    out = _python(
+        "import sys, contextlib, io\n"
+        "import shiftnas\n"
+        "heavy = lambda: sorted({'torch', 'timm'} & set(sys.modules))\n"
+        "print('import', heavy())\n"
+        "from shiftnas.cli import main\n"
+        "with contextlib.redirect_stdout(io.StringIO()):\n"
+        "    try:\n"
+        f"        main({argv!r})\n"
+        "    except SystemExit as e:\n"
+        "        assert e.code == 0, e.code\n"
+        "print('command', heavy())\n"
+    )
+    assert out.split("\n")[:2] == ["import []", "command []"]
+
+
+@pytest.mark.parametrize("first", ["shiftnas", "timm"])
+def test_timm_create_model_finds_the_supernets(first):
+    second = "timm" if first == "shiftnas" else "shiftnas"
+    out = _python(
+        f"import {first}, {second}\n"
+        "for name in ('shiftnas_vit_fmnist_supernet', 'shiftnas_cnn_fmnist_supernet'):\n"
+        "    print(type(timm.create_model(name, num_classes=3)).__name__)\n"
+    )
+    assert out.split() == ["ViTSupernet", "MBConvSupernet"]
+
+
+def test_every_public_name_resolves():
+    assert set(shiftnas.__all__) <= set(dir(shiftnas))
+    for name in shiftnas.__all__:
+        assert getattr(shiftnas, name).__name__ == name
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        shiftnas.nope  # noqa: B018
