@@ -129,8 +129,8 @@ def build_loader(
 
     index = scan_split(root, split)
     hint = (
-        "Remove or replace the file(s), or pass skip_corrupt=True (with verify='full' to "
-        "catch corruption in the middle of a file) to leave them out"
+        "Remove or replace the file(s), or leave them out: config data.skip_corrupt=true "
+        "(build_loader: skip_corrupt=True, with verify='full' to catch corruption in the middle of a file)"
     )
     if skip_corrupt:
         hint = "PIL reads the file(s) but the decoder does not: remove or re-encode them"

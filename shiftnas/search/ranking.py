@@ -155,7 +155,9 @@ def _finetune_loader(run, batch_size: int, seed: int):
         augment=c.data.augment, seed=c.run.seed + 1000 * (seed + 1), drop_last=True,
         backend=c.data.backend, num_threads=c.data.num_threads, device=run.device,
         channels=run.space.hparams["in_chans"],
-        verify="none",  # load_run's trainer already checked every file of this split
+        # load_run's trainer already checked every file of this split; with data.skip_corrupt the
+        # check runs again to leave the same files out
+        verify="full" if c.data.skip_corrupt else "none", skip_corrupt=c.data.skip_corrupt,
     )
     if len(loader) < 1:
         raise ValueError(

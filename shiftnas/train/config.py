@@ -29,6 +29,12 @@ ATTENTIVE_MODES = ("best", "worst")
 ESTIMATORS = ("delta", "literal")  # shiftnas.sampling.shift.ESTIMATORS (kept import-free here)
 GRAD_PATHS = ("prefix", "full")  # shiftnas.sampling.shift_sampler.GRAD_PATHS
 DEVICES = ("auto", "cpu", "cuda")
+# Upper bounds: far above any sensible run (paper: 224 px, 10 bins, 64 hidden units, batch
+# 128-1024 per GPU), low enough that a typo (an extra 0 or three) is an error, not an OOM an hour in.
+MAX_IMAGE_SIZE = 1024
+MAX_BATCH_SIZE = 8192
+MAX_BINS = 100
+MAX_HIDDEN = 4096
 
 
 @dataclass(frozen=True)
@@ -55,6 +61,10 @@ class DataConfig:
     train_split: str = "train"
     minival_split: str = "minival"  # carved from train: the probability shift's L_val (shift only)
     val_split: str = "val"  # per-bin top-1 at the end
+    # false: a file that is no readable image is an error naming it (found by a quick check of
+    # every file's signature and end, or when decoded). true: every image is decoded once before
+    # training (slow on ImageNet) and those that fail are left out, counted in a warning.
+    skip_corrupt: bool = False
 
 
 @dataclass(frozen=True)
@@ -262,8 +272,8 @@ _RULES: dict[str, tuple[Any, str]] = {
     "run.log_every": (lambda v: v >= 1, ">= 1"),
     "run.ckpt_every": (lambda v: v >= 0, ">= 0 (0: only at the end)"),
     "data.dataset": (lambda v: v != "", "a non-empty name"),
-    "data.image_size": (lambda v: v >= 1, ">= 1"),
-    "data.batch_size": (lambda v: v >= 1, ">= 1"),
+    "data.image_size": (lambda v: 1 <= v <= MAX_IMAGE_SIZE, f"in [1, {MAX_IMAGE_SIZE}]"),
+    "data.batch_size": (lambda v: 1 <= v <= MAX_BATCH_SIZE, f"in [1, {MAX_BATCH_SIZE}] (per rank)"),
     "data.backend": (lambda v: v in DATA_BACKENDS, f"one of {list(DATA_BACKENDS)}"),
     "data.num_threads": (lambda v: v is None or v >= 1, "null or >= 1"),
     "data.train_split": (lambda v: bool(_NAME.match(v)), "a split folder name under data.root"),
@@ -271,7 +281,7 @@ _RULES: dict[str, tuple[Any, str]] = {
     "data.val_split": (lambda v: bool(_NAME.match(v)), "a split folder name under data.root"),
     "run.device": (lambda v: v in DEVICES, f"one of {list(DEVICES)}"),
     "eval.max_images": (lambda v: v is None or v >= 1, "null (all) or >= 1"),
-    "eval.batch_size": (lambda v: v >= 1, ">= 1"),
+    "eval.batch_size": (lambda v: 1 <= v <= MAX_BATCH_SIZE, f"in [1, {MAX_BATCH_SIZE}] (per rank)"),
     "eval.bn_calib_batches": (lambda v: v >= 1, ">= 1"),
     "model.num_classes": (lambda v: v >= 1, ">= 1"),
     "optim.lr": (lambda v: v > 0, "> 0"),
@@ -285,11 +295,11 @@ _RULES: dict[str, tuple[Any, str]] = {
     "optim.mixup": (lambda v: v >= 0, ">= 0 (0: off)"),
     "optim.cutmix": (lambda v: v >= 0, ">= 0 (0: off)"),
     "sampler.name": (lambda v: v in SAMPLERS, f"one of {list(SAMPLERS)}"),
-    "sampler.n_bins": (lambda v: v >= 1, ">= 1"),
+    "sampler.n_bins": (lambda v: 1 <= v <= MAX_BINS, f"in [1, {MAX_BINS}]"),
     "sampler.n_random": (lambda v: v >= 0, ">= 0"),
     "sampler.n_candidates": (lambda v: v >= 1, ">= 1"),
     "sampler.mode": (lambda v: v in ATTENTIVE_MODES, f"one of {list(ATTENTIVE_MODES)}"),
-    "generator.hidden": (lambda v: v >= 1, ">= 1"),
+    "generator.hidden": (lambda v: 1 <= v <= MAX_HIDDEN, f"in [1, {MAX_HIDDEN}]"),
     "generator.tau_start": (lambda v: v > 0, "> 0"),
     "generator.tau_end": (lambda v: v > 0, "> 0"),
     "generator.lam": (lambda v: v >= 0, ">= 0"),

@@ -252,6 +252,28 @@ def test_train_py_named_errors(argv, msg):
     assert msg in line
 
 
+@pytest.mark.parametrize(("key", "limit"), [("generator.hidden", 4096), ("data.image_size", 1024),
+                                          ("sampler.n_bins", 100), ("data.batch_size", 8192),
+                                          ("eval.batch_size", 8192)])
+def test_sizes_have_upper_bounds_named_in_the_error(key, limit):
+    section, name = key.split(".")
+    assert getattr(getattr(load_config(None, [f"{key}={limit}"]), section), name) == limit
+    for bad in (limit + 1, limit * 1000):
+        with pytest.raises(ValueError) as e:
+            load_config(None, [f"{key}={bad}"])
+        assert _check_error(e.value).startswith(f"config key {key!r}: value {bad} is not allowed; must be in [1, {limit}]")
+        assert f"{key!r}: value {bad}" in assert_one_line_error(*train([f"{key}={bad}"]), "train.py")
+    with pytest.raises(ValueError, match=rf"'{key}': value 0 is not allowed; must be in \[1, {limit}\]"):
+        load_config(None, [f"{key}=0"])
+
+
+def test_skip_corrupt_is_a_boolean_key():
+    assert load_config(None, []).data.skip_corrupt is False
+    assert load_config(None, ["data.skip_corrupt=true"]).data.skip_corrupt is True
+    with pytest.raises(ValueError, match="'data.skip_corrupt': value 'yes' .* is not a valid bool"):
+        load_config(None, ["data.skip_corrupt=yes"])
+
+
 def test_run_device_cuda_without_gpu_is_one_line(tmp):
     """init_distributed's 'no GPU' is a configuration error (exit 2), not a traceback."""
     import torch

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import json
 import os
 from pathlib import Path
 
@@ -152,6 +153,19 @@ def test_train_py_truncated_image(mini_root, tmp_path):
     assert not (tmp_path / "runs" / "bad-data").exists()  # refused before anything was written
 
 
+def test_train_py_skips_corrupt_images_with_data_skip_corrupt(mini_root, tmp_path):
+    bad = mini_root / "val" / "a" / "5.png"
+    bad.write_bytes(bad.read_bytes()[:-40])
+    assert "data.skip_corrupt=true" in _train(mini_root, tmp_path / "runs")  # the error says how
+    argv = [*tiny_overrides(mini_root, tmp_path / "runs", "skip"), "optim.steps=2", "optim.warmup_steps=0",
+            "data.skip_corrupt=true"]
+    with pytest.warns(UserWarning, match=rf"skipped 1 corrupt image\(s\) of 16 under {mini_root}/val \(first: {bad}"):
+        rc, _, err = train_main(argv, seconds=300)
+    assert rc == 0, err[-2000:]
+    summary = json.loads((tmp_path / "runs" / "skip" / "summary.json").read_text())
+    assert all(r["images"] == 15 for r in summary["rows"])
+
+
 def test_train_py_empty_class_folder(mini_root, tmp_path):
     (mini_root / "minival" / "c").mkdir()
     assert f"class folder {mini_root}/minival/c has no images" in _train(mini_root, tmp_path / "runs")
@@ -161,8 +175,16 @@ def test_train_py_corruption_found_while_training(mini_root, tmp_path):
     """The quick check passes the file; the first batch decodes it, in a loader worker."""
     bad = mini_root / "train" / "b" / "6.png"
     bad.write_bytes(_corrupt_middle(bad.read_bytes()))
-    line = _train(mini_root, tmp_path / "runs")
-    assert f"cannot decode {bad}" in line
+    argv = [*tiny_overrides(mini_root, tmp_path / "runs", "bad-data"), "optim.steps=2", "optim.warmup_steps=0"]
+    rc, _, err = train_main(argv, seconds=300)
+    assert rc == 2 and "Traceback" not in err, err[-2000:]
+    lines = err.splitlines()  # the run's own lines (amp, ...) first, then the one error line
+    assert lines[-1].startswith(f"train.py [rank 0]: error: cannot decode {bad}")
+    assert not [x for x in lines[:-1] if "error" in x]
+    argv.append("data.skip_corrupt=true")  # every image decoded before training: left out
+    with pytest.warns(UserWarning, match=rf"skipped 1 corrupt image\(s\) of 16 under {mini_root}/train"):
+        rc, _, err = train_main([*argv, "data.batch_size=15"], seconds=300)
+    assert rc == 0, err[-2000:]
 
 
 def test_train_py_data_root_is_a_file(tmp_path):
