@@ -20,9 +20,12 @@ from ..spaces import ArchConfig
 from .budget import format_budget, parse_budget
 from .run import add_run_arguments
 
-__all__ = ["add_generate_parser", "export_arch", "generate_arch", "generate_sweep"]
+__all__ = ["EXPORT_FORMATS", "add_generate_parser", "export_arch", "generate_arch", "generate_sweep"]
 
-_SUBNET_FILES = frozenset({"model.safetensors", "arch.json"})  # what save_subnet writes
+# An export is always model.safetensors + arch.json (what save_subnet writes, what load_subnet
+# reads); a format other than safetensors adds one file beside them (written by search/export.py).
+EXPORT_FORMATS = {"safetensors": None, "onnx": "model.onnx", "torch-export": "model.pt2"}
+_SUBNET_FILES = frozenset({"model.safetensors", "arch.json", *filter(None, EXPORT_FORMATS.values())})
 
 
 def _describe(run, arch: ArchConfig, budget: float, k: int, window: tuple[int, int]) -> dict[str, Any]:
@@ -81,20 +84,24 @@ def _check_out(out: Path) -> None:
             shown = ", ".join(other[:5]) + (f" and {len(other) - 5} more" if len(other) > 5 else "")
             raise ValueError(
                 f"export folder {str(out)!r} already holds files that export did not write ({shown}); "
-                "give a new or empty folder (a folder of model.safetensors + arch.json is replaced)"
+                "give a new or empty folder (an earlier export's folder is replaced)"
             )
 
 
-def export_arch(run, arch: ArchConfig, out: str | Path) -> Path:
-    """Write subnet `arch` of the run's supernet to `out` (model.safetensors + arch.json).
+def export_arch(run, arch: ArchConfig, out: str | Path, fmt: str = "safetensors") -> Path:
+    """Write subnet `arch` of the run's supernet to `out`: model.safetensors + arch.json, and
+    for `fmt` 'onnx' model.onnx, for 'torch-export' model.pt2 (`EXPORT_FORMATS`).
 
     CNN supernets get their BatchNorm statistics recalibrated for `arch` first (the same
     batches as `run.evaluate`), so the exported model is the one evaluation measured. `out`
-    must be new, empty, or a folder written by an earlier export (then it is replaced).
+    must be new, empty, or a folder written by an earlier export (then it is replaced, the
+    files of another format included).
     """
     from ..models.export import export_subnet, save_subnet
     from ..train.evaluate import calibrate_bn
+    from .export import inference_meta, require_format, save_format, val_inputs
 
+    require_format(fmt)
     run.space.check(arch)
     out = Path(out).expanduser()
     _check_out(out)
@@ -102,7 +109,13 @@ def export_arch(run, arch: ArchConfig, out: str | Path) -> Path:
     if calib is not None:
         calibrate_bn(run.net, arch, calib, run.cfg.eval.bn_calib_batches)
     model = export_subnet(run.net, arch).eval()
-    return save_subnet(model, arch, out)
+    for name in filter(None, EXPORT_FORMATS.values()):  # an earlier export's: of another arch
+        (out / name).unlink(missing_ok=True)
+    path = save_subnet(model, arch, out)
+    if EXPORT_FORMATS[fmt] is not None:
+        meta = {"space": arch.space, "arch": arch.to_dict(), **inference_meta(run, arch)}
+        save_format(model, val_inputs(run, arch, 2), fmt, path, meta)
+    return path
 
 
 def _human(r: dict[str, Any], edges: list[float]) -> str:

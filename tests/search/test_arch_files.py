@@ -100,3 +100,15 @@ def test_a_document_without_the_keys_names_the_file_and_the_keys(tmp_path, capsy
     assert main(["cost", "--arch", str(f)]) == 2
     err = capsys.readouterr().err.strip()
     assert str(f) in err and '{"space": NAME, "arch": {decision: value}}' in err and found in err, err
+
+
+def test_an_arch_json_carrying_the_inference_keys_is_read(tmp_path, capsys):
+    arch = get_space("cnn-fmnist").min()
+    doc = {"format": "shiftnas-subnet/1", "space": arch.space, "arch": arch.to_dict(), "num_classes": 10,
+           "flops": 1, "params": 2, "input_size": [1, 24, 24],
+           "preprocess": {"resize": 28, "crop": 28, "interpolation": "bilinear", "mean": [0.286], "std": [0.353],
+                          "channels": 1}}
+    f = tmp_path / "arch.json"
+    f.write_text(json.dumps(doc, indent=1))
+    assert read_arch_file(f) == arch
+    assert json.loads(_stdout(capsys, "cost", "--arch", str(f)))["flops"] == count_flops(arch.space, arch)
