@@ -2,8 +2,9 @@
 
     python -m shiftnas.demo [--out runs] [--steps 1000] [overrides ...]
 
-1. Trains `configs/fmnist-vit-shift.yaml` (vit-fmnist supernet + architecture generator +
-   probability shift) into `runs/demo-shift/` with a progress bar.
+1. Trains the bundled config `fmnist-vit-shift` (configs/fmnist-vit-shift.yaml, shipped in the
+   package as shiftnas/configs/; vit-fmnist supernet + architecture generator + probability
+   shift) into `runs/demo-shift/` with a progress bar.
 2. Prints the per-bin table: for every FLOPs bin, the generator's subnet and one fixed-seed
    random subnet of that bin, with inherited top-1 on (a fixed subset of) the val split.
 3. Asks the generator for three budgets, prints the subnet it emits for each (no search, no
@@ -17,14 +18,25 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
 import torch
 
-CONFIG = Path(__file__).resolve().parent.parent / "configs" / "fmnist-vit-shift.yaml"
+CONFIG = "fmnist-vit-shift"  # a bundled config's name (shiftnas.train.cli.resolve_config)
 
 
-def main(argv: list[str] | None = None) -> int:
+def demo_config(args: argparse.Namespace):
+    """The demo's TrainConfig: the bundled CONFIG with the command line's settings over it (a
+    ValueError when the config is not bundled: never the defaults in its place)."""
+    from .train import load_config
+    from .train.cli import resolve_config
+
+    ov = [f"run.out_dir={args.out}", f"run.name={args.name}", f"eval.max_images={args.eval_images}"]
+    if args.steps is not None:
+        ov.append(f"optim.steps={args.steps}")
+    return load_config(resolve_config(CONFIG), ov + list(args.overrides))
+
+
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m shiftnas.demo", description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="runs", help="parent of the run directory (default: runs)")
     ap.add_argument("--name", default="demo-shift", help="run directory name (default: demo-shift)")
@@ -32,18 +44,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--eval-images", type=int, default=2000,
                     help="val images per subnet in the table (default: 2000 of 10,000)")
     ap.add_argument("overrides", nargs="*", metavar="section.key=value")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
 
     from . import count_flops, count_params, export_subnet, load_subnet, save_subnet
-    from .train import Trainer, load_config
+    from .train import Trainer
     from .train.evaluate import format_bin_table
 
-    config = CONFIG if CONFIG.is_file() else None
-    ov = [f"run.out_dir={args.out}", f"run.name={args.name}", f"eval.max_images={args.eval_images}"]
-    if args.steps is not None:
-        ov.append(f"optim.steps={args.steps}")
     try:
-        cfg = load_config(config, ov + list(args.overrides))
+        cfg = demo_config(args)
         t0 = time.perf_counter()
         trainer = Trainer(cfg, resume="auto")
         print(f"training {cfg.model.space} with the {cfg.sampler.name} sampler for {cfg.optim.steps} steps "
