@@ -288,7 +288,8 @@ def _evaluate_static(run, model: nn.Module, arch: ArchConfig, split: str,
 
 # ---------------------------------------------------------------------------- the measurement
 def rank_archs(space: SearchSpace | str, bins, n: int, seed: int = 0, max_tries: int = 200) -> list[ArchConfig]:
-    """`n` distinct architectures spread over the FLOPs range: draw i falls in bin i mod K
+    """`n` distinct architectures spread over the FLOPs range: with n >= K bins draw i falls in
+    bin i mod K, with fewer in bin round(i (K - 1) / (n - 1)) (from the first bin to the last)
     (`sample_in_bin`, walked into the bin; the closest arch when a bin is unreachable), all from
     one `random.Random(seed)`. A duplicate is redrawn (up to 100 times) before it is an error."""
     from ..sampling.base import sample_in_bin
@@ -298,7 +299,7 @@ def rank_archs(space: SearchSpace | str, bins, n: int, seed: int = 0, max_tries:
     archs: list[ArchConfig] = []
     seen: set[ArchConfig] = set()
     for i in range(n):
-        k = i % len(bins)
+        k = i % len(bins) if n >= len(bins) else round(i * (len(bins) - 1) / max(n - 1, 1))
         for _ in range(100):
             arch = sample_in_bin(space, bins, k, rng, max_tries).arch
             if arch not in seen:
@@ -323,7 +324,7 @@ def rank_correlation(run, n: int = 25, finetune_steps: int = 100, *, seed: int =
                      log: Callable[[str], None] | None = None, write: bool = True) -> dict[str, Any]:
     """Kendall tau-b and Spearman rho between inherited and fine-tuned top-1 of `n` subnets.
 
-    The subnets: `rank_archs(run.space, run.bins, n, seed)` (cycling over the FLOPs bins). Each
+    The subnets: `rank_archs(run.space, run.bins, n, seed)` (spread over the FLOPs bins). Each
     is evaluated with `run.evaluate` (inherited; BN recalibrated for CNNs), then fine-tuned with
     `finetune(run, arch, finetune_steps, lr=lr, seed=seed)` (the same data order for every arch)
     and evaluated on exactly the same images: the first `images` of `split` (None: the run's
@@ -395,7 +396,7 @@ def rank_correlation(run, n: int = 25, finetune_steps: int = 100, *, seed: int =
             "checkpoint": str(run.checkpoint),
             "space": run.space.name,
             "ema": run.trainer.ema is not None,
-            "arch_draw": f"rank_archs: draw i in FLOPs bin i mod {len(run.bins)}, random.Random({seed})",
+            "arch_draw": f"rank_archs: {n} archs spread over {len(run.bins)} FLOPs bins, random.Random({seed})",
             "lr": c.optim.lr * 0.1 if lr is None else float(lr),
             "schedule": f"linear warm-up {finetune_steps // 10} steps, cosine to 0",
             "batch_size": batch_size,

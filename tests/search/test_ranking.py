@@ -228,3 +228,14 @@ def test_rank_command_missing_run(tmp_path, capsys):
     assert main(["rank", "--run", str(tmp_path / "nope")]) == 2
     out, err = capsys.readouterr()
     assert out == "" and err.count("\n") == 1 and "no such run directory" in err
+
+
+@pytest.mark.parametrize("n,want", [(2, [0, 9]), (3, [0, 4, 9]), (5, [0, 2, 4, 7, 9]), (12, [*range(10), 0, 1])])
+def test_rank_archs_fewer_than_the_bins_span_the_whole_range(n, want):
+    from shiftnas.cost import FlopsBins, count_flops
+    from shiftnas.spaces import get_space
+
+    space = get_space("vit-fmnist")
+    bins = FlopsBins(space, n_bins=10)
+    archs = rank_archs(space, bins, n, seed=1)
+    assert [bins.bin_of(count_flops(space, a)) for a in archs] == want
