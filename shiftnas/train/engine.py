@@ -325,11 +325,14 @@ class Trainer:
             raise ValueError(f"cannot resume {str(path)!r}: not a train.py checkpoint "
                              f"(missing or malformed: {missing or ['config']})")
         saved = state["config"]
-        cur = self.cfg.to_dict()
+        cur, defaults = self.cfg.to_dict(), TrainConfig().to_dict()
         for sec in ("model", "sampler", "generator", "shift"):
-            if saved.get(sec) != cur[sec]:
+            # a key added to the config after the checkpoint was written had its default then
+            was = {**defaults[sec], **saved[sec]} if isinstance(saved.get(sec), dict) else saved.get(sec)
+            if was != cur[sec]:
+                diff = sorted(k for k in set(cur[sec]) | set(was or {}) if (was or {}).get(k) != cur[sec].get(k))
                 raise ValueError(
-                    f"cannot resume {str(path)!r}: config section {sec!r} differs from the run's "
+                    f"cannot resume {str(path)!r}: config section {sec!r} differs from the run's in {diff} "
                     f"(saved {saved.get(sec)}, now {cur[sec]}); resume with the run's config.yaml"
                 )
         if saved.get("data", {}).get("batch_size") != cur["data"]["batch_size"]:

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from shiftnas.train.checkpoint import list_checkpoints, load_checkpoint
+from shiftnas.train.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from shiftnas.train.engine import MAX_BAD_STEPS, Trainer, TrainingDiverged, lr_factor
 
 
@@ -116,6 +116,20 @@ def test_resume_with_another_sampler_is_refused(tiny_cfg):
     _fit(tiny_cfg("sw", "optim.steps=2", "optim.warmup_steps=0"))
     tr = Trainer(tiny_cfg("sw", "optim.steps=4", "optim.warmup_steps=0", "sampler.name=uniform"), resume="auto")
     with pytest.raises(ValueError, match="config section 'sampler' differs"):
+        tr.fit()
+
+
+def test_a_checkpoint_from_before_a_new_config_key_resumes_at_its_default(tiny_cfg):
+    _fit(tiny_cfg("old", "optim.steps=2", "optim.warmup_steps=0"))
+    (step, path), = list_checkpoints(tiny_cfg("old").run.out_dir + "/old")[-1:]
+    state = load_checkpoint(path)
+    del state["config"]["generator"]["grad_path"]  # written before the key existed
+    save_checkpoint(path.parent, state, step)
+    tr = Trainer(tiny_cfg("old", "optim.steps=3", "optim.warmup_steps=0"), resume="auto")
+    assert tr.fit()["steps"] == 3
+    # a value other than the default is still a different run
+    tr = Trainer(tiny_cfg("old", "optim.steps=4", "optim.warmup_steps=0", "generator.grad_path=full"), resume="auto")
+    with pytest.raises(ValueError, match=r"config section 'generator' differs from the run's in \['grad_path'\]"):
         tr.fit()
 
 
