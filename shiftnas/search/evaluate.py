@@ -1,7 +1,7 @@
 """Per-bin inherited top-1 of a trained run, re-measured on a chosen split.
 
     run = load_run("runs/demo-shift")
-    evaluate_run(run, split="val", max_images=2000)   # writes <run>/evaluate.json + plots/pareto.png
+    evaluate_run(run, split="val", max_images=2000)   # writes <run>/evaluate.json + plots/pareto-evaluate.png
 
 The rows are those of `Trainer.evaluate` (summary.json): per FLOPs bin, the generator's arch for
 the bin centre (shift runs) and, when asked, one fixed-seed random arch per bin (`bin_archs`,
@@ -17,7 +17,10 @@ from typing import Any
 
 from .run import add_run_arguments
 
-__all__ = ["add_evaluate_parser", "evaluate_run"]
+__all__ = ["PARETO_PNG", "add_evaluate_parser", "evaluate_run"]
+
+# evaluate's figure, beside (not over) the plots/pareto.png that training wrote
+PARETO_PNG = "plots/pareto-evaluate.png"
 
 
 def evaluate_run(run, split: str = "val", max_images: int | None = None,
@@ -26,7 +29,7 @@ def evaluate_run(run, split: str = "val", max_images: int | None = None,
 
     `random_archs` (default: the run's `eval.random_archs`; always for runs without a
     generator) adds one fixed-seed random arch per bin. Writes `<run>/evaluate.json` and
-    `<run>/plots/pareto.png`; returns what evaluate.json holds.
+    `<run>/plots/pareto-evaluate.png` (PARETO_PNG); returns what evaluate.json holds.
     """
     from ..train.checkpoint import safe_path
     from ..train.evaluate import arch_row, bin_archs
@@ -36,7 +39,7 @@ def evaluate_run(run, split: str = "val", max_images: int | None = None,
     if max_images is not None and (not isinstance(max_images, int) or max_images < 1):
         raise ValueError(f"max_images={max_images!r} must be a positive integer (or None: the whole split)")
     # before any work: the outputs stay in the run directory (a symlink out of it is refused)
-    out_json, out_plot = safe_path(run.run_dir, "evaluate.json"), safe_path(run.run_dir, "plots/pareto.png")
+    out_json, out_plot = safe_path(run.run_dir, "evaluate.json"), safe_path(run.run_dir, PARETO_PNG)
     gen = run.generator
     if random_archs is None:
         random_archs = bool(run.cfg.eval.random_archs)
@@ -93,7 +96,7 @@ def _cmd_evaluate(args) -> int:
     print(format_bin_table(result["rows"]))
     print(f"wrote {run.run_dir / 'evaluate.json'}")
     if result["rows"]:
-        print(f"wrote {run.run_dir / 'plots' / 'pareto.png'}")
+        print(f"wrote {run.run_dir / PARETO_PNG} (training's plots/pareto.png is left as it was)")
     return 0
 
 
@@ -107,7 +110,8 @@ def add_evaluate_parser(subparsers) -> argparse.ArgumentParser:
             "(shift runs) and, when the run's eval.random_archs is set (always for baselines), one\n"
             "fixed-seed random subnet per bin, with the supernet's (EMA) weights; CNN subnets get\n"
             "their BatchNorm statistics recalibrated first. Writes RUN/evaluate.json and\n"
-            "RUN/plots/pareto.png (summary.json is left as training wrote it).\n\n"
+            "RUN/plots/pareto-evaluate.png (summary.json and plots/pareto.png are left as training\n"
+            "wrote them).\n\n"
             "examples:\n"
             "  shiftnas evaluate --run runs/fmnist-vit-shift\n"
             "  shiftnas evaluate --run runs/fmnist-cnn-shift --split minival --max-images 2000"

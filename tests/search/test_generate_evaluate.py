@@ -120,12 +120,14 @@ def _evaluate_and_check(run_dir: Path, tmp_path: Path, capsys, split: str = "val
     cfg["eval"]["bn_calib_batches"] = 2
     (run_copy / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     summary = (run_copy / "summary.json").read_bytes()
+    trained_pareto = (run_copy / "plots" / "pareto.png").read_bytes()
     rc, out, _ = _cli(capsys, "evaluate", "--run", str(run_copy), "--split", split,
                       "--max-images", str(N_IMAGES), "--json", "--device", "cpu")
     assert rc == 0
     result = json.loads(out)
     assert json.loads((run_copy / "evaluate.json").read_text()) == result
-    assert (run_copy / "plots" / "pareto.png").stat().st_size > 0
+    assert (run_copy / "plots" / "pareto-evaluate.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (run_copy / "plots" / "pareto.png").read_bytes() == trained_pareto  # training's figure is kept
     assert (run_copy / "summary.json").read_bytes() == summary
     assert result["split"] == split and result["images_per_arch"] == N_IMAGES
     assert len(result["bins"]["centers_mflops"]) == len(result["bins"]["edges_mflops"]) - 1
@@ -155,6 +157,7 @@ def test_evaluate_vit_shift_rows_match_exported_models(shift_run, tmp_path, caps
     assert result["sampler"] == "shift"
     rc, out, _ = _cli(capsys, "evaluate", "--run", str(tmp_path / "run"), "--max-images", "8", "--device", "cpu")
     assert rc == 0 and "source" in out and str(tmp_path / "run" / "evaluate.json") in out
+    assert f"wrote {tmp_path / 'run' / 'plots' / 'pareto-evaluate.png'}" in out
 
 
 def test_evaluate_cnn_rows_match_exported_models_with_recalibrated_bn(cnn_run, tmp_path, capsys):
