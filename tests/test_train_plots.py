@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from shiftnas.train.plots import plot_pareto, plot_sampling
+from shiftnas.train.plots import plot_pareto, plot_sampling, sampling_grid
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -60,6 +60,22 @@ def test_plot_sampling_rejects_bad_history(tmp_path):
     with pytest.raises(ValueError, match="centres"):
         plot_sampling(_history(k=3), tmp_path / "x.png", centers_mflops=[1.0, 2.0])
     assert list(tmp_path.iterdir()) == []
+
+
+def test_sampling_heat_map_is_probability_times_bins_with_one_cell_per_entry():
+    edges, grid = sampling_grid([0, 10, 20, 50], [[0.25, 0.75], [0.5, 0.5], [0.1, 0.9], [0.5, 0.5]])
+    assert edges == [0.0, 10.0, 20.0, 50.0, 60.0]  # the last entry holds for the median gap
+    assert grid == [[0.5, 1.0, 0.2, 1.0], [1.5, 1.0, 1.8, 1.0]]  # rows: bins; 1 = uniform
+    assert sampling_grid([7], [[1.0]]) == ([7.0, 8.0], [[1.0]])
+
+
+def test_plot_sampling_draws_the_bin_counts_and_checks_their_number(tmp_path):
+    path = plot_sampling(_history(k=4), tmp_path / "s.png", centers_mflops=[1, 2, 3, 4], counts=[5, 0, 3, 2])
+    assert _is_png(path)
+    assert _is_png(plot_sampling([], tmp_path / "e.png", centers_mflops=[1, 2], counts=[1, 1]))
+    with pytest.raises(ValueError, match="3 bin counts given for 4 bins"):
+        plot_sampling(_history(k=4), tmp_path / "x.png", counts=[1, 2, 3])
+    assert not (tmp_path / "x.png").exists()
 
 
 def test_failed_save_leaves_target_and_folder_clean(tmp_path):

@@ -7,6 +7,7 @@ directory, then `os.replace`d over the target, so a reader never sees a half-wri
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import tempfile
@@ -14,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["plot_pareto", "plot_run", "plot_sampling"]
+__all__ = ["plot_pareto", "plot_run", "plot_sampling", "sampling_grid"]
 
 
 def _pyplot():
@@ -46,79 +47,92 @@ def _save(fig, path: str | os.PathLike) -> Path:
     return path
 
 
+def _sampling_history(history: Sequence[Mapping[str, Any]], centers: list[float] | None,
+                      counts: Sequence[int] | None) -> tuple[int, list[int], list[list[float]]]:
+    """(K, steps ascending, probs per step) of plot_sampling's arguments, checked."""
+    entries: list[tuple[int, list[float]]] = []
+    for i, h in enumerate(history):
+        if not isinstance(h, Mapping) or "step" not in h or "probs" not in h:
+            raise ValueError(f"plot_sampling: history[{i}] must be a dict with 'step' and 'probs'")
+        p = [float(v) for v in h["probs"]]
+        if entries and len(p) != len(entries[0][1]):
+            raise ValueError(
+                f"plot_sampling: history[{i}] has {len(p)} probabilities, earlier entries {len(entries[0][1])}"
+            )
+        entries.append((int(h["step"]), p))
+    if entries:
+        k = len(entries[0][1])
+        if k == 0:
+            raise ValueError("plot_sampling: 'probs' is empty; expected one probability per bin")
+        if centers is not None and len(centers) != k:
+            raise ValueError(f"plot_sampling: {len(centers)} bin centres given for {k} bin probabilities")
+    elif centers:
+        k = len(centers)
+    else:
+        raise ValueError("plot_sampling: empty history and no centers_mflops; cannot tell the number of bins")
+    if counts is not None and len(counts) != k:
+        raise ValueError(f"plot_sampling: {len(counts)} bin counts given for {k} bins")
+    entries.sort(key=lambda e: e[0])
+    return k, [e[0] for e in entries], [e[1] for e in entries]
+
+
+def sampling_grid(steps: Sequence[int], probs: Sequence[Sequence[float]]) -> tuple[list[float], list[list[float]]]:
+    """The heat map of plot_sampling: x edges (entry t holds from its step to the next one's; the
+    last for the median gap, or 1) and rows[b][t] = K * probs[t][b] (1 = uniform)."""
+    gaps = sorted(b - a for a, b in itertools.pairwise(steps))
+    last = gaps[len(gaps) // 2] if gaps and gaps[len(gaps) // 2] > 0 else 1
+    edges = [float(x) for x in steps] + [float(steps[-1] + last)] if steps else []
+    k = len(probs[0]) if probs else 0
+    return edges, [[k * p[b] for p in probs] for b in range(k)]
+
+
 def plot_sampling(
     history: Sequence[Mapping[str, Any]],
     path: str | os.PathLike,
     centers_mflops: Sequence[float] | None = None,
     title: str | None = None,
+    counts: Sequence[int] | None = None,
 ) -> Path:
-    """Bin probabilities softmax(B) vs training step: one line per bin, dashed uniform 1/K.
+    """Bin probabilities over training as a heat map (bins x steps, colour = K * P(bin): white at
+    uniform, red above, blue below), and beside it bars of the last entry's P(bin) and of the
+    share of draws per bin (`counts`, when given) against the uniform 1/K.
 
-    `history`: dicts {"step": int, "probs": [K floats]}. With an empty history only the
-    uniform line is drawn (K = len(centers_mflops)). Returns the written path.
+    `history`: dicts {"step": int, "probs": [K floats]}, e.g. softmax(B) at every update. With an
+    empty history only the bars are drawn (K = len(centers_mflops)). Returns the written path.
     """
-    centers = None if centers_mflops is None else [float(c) for c in centers_mflops]
-    steps: list[int] = []
-    probs: list[list[float]] = []
-    for i, h in enumerate(history):
-        if not isinstance(h, Mapping) or "step" not in h or "probs" not in h:
-            raise ValueError(f"plot_sampling: history[{i}] must be a dict with 'step' and 'probs'")
-        p = [float(v) for v in h["probs"]]
-        if probs and len(p) != len(probs[0]):
-            raise ValueError(
-                f"plot_sampling: history[{i}] has {len(p)} probabilities, earlier entries {len(probs[0])}"
-            )
-        steps.append(int(h["step"]))
-        probs.append(p)
-    if probs:
-        k = len(probs[0])
-        if k == 0:
-            raise ValueError("plot_sampling: 'probs' is empty; expected one probability per bin")
-        if centers is not None and len(centers) != k:
-            raise ValueError(
-                f"plot_sampling: {len(centers)} bin centres given for {k} bin probabilities"
-            )
-    else:
-        if not centers:
-            raise ValueError(
-                "plot_sampling: empty history and no centers_mflops; cannot tell the number of bins"
-            )
-        k = len(centers)
+    from matplotlib.colors import TwoSlopeNorm
 
+    centers = None if centers_mflops is None else [float(c) for c in centers_mflops]
+    k, steps, probs = _sampling_history(history, centers, counts)
+    edges, grid = sampling_grid(steps, probs)
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(9, 0.9 + 0.32 * max(k, 6)), sharey=True,
+                                 gridspec_kw={"width_ratios": [3, 1], "wspace": 0.15})
     try:
-        order = sorted(range(len(steps)), key=lambda i: steps[i])
-        xs = [steps[i] for i in order]
-        cmap = plt.get_cmap("viridis")
-        for b in range(k if probs else 0):
-            label = f"bin {b}" + (f" ({centers[b]:.2f} MFLOPs)" if centers is not None else "")
-            color = cmap(b / max(k - 1, 1))
-            ax.plot(
-                xs,
-                [probs[i][b] for i in order],
-                marker="." if len(xs) < 30 else None,
-                color=color,
-                label=label,
-            )
-        ax.axhline(1.0 / k, color="gray", linestyle="--", linewidth=1, label=f"uniform 1/{k}")
-        if not probs:
-            ax.text(
-                0.5,
-                0.6,
-                "no updates of B yet",
-                transform=ax.transAxes,
-                ha="center",
-                va="center",
-                color="gray",
-            )
-            ax.set_xlim(0, 1)
-        ax.set_ylim(0, max([1.0 / k] + [max(p) for p in probs]) * 1.1)
+        if probs:
+            flat = [v for row in grid for v in row]
+            norm = TwoSlopeNorm(vcenter=1.0, vmin=min(min(flat), 0.99), vmax=max(max(flat), 1.01))
+            mesh = ax.pcolormesh(edges, [b - 0.5 for b in range(k + 1)], grid, cmap="RdBu_r", norm=norm)
+            fig.colorbar(mesh, ax=[ax, bx], pad=0.02, label="P(bin) x K  (1 = uniform)")
+        else:
+            ax.text(0.5, 0.5, "no updates of B yet", transform=ax.transAxes, ha="center", va="center", color="gray")
+        ax.set_ylim(-0.5, k - 0.5)
+        ax.set_yticks(range(k))
+        ax.set_yticklabels([f"{b}" + (f" ({centers[b]:.1f}M)" if centers is not None else "") for b in range(k)],
+                           fontsize=7)
         ax.set_xlabel("step")
-        ax.set_ylabel("P(bin) = softmax(B)")
-        ax.set_title(title or "FLOPs-bin sampling distribution")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+        ax.set_ylabel("FLOPs bin (centre, MFLOPs)" if centers is not None else "FLOPs bin")
+        ax.set_title(title or "FLOPs-bin sampling distribution", fontsize=10)
+        ys = list(range(k))
+        if probs:
+            bx.barh([y - 0.2 for y in ys], probs[-1], height=0.4, color="tab:red", label=f"P(bin), step {steps[-1]}")
+        if counts is not None and sum(counts) > 0:
+            bx.barh([y + 0.2 for y in ys], [c / sum(counts) for c in counts], height=0.4, color="tab:gray",
+                    label=f"share of {sum(counts):,} draws")
+        bx.axvline(1.0 / k, color="black", linestyle="--", linewidth=1, label=f"uniform 1/{k}")
+        bx.set_xlabel("probability")
+        bx.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.18))
+        bx.grid(axis="x", alpha=0.3)
         return _save(fig, path)
     finally:
         plt.close(fig)
@@ -192,6 +206,6 @@ def plot_run(summary: Mapping[str, Any], sampling: Mapping[str, Any], sampling_p
             for w in sampling["windows"]
         ]
         title = f"{summary['sampler']}: sampled bin frequency per window"
-    plot_sampling(history, sampling_png, centers_mflops=centers, title=title)
+    plot_sampling(history, sampling_png, centers_mflops=centers, title=title, counts=sampling.get("counts"))
     if summary["rows"]:
         plot_pareto(summary["rows"], pareto_png, title=f"{summary['space']} / {summary['sampler']}: inherited top-1")
