@@ -10,6 +10,10 @@ on depth, embed dim, its heads and its mlp ratio) and is tabulated over all thei
 combinations. `count_flops` reads the table at the arch's indices; `expected_cost` contracts
 the table with the one-hot (or soft) policies: multilinear, so it is differentiable and equal
 to `count_flops` at hard one-hots (PAPER.md, Eq. 10).
+
+The tables are plain Python floats, so counting (`count_flops`, `flops_range`, `FastCost`) needs
+no torch; torch is imported by the functions that return tensors (`expected_cost`, `FlopsBins`,
+`CostTerm.table`).
 """
 from __future__ import annotations
 
@@ -18,11 +22,14 @@ import itertools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-
-import torch
+from typing import TYPE_CHECKING
 
 from .spaces import ArchConfig, SearchSpace, get_space
-from .spaces.arch_sample import ArchSample
+
+if TYPE_CHECKING:
+    import torch
+
+    from .spaces.arch_sample import ArchSample
 
 __all__ = [
     "CostTerm",
@@ -40,21 +47,47 @@ __all__ = [
 
 @dataclass(frozen=True)
 class CostTerm:
-    """cost = table[idx(names[0]), idx(names[1]), ...]."""
+    """cost = table[idx(names[0]), idx(names[1]), ...]: `values` is the table flattened in
+    row-major order, one axis per name of length `shape[axis]`."""
 
     names: tuple[str, ...]
-    table: torch.Tensor  # float64, one axis per name
+    shape: tuple[int, ...]
+    values: tuple[float, ...]
+
+    @property
+    def strides(self) -> tuple[int, ...]:
+        """Row-major strides of `values`, one per name."""
+        out, s = [], 1
+        for n in reversed(self.shape):
+            out.append(s)
+            s *= n
+        return tuple(reversed(out))
+
+    @functools.cached_property
+    def table(self) -> torch.Tensor:
+        """The table as a float64 tensor (imports torch)."""
+        import torch
+
+        return torch.tensor(self.values, dtype=torch.float64).reshape(self.shape)
 
     def at(self, idx: dict[str, int]) -> float:
-        return float(self.table[tuple(idx[n] for n in self.names)])
+        off = 0
+        for n, size in zip(self.names, self.shape):
+            off = off * size + idx[n]
+        return self.values[off]
+
+    def max_step(self, axis: int) -> float:
+        """The largest |change| of the term when index `axis` moves by one (0 for one candidate)."""
+        size, stride = self.shape[axis], self.strides[axis]
+        v = self.values
+        return max((abs(v[i + stride] - v[i]) for i in range(len(v)) if (i // stride) % size < size - 1), default=0.0)
 
 
 def tabulate(space: SearchSpace, names: Sequence[str], fn: Callable[..., float]) -> CostTerm:
     """Tabulate fn(*values) over every combination of the candidates of `names`."""
     choices = [space.decision(n).choices for n in names]
-    vals = [float(fn(*combo)) for combo in itertools.product(*choices)]
-    table = torch.tensor(vals, dtype=torch.float64).reshape([len(c) for c in choices])
-    return CostTerm(tuple(names), table)
+    vals = tuple(float(fn(*combo)) for combo in itertools.product(*choices))
+    return CostTerm(tuple(names), tuple(len(c) for c in choices), vals)
 
 
 @functools.cache
@@ -102,6 +135,8 @@ def expected_cost(
     space: SearchSpace | str, sample: ArchSample, what: str = "flops", num_classes: int | None = None
 ) -> torch.Tensor:
     """Differentiable cost of an `ArchSample` (its one-hots may be soft): a float64 scalar."""
+    import torch
+
     space = get_space(space)
     if sample.space != space.name:
         raise ValueError(f"sample is from space {sample.space!r}, expected {space.name!r}")
@@ -135,15 +170,11 @@ class FastCost:
         # gate layer)) so `term` needs no lookups beyond the indices.
         self.terms = []
         for t in cost_terms(space, what):
-            strides, s = [], 1
-            for n in reversed(t.table.shape):
-                strides.append(s)
-                s *= n
             axes = []
-            for n, st in zip(t.names, reversed(strides)):
+            for n, st in zip(t.names, t.strides):
                 g = self.decs[n].gate
                 axes.append((n, st, None, (), 0) if g is None else (n, st, g[0], self.decs[g[0]].choices, g[1]))
-            self.terms.append((t.names, tuple(axes), t.table.flatten().tolist()))
+            self.terms.append((t.names, tuple(axes), list(t.values)))
         gated_by: dict[str, set[str]] = {}
         for d in space.decisions:
             if d.gate is not None:
@@ -162,9 +193,7 @@ class FastCost:
         self.step_bound = {d.name: 0.0 for d in space.decisions}
         for t in cost_terms(space, what):
             for axis, n in enumerate(t.names):
-                if t.table.shape[axis] > 1:
-                    diff = t.table.diff(dim=axis).abs().max()
-                    self.step_bound[n] += float(diff)
+                self.step_bound[n] += t.max_step(axis)
 
     def active(self, name: str, idx: dict[str, int]) -> bool:
         gate = self.decs[name].gate
@@ -216,6 +245,8 @@ class FlopsBins:
     """
 
     def __init__(self, space: SearchSpace | str, n_bins: int | None = None, step: float | None = None):
+        import torch
+
         self.space = get_space(space)
         lo, hi = flops_range(self.space)
         if (n_bins is None) == (step is None):
@@ -256,6 +287,8 @@ class FlopsBins:
                 f"{flops / 1e6:.3f} MFLOPs is outside {self.space.name!r}'s range "
                 f"[{self.lo / 1e6:.3f}, {self.hi / 1e6:.3f}] MFLOPs"
             )
+        import torch
+
         k = int(torch.searchsorted(self.edges, torch.tensor(float(flops), dtype=torch.float64), right=True)) - 1
         return min(max(k, 0), len(self) - 1)
 
