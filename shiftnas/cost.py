@@ -9,7 +9,7 @@ A network's cost is a sum of *terms*. Each term depends on a few decisions (e.g.
 on depth, embed dim, its heads and its mlp ratio) and is tabulated over all their candidate
 combinations. `count_flops` reads the table at the arch's indices; `expected_cost` contracts
 the table with the one-hot (or soft) policies: multilinear, so it is differentiable and equal
-to `count_flops` at hard one-hots (PAPER.md, Eq. 10).
+to `count_flops` at hard one-hots (docs/method.md Eq. 10).
 
 The tables are plain Python floats, so counting (`count_flops`, `flops_range`, `FastCost`) needs
 no torch; torch is imported by the functions that return tensors (`expected_cost`, `FlopsBins`,
@@ -239,7 +239,8 @@ def flops_range(space: SearchSpace | str) -> tuple[int, int]:
 
 
 class FlopsBins:
-    """[F_min, F_max] cut into K equal bins; bin k targets its centre C_k (PAPER.md section 1).
+    """[F_min, F_max] cut into K equal bins; bin k targets its centre C_k (docs/method.md
+    section 1).
 
     Give either `n_bins` or `step` (in MACs: e.g. 0.1e9 for the paper's ViT-tiny bins).
     """
