@@ -8,7 +8,7 @@ Elastic kernels: OFA, Cai et al., ICLR 2020 (https://arxiv.org/abs/1908.09791).
 Decisions per `shiftnas/spaces/cnn.py`: resolution, stem width, per-stage width and depth,
 per-block kernel and expand ratio, head width. `forward(x, arch)`: an `ArchConfig` runs the
 sliced subnet; an `ArchSample` runs its hard (arg-max) subnet and multiplies each op's output
-by its prefix mask or straight-through gate (PAPER.md Eq. 9), so the loss has a gradient
+by its prefix mask or straight-through gate (docs/method.md Eq. 9), so the loss has a gradient
 w.r.t. the generator's one-hots. Inputs must already be at `arch["resolution"]`:
 `resize_to(x, r)` does what the trainer does.
 """
