@@ -3,7 +3,7 @@
     trainer = Trainer(load_config("configs/fmnist-vit-shift.yaml"), resume="auto")
     summary = trainer.fit()          # summary.json's content (rank 0; other ranks get it too)
 
-One step (DESIGN.md "One training step"): the sampler returns the subnets to train; each is
+One step (docs/design.md "One training step"): the sampler returns the subnets to train; each is
 forwarded on the step's batch (the CNN resizes to the subnet's resolution) and back-propagated
 at once (gradients accumulate; DDP all-reduces on the last backward). The max subnet learns
 from labels; with a distilling sampler the others learn from its soft logits. The shift
