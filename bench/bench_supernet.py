@@ -10,7 +10,7 @@ set_to_none, forward, cross-entropy, backward; no optimizer step) is timed for
 
 side by side in one process, interleaved (one step of each per repeat, the starting model
 rotating, so machine drift hits all of them alike). Reported: median and p20/p80 over the
-repeats after warm-up, and the ratios supernet/exported and exported/timm (DESIGN.md,
+repeats after warm-up, and the ratios supernet/exported and exported/timm (docs/design.md,
 "Measuring": the dense static model is the floor every elastic path is held to).
 
 Peak memory is measured separately, one fresh subprocess per (model, arch) (this script with
@@ -380,7 +380,7 @@ def main(argv=None) -> None:
         memory_child(args.mem_child, args.threads)
         return
     if args.repeats < 10:
-        p.error(f"--repeats {args.repeats}: need >= 10 for a median (DESIGN.md, Measuring)")
+        p.error(f"--repeats {args.repeats}: need >= 10 for a median (docs/design.md, Measuring)")
     args.spaces = [s for s in args.spaces.split(",") if s]
     args.archs = [a for a in args.archs.split(",") if a]
     for a in args.archs:

@@ -1,4 +1,4 @@
-"""Does the probability shift move B towards the under-trained bins? (PAPER.md section 3)
+"""Does the probability shift move B towards the under-trained bins? (docs/method.md section 3)
 
 The paper's own validation plan: "verify that the sampling distribution shifts towards the
 subnets with high-performance variance". Phase 1 trains a supernet only on archs of the lower

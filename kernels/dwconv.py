@@ -8,7 +8,7 @@ stride 1 or 2, padding k // 2.
 The masked variant takes the active channel count as a *device* tensor (no `.item()`, so
 no host sync: CUDA-graph and torch.compile friendly). Channel tiles past it exit at once and
 write zeros, so cost follows the subnet. An optional per-channel `mask` multiplies the output;
-its gradient, sum_{b,h,w} dY * Y_unmasked, is returned for the computed channels (DESIGN.md,
+its gradient, sum_{b,h,w} dY * Y_unmasked, is returned for the computed channels (docs/design.md,
 "Kernels": the mask multiply stays in the graph, truncated straight-through).
 
 Layering (Triton tutorials / Liger): `@triton.jit` kernels -> launchers (checks, allocation,

@@ -1,6 +1,6 @@
 """Elastic LayerNorm in Triton over the active prefix of channels.
 
-Semantics: `shiftnas.ops.ref.layer_norm` (DESIGN.md "Kernels"): normalise the first `active`
+Semantics: `shiftnas.ops.ref.layer_norm` (docs/design.md "Kernels"): normalise the first `active`
 channels of x (x may be wider), output width `active`. dx has x's shape (zero past `active`),
 d(weight) and d(bias) are max-size, zero past `active`. Statistics and sums are fp32 whatever
 the input dtype; weight and bias may be fp32 master parameters under fp16/bf16 activations

@@ -1,6 +1,6 @@
 """Elastic linear in Triton: y = act(x[..., :in] @ W[:out, :in]^T + b[:out]), fused.
 
-Semantics: `shiftnas.ops.ref.linear` (DESIGN.md "Kernels"). The kernels read the active
+Semantics: `shiftnas.ops.ref.linear` (docs/design.md "Kernels"). The kernels read the active
 prefix of the max-size weight through its strides (no copy); gradients of weight and bias are
 max-size, zero outside the active block.
 
@@ -9,7 +9,7 @@ torch.compile see one static program): the output keeps its allocated width, col
 `out_width` are zero and the tiles wholly past it return at once, so the cost follows the
 active subnet. The output is multiplied by the per-channel `mask` and the backward returns
 d(loss)/d(mask) for the computed channels: the prefix-mask gradient of the architecture
-generator (PAPER.md Eq. 9).
+generator (docs/method.md Eq. 9).
 
 Layering: `@triton.jit` kernels -> launchers (`_matmul`, `_act_backward`, `linear_forward`,
 `linear_backward`; checks, allocation, grid) -> `torch.library.custom_op` with autograd ->

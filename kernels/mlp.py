@@ -2,7 +2,7 @@
 
 Semantics: `shiftnas.ops.mlp.ElasticMLP` on the `ref` ops: fc1 reads W1[:hidden, :E], fc2 reads
 W2[:E, :hidden] with E = x.shape[-1]; the optional hidden mask multiplies the GELU output
-(PAPER.md Eq. 9) and gets its gradient.
+(docs/method.md Eq. 9) and gets its gradient.
 
 Built on the linear kernels: fc1 runs with fused bias + GELU + mask and keeps only its
 pre-activation for the backward; the hidden activation h is not saved. The backward

@@ -1,4 +1,4 @@
-"""`ArchGenerator`: the LSTM that maps a FLOPs bin to an architecture (PAPER.md section 2).
+"""`ArchGenerator`: the LSTM that maps a FLOPs bin to an architecture (docs/method.md section 2).
 
 One `nn.LSTMCell` emits one decision per step, in `space.decisions` order. Step 0 reads a
 linear embedding of the bin vector G(B) (so the target stays differentiable w.r.t. B);
@@ -17,7 +17,7 @@ interval) alike. So every architecture the generator emits lies in its window, w
 generator has learned; the resource loss and the task loss shape *where* in the window.
 
 Each decision is drawn with hard Gumbel-softmax on the masked logits (straight-through,
-PAPER.md Eq. 9); the supernet turns the one-hots into prefix masks, so the task loss and the
+docs/method.md Eq. 9); the supernet turns the one-hots into prefix masks, so the task loss and the
 resource loss L_RC = lambda * ((cost(p) - C) / F_max)^2 (Eq. 10) both reach the generator.
 """
 
@@ -212,7 +212,7 @@ class ArchGenerator(nn.Module):
         bin: int | None = None,
         interval: tuple[float, float] | None = None,
     ) -> ArchConfig:
-        """Deployment (PAPER.md section 2): arg-max of every decision, inside the window.
+        """Deployment (docs/method.md section 2): arg-max of every decision, inside the window.
 
         `budget` (MACs) is a ceiling: the subnet costs at most `budget` and at least one bin
         width less. `bin=k` decodes into bin k, `interval=(lo, hi)` into [lo, hi]. Deterministic
@@ -248,7 +248,7 @@ class ArchGenerator(nn.Module):
 
     # -- loss ----------------------------------------------------------------------------------
     def resource_loss(self, sample: ArchSample, target_flops, lam: float = 1.0) -> torch.Tensor:
-        """L_RC = lam * ((cost(p) - C) / F_max)^2 (PAPER.md Eq. 10), a float64 scalar.
+        """L_RC = lam * ((cost(p) - C) / F_max)^2 (docs/method.md Eq. 10), a float64 scalar.
 
         `target_flops` may be a float or a tensor (e.g. C = G(B) @ centres, differentiable in B).
         """

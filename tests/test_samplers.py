@@ -113,7 +113,7 @@ def test_sample_in_bin_rejects_bad_bin():
 
 @pytest.mark.parametrize("space", ["cnn-fmnist", "autoformer-t"])
 def test_bin_uniform_is_flat_where_uniform_concentrates(space):
-    """PAPER.md Remark 1: uniform choices give Irwin-Hall-like FLOPs, thin at both ends."""
+    """docs/method.md Remark 1: uniform choices give Irwin-Hall-like FLOPs, thin at both ends."""
     n, K = 400, 10
     bins = FlopsBins(space, n_bins=K)
 

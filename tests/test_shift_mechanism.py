@@ -1,4 +1,5 @@
-"""The probability shift moves softmax(B) towards the bins training left out (PAPER.md section 3).
+"""The probability shift moves softmax(B) towards the bins training left out (docs/method.md
+section 3).
 
 A controlled supernet stand-in whose validation loss for an arch depends only on how often its
 FLOPs bin has been trained (decreasing, saturating: the "training sufficiency" of the paper).

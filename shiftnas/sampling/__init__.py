@@ -2,7 +2,7 @@
 
 `build_sampler(name, space, **cfg)` builds one by name: uniform (AutoFormer/SPOS), sandwich
 (BigNAS), attentive (AttentiveNAS), bin_uniform (the paper's ablation) and shift (ShiftNAS: `ArchGenerator` + `ProbabilityShift`,
-the learnable bin distribution B of PAPER.md section 3).
+the learnable bin distribution B of docs/method.md section 3).
 """
 
 from .attentive import AttentiveSampler

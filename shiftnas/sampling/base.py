@@ -169,8 +169,8 @@ def sample_in_bin(
     """An architecture whose FLOPs fall in bin `k`: a uniform draw walked greedily into the bin.
 
     Pure rejection sampling is hopeless at the edges (uniform FLOPs concentrate in the middle,
-    PAPER.md Remark 1), so: draw every decision uniformly; while the FLOPs are below (above) the
-    bin, move one randomly chosen active decision one candidate up (down), choosing among the
+    docs/method.md Remark 1), so: draw every decision uniformly; while the FLOPs are below (above)
+    the bin, move one randomly chosen active decision one candidate up (down), choosing among the
     moves that do not jump past the bin when there are any. At most `max_tries` moves; if the
     bin is never reached the closest arch seen is returned with `hit=False`.
     """

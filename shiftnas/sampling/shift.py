@@ -1,4 +1,5 @@
-"""`ProbabilityShift`: the learnable bin distribution softmax(B) and its update (PAPER.md 1, 3).
+"""`ProbabilityShift`: the learnable bin distribution softmax(B) and its update
+(docs/method.md sections 1, 3).
 
 B (K logits, zeros = uniform) picks a FLOPs bin each step through hard Gumbel-softmax G(B),
 giving the target C = G(B) . centres. After a warm-up (B stays uniform while the generator
@@ -14,7 +15,7 @@ direction (`estimator`):
 
   The same a_k (and the same images) are used at both ends of the interval, so Delta_k
   measures how much training moved bin k's loss, not the batch or the arch. No weight copies.
-- "literal": PAPER.md Eq. 7-8 as written: one bin drawn from G(B), one arch, the difference
+- "literal": docs/method.md Eq. 7-8 as written: one bin drawn from G(B), one arch, the difference
   L_val(w_t) - L_val(w_{t-1}) against the weights one optimizer step back, back-propagated to
   B through the generator's bin input. Measured (bench/shift_mechanism.py): it does not move B
   towards under-trained bins; kept for comparison.
@@ -77,7 +78,8 @@ def val_losses(supernet: nn.Module, archs, x: torch.Tensor, y: torch.Tensor, pre
 
 
 class ProbabilityShift(nn.Module):
-    """Learnable logits B over K FLOPs bins, drawn with hard Gumbel-softmax (PAPER.md section 1)."""
+    """Learnable logits B over K FLOPs bins, drawn with hard Gumbel-softmax (docs/method.md
+    section 1)."""
 
     def __init__(
         self,
@@ -114,7 +116,7 @@ class ProbabilityShift(nn.Module):
             "centers", centers.to(device=device, dtype=torch.float64), persistent=False
         )
         # B has its own optimizer: the trainer's optimizer never sees it, so B stays frozen
-        # while the generator and supernet step (PAPER.md section 3).
+        # while the generator and supernet step (docs/method.md section 3).
         self.optimizer = torch.optim.Adam([self.B], lr=lr)
         self.history: list[dict[str, Any]] = []
 

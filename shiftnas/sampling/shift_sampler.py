@@ -1,4 +1,5 @@
-"""The `shift` sampler: ShiftNAS's probability shift + architecture generator (PAPER.md 1-3).
+"""The `shift` sampler: ShiftNAS's probability shift + architecture generator
+(docs/method.md sections 1-3).
 
 Each step: draw a FLOPs bin from G(B) (`ProbabilityShift.draw`), give its one-hot to the
 `ArchGenerator`, which emits one `ArchSample` inside that bin (hard Gumbel-softmax one-hots on
@@ -110,7 +111,7 @@ class ShiftSampler(Sampler):
         return self.generator.tau_at(step / self.total_steps)
 
     def next(self, step: int, score_fn: ScoreFn | None = None) -> list[Sampled]:
-        with torch.no_grad():  # B is frozen during the supernet/AG step (PAPER.md section 3)
+        with torch.no_grad():  # B is frozen during the supernet/AG step (docs/method.md section 3)
             bin_vec, k, target = self.shift.draw(1.0, generator=self.torch_rng)
         sample = self.generator(bin_vec, tau=self.tau(step), rng=self.torch_rng)
         if self.grad_path == "full":

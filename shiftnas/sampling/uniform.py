@@ -1,7 +1,7 @@
 """Uniform sampling (AutoFormer, SPOS): one architecture per step, every decision uniform.
 
 Its FLOPs concentrate around the middle of the range (a sum of independent choices, the
-Irwin-Hall effect of PAPER.md Remark 1): the extremes are rarely trained.
+Irwin-Hall effect of docs/method.md Remark 1): the extremes are rarely trained.
 """
 
 from __future__ import annotations

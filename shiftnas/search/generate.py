@@ -1,4 +1,4 @@
-"""The generator's subnet for a FLOPs budget (PAPER.md section 2, deployment), and its export.
+"""The generator's subnet for a FLOPs budget (docs/method.md section 2, Deployment), and its export.
 
     run = load_run("runs/demo-shift")
     generate_arch(run, "25M")        # {"budget", "bin", "arch", "flops", "rel_error", "in_bin", ...}

@@ -5,10 +5,11 @@
     res["kendall_tau"], res["spearman"]      # also <run>/rank.json and <run>/plots/rank.png
 
 A one-shot supernet is useful for search only if the accuracy a subnet inherits orders subnets
-as their stand-alone accuracy does (PAPER.md: inherited vs fine-tuned vs retrained top-1). For
-`n` subnets spread over the FLOPs range this measures the inherited top-1 (supernet weights,
-BN recalibrated for CNNs) and the top-1 after a short fine-tuning of the exported subnet, both
-on the same images, and reports Kendall's tau-b and Spearman's rho between the two lists.
+as their stand-alone accuracy does (docs/method.md, Deployment: inherited vs fine-tuned vs
+retrained top-1). For `n` subnets spread over the FLOPs range this measures the inherited top-1
+(supernet weights, BN recalibrated for CNNs) and the top-1 after a short fine-tuning of the
+exported subnet, both on the same images, and reports Kendall's tau-b and Spearman's rho between
+the two lists.
 
 - `kendall_tau(x, y)`, `spearman(x, y)`: the two coefficients (ties handled, no scipy).
 - `finetune(run, arch, steps)`: the exported subnet after `steps` AdamW steps on the run's

@@ -1,4 +1,4 @@
-"""`ArchSample`: a subnet as differentiable one-hots, the generator's output (PAPER.md Eq. 9).
+"""`ArchSample`: a subnet as differentiable one-hots, the generator's output (docs/method.md Eq. 9).
 
 Every decision of the space (inactive ones included) carries a one-hot vector over its
 candidates: hard in the forward pass, with a straight-through gradient from the generator.

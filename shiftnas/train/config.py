@@ -4,7 +4,7 @@
     cfg.optim.lr, cfg.sampler.name; cfg.to_yaml()  # the resolved config a run writes
 
 Sections are frozen dataclasses; defaults = a few-minute CPU ShiftNAS run on Fashion-MNIST
-(PAPER.md sections 2-3). Unknown keys (with difflib close matches), wrong types and invalid
+(docs/method.md sections 2-3). Unknown keys (with difflib close matches), wrong types and invalid
 values raise ValueError naming the key. YAML goes through a SafeLoader subclass that reads
 only true/false as booleans (``amp: off`` stays "off") and ``1e-3`` as a float.
 """

@@ -2,9 +2,9 @@
 
 Without a GPU the kernels run in the Triton interpreter on CPU tensors (tests/conftest.py sets
 TRITON_INTERPRET=1 before this module imports them); shapes stay small because it is slow.
-Tolerance (STYLE.md): max |kernel - ref| <= 2 * max |torch same dtype - ref| + atol, with ref the
-fp64 computation on the same (rounded) inputs. bf16 runs only on CUDA: the interpreter's tl.dot
-is wrong for bf16.
+Tolerance (docs/design.md, "Kernel tests"): max |kernel - ref| <= 2 * max |torch same dtype -
+ref| + atol, with ref the fp64 computation on the same (rounded) inputs. bf16 runs only on CUDA:
+the interpreter's tl.dot is wrong for bf16.
 """
 import pytest
 import torch

@@ -1,9 +1,9 @@
 """Triton elastic depthwise conv (kernels/dwconv.py) against PyTorch, forward and backward.
 
-Tolerance rule (STYLE.md): |kernel - ref| <= 2 * |torch same dtype - ref| + small atol, max
-over elements, where ref is F.conv2d in float64 on the same (rounded) inputs. Without a GPU
-the kernels run in the Triton interpreter on CPU tensors (tests/conftest.py), so shapes stay
-small and odd.
+Tolerance rule (docs/design.md, "Kernel tests"): |kernel - ref| <= 2 * |torch same dtype - ref|
++ small atol, max over elements, where ref is F.conv2d in float64 on the same (rounded) inputs.
+Without a GPU the kernels run in the Triton interpreter on CPU tensors (tests/conftest.py), so
+shapes stay small and odd.
 """
 import pytest
 import torch

@@ -1,8 +1,9 @@
 """Triton elastic linear (`shiftnas.kernels.linear`) against `ref.linear`, forward and backward.
 
 Without a GPU the kernels run in Triton's interpreter on CPU tensors (tests/conftest.py sets
-TRITON_INTERPRET=1). Tolerance (STYLE.md): the kernel may be at most 2x as far from an fp64
-reference as PyTorch in the same dtype is, plus a small atol relative to the output scale.
+TRITON_INTERPRET=1). Tolerance (docs/design.md, "Kernel tests"): the kernel may be at most 2x as
+far from an fp64 reference as PyTorch in the same dtype is, plus a small atol relative to the
+output scale.
 """
 from __future__ import annotations
 
