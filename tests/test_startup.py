@@ -16,7 +16,9 @@ def _python(code: str) -> str:
     return r.stdout
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["--version"], ["train", "--help"], ["train", "--print-config"]])
+@pytest.mark.parametrize(
+    "argv", [["--help"], ["--version"], ["spaces"], ["train", "--help"], ["train", "--print-config"]]
+)
 def test_import_and_light_commands_do_not_import_torch(argv):
     out = _python(
         "import sys, contextlib, io\n"
@@ -51,3 +53,27 @@ def test_every_public_name_resolves():
         assert getattr(shiftnas, name).__name__ == name
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         shiftnas.nope  # noqa: B018
+
+
+def test_cost_terms_and_helpers_load_without_torch():
+    out = _python(
+        "import sys\n"
+        "from shiftnas.cost import count_flops, flops_range\n"
+        "from shiftnas.spaces import get_space\n"
+        "from shiftnas.spaces.cnn import conv_out, hidden_width, se_mid\n"
+        "for name in ('vit-fmnist', 'cnn-fmnist'):\n"
+        "    sp = get_space(name)\n"
+        "    assert flops_range(sp) == (count_flops(sp, sp.min()), count_flops(sp, sp.max()))\n"
+        "print(sorted({'torch', 'timm'} & set(sys.modules)))\n"
+    )
+    assert out.strip() == "[]"
+    from shiftnas.models.static_mbconv import conv_out, hidden_width, se_mid  # still importable here
+    from shiftnas.ops.se import se_mid as se_mid_ops
+
+    assert se_mid_ops is se_mid and (conv_out(7, 2), hidden_width(16, 1), hidden_width(16, 6), se_mid(96)) == (4, 16, 96, 24)
+
+
+def test_models_package_names_resolve_lazily():
+    import shiftnas.models as models
+
+    assert models.ViTSupernet.__name__ == "ViTSupernet" and models.build_supernet is shiftnas.build_supernet

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from ..cost import CostTerm, tabulate
 from ..spaces import SearchSpace
-from .static_mbconv import conv_out, hidden_width, se_mid
+from ..spaces.cnn import conv_out, hidden_width, se_mid
 
 __all__ = ["block_cost", "mbconv_cost_terms"]
 

@@ -2,7 +2,8 @@
 
 Built from the arch and its space's hparams alone, with the parameter and buffer names that
 `MBConvSupernet.export` fills, so `load_state_dict` of a saved subnet needs nothing else.
-`hidden_width` and `se_mid` here are the width rules the supernet and the cost model share.
+`hidden_width` and `se_mid` (from `shiftnas.spaces.cnn`, re-exported here) are the width rules the
+supernet and the cost model share.
 """
 
 from __future__ import annotations
@@ -10,21 +11,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..ops.se import se_mid
 from ..spaces import ArchConfig, get_space
-from ..spaces.cnn import cnn_blocks, make_divisible
+from ..spaces.cnn import cnn_blocks, conv_out, hidden_width, se_mid
 
 __all__ = ["StaticMBConv", "conv_out", "hidden_width", "se_mid"]
-
-
-def hidden_width(in_width: int, expand: float) -> int:
-    """Width inside an MBConv block: the input width itself when there is no expand conv."""
-    return in_width if expand == 1 else make_divisible(round(in_width * expand), 8)
-
-
-def conv_out(size: int, stride: int) -> int:
-    """Spatial output size of an odd-kernel conv with padding k//2."""
-    return (size - 1) // stride + 1
 
 
 class SqueezeExcite(nn.Module):

@@ -11,15 +11,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..spaces.cnn import make_divisible
+from ..spaces.cnn import se_mid
 from .conv import ElasticConv2d
 
 __all__ = ["ElasticSE", "se_mid"]
-
-
-def se_mid(channels: int, reduction: int = 4) -> int:
-    """Width of the reduce conv for `channels` active channels."""
-    return make_divisible(channels // reduction, 8)
 
 
 class ElasticSE(nn.Module):

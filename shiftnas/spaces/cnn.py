@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from .base import ArchConfig, Decision, SearchSpace, register_space
 
-__all__ = ["mbconv_space", "make_divisible", "cnn_blocks"]
+__all__ = ["mbconv_space", "make_divisible", "cnn_blocks", "conv_out", "hidden_width", "se_mid"]
 
 
 def make_divisible(v: float, divisor: int = 8, min_value: int | None = None) -> int:
@@ -21,6 +21,21 @@ def make_divisible(v: float, divisor: int = 8, min_value: int | None = None) -> 
     if new_v < 0.9 * v:
         new_v += divisor
     return new_v
+
+
+def hidden_width(in_width: int, expand: float) -> int:
+    """Width inside an MBConv block: the input width itself when there is no expand conv."""
+    return in_width if expand == 1 else make_divisible(round(in_width * expand), 8)
+
+
+def se_mid(channels: int, reduction: int = 4) -> int:
+    """Width of the squeeze-and-excitation reduce conv for `channels` active channels."""
+    return make_divisible(channels // reduction, 8)
+
+
+def conv_out(size: int, stride: int) -> int:
+    """Spatial output size of an odd-kernel conv with padding k//2."""
+    return (size - 1) // stride + 1
 
 
 def mbconv_space(
