@@ -18,6 +18,7 @@ EXAMPLES = """examples:
   shiftnas cost --arch runs/demo/arch.json
   shiftnas backends
   shiftnas prepare fashion-mnist --out ~/.cache/shiftnas/fashion-mnist
+  shiftnas prepare imagenet --root /data/imagenet --minival-per-class 50
   shiftnas train --config fmnist-vit-shift optim.steps=300 run.name=quick
   shiftnas train --print-config
   shiftnas generate --run runs/fmnist-vit-shift --flops 25M --export subnets/25M
@@ -85,7 +86,8 @@ def _cmd_backends(args) -> int:
 # Commands defined elsewhere: name -> (module, the function adding its sub-parser, its one-line
 # help as that function gives it; tests/test_cli.py checks they agree).
 MODULE_COMMANDS = {
-    "prepare": ("shiftnas.data.prepare", "add_prepare_parser", "convert a data set into an ImageFolder tree"),
+    "prepare": ("shiftnas.data.prepare", "add_prepare_parser",
+                "prepare a data set: Fashion-MNIST to ImageFolder, ImageNet checked + minival"),
     "train": ("shiftnas.train.cli", "add_train_parser", "train a supernet from a run config (what train.py does)"),
     "generate": ("shiftnas.search.generate", "add_generate_parser",
                  "the generator's subnet for a FLOPs budget (no search)"),

@@ -42,6 +42,7 @@ __all__ = [
     "FASHION_MNIST_FOLDERS",
     "add_prepare_parser",
     "default_data_root",
+    "file_lock",
     "is_prepared",
     "main",
     "minival_indices",
@@ -227,16 +228,29 @@ def _tree_state(out: Path, want: dict) -> tuple[str, str]:
 
 
 @contextlib.contextmanager
-def _lock(out: Path):
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out.parent / f".{out.name}.lock", "w") as f:
-        fcntl.flock(
-            f, fcntl.LOCK_EX
-        )  # concurrent ranks / test workers: one prepares, the rest wait
+def file_lock(path: Path):
+    """Hold an exclusive lock named by the file ``path`` (concurrent ranks / test workers: one
+    prepares, the rest wait); the file is removed on release, so nothing is left beside the data.
+
+    Removal is safe because a waiter that wakes up holding a file that has since been removed
+    (its inode no longer at ``path``) drops it and locks the current one instead.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        f = open(path, "a")  # noqa: SIM115 - held across the yield below
+        fcntl.flock(f, fcntl.LOCK_EX)
         try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+            current = os.stat(path).st_ino
+        except FileNotFoundError:
+            current = None
+        if current == os.fstat(f.fileno()).st_ino:
+            break
+        f.close()
+    try:
+        yield
+    finally:
+        os.unlink(path)  # while still locked: the next holder creates a fresh file
+        f.close()  # releases the lock
 
 
 def is_prepared(out: str | os.PathLike) -> bool:
@@ -272,7 +286,7 @@ def prepare_fashion_mnist(
         "seed": int(seed),
         "sources_sha256": {k: _sha256(p) for k, p in paths.items()},
     }
-    with _lock(out):
+    with file_lock(out.parent / f".{out.name}.lock"):
         state, why = _tree_state(out, want)
         if state == "finished" and not force:
             log(f"{out}: already prepared, left alone")
@@ -382,8 +396,9 @@ def add_prepare_parser(subparsers) -> argparse.ArgumentParser:
     """Add ``prepare`` (with the data set as a sub-command) to a ``shiftnas`` sub-parser set."""
     p = subparsers.add_parser(
         "prepare",
-        help="convert a data set into an ImageFolder tree",
-        description="Prepare a data set for training; e.g. shiftnas prepare fashion-mnist",
+        help="prepare a data set: Fashion-MNIST to ImageFolder, ImageNet checked + minival",
+        description="Prepare a data set for training; e.g. shiftnas prepare fashion-mnist, "
+        "shiftnas prepare imagenet --root /data/imagenet",
     )
     sets = p.add_subparsers(dest="dataset", required=True, metavar="DATASET")
     fm = sets.add_parser(
@@ -417,6 +432,9 @@ def add_prepare_parser(subparsers) -> argparse.ArgumentParser:
         "--force", action="store_true", help="replace an OUT that holds a different tree"
     )
     fm.set_defaults(fn=_cmd_prepare)
+    from .imagenet import add_imagenet_parser
+
+    add_imagenet_parser(sets)
     return p
 
 

@@ -129,6 +129,7 @@ def test_small_prepare_and_cli(tmp_path, small_source, capsys):
     )
     assert not (out / "minival").exists() and len(scan_split(out, "train")) == 300
     assert not list(tmp_path.glob("fm.tmp-*"))
+    assert [p.name for p in tmp_path.iterdir()] == ["fm"]  # no lock file or tree left beside it
 
 
 def test_interrupted_run_is_not_finished(tmp_path, small_source, monkeypatch):
