@@ -67,13 +67,13 @@ def test_cost_terms_and_helpers_load_without_torch():
         "print(sorted({'torch', 'timm'} & set(sys.modules)))\n"
     )
     assert out.strip() == "[]"
-    from shiftnas.models.static_mbconv import conv_out, hidden_width, se_mid  # still importable here
+    from shiftnas.models.static_mbconv import conv_out, hidden_width, se_mid  # re-exported there
     from shiftnas.ops.se import se_mid as se_mid_ops
 
     assert se_mid_ops is se_mid and (conv_out(7, 2), hidden_width(16, 1), hidden_width(16, 6), se_mid(96)) == (4, 16, 96, 24)
 
 
 def test_models_package_names_resolve_lazily():
-    import shiftnas.models as models
+    from shiftnas import models
 
     assert models.ViTSupernet.__name__ == "ViTSupernet" and models.build_supernet is shiftnas.build_supernet
