@@ -146,14 +146,15 @@ class SearchSpace:
     def size(self) -> int:
         """Number of distinct configs (counted over the gating structure)."""
         # Count by recursion over depth decisions only: gated decisions multiply in.
+        gates = {e.gate[0] for e in self.decisions if e.gate is not None}
+
         def rec(i: int, values: dict[str, Any]) -> int:
             if i == len(self.decisions):
                 return 1
             d = self.decisions[i]
             if not self.is_active(d, values):
                 return rec(i + 1, values)
-            is_gate = any(e.gate is not None and e.gate[0] == d.name for e in self.decisions)
-            if not is_gate:
+            if d.name not in gates:
                 return len(d.choices) * rec(i + 1, values)
             total = 0
             for c in d.choices:
