@@ -127,3 +127,23 @@ def test_subnet_without_digest_is_refused_unless_trusted(saved):
     sub = shiftnas.load_subnet(saved, verify=False)
     again = shiftnas.save_subnet(sub, sub.arch, saved.parent / "again")
     assert shiftnas.load_subnet(again).arch == sub.arch
+
+
+def test_saved_subnet_is_shareable_and_carries_extra_keys(tmp_path):
+    import os
+    import stat
+
+    sp = get_space("vit-fmnist")
+    arch = sp.min()
+    sub = shiftnas.export_subnet(shiftnas.build_supernet("vit-fmnist").eval(), arch)
+    old = os.umask(0o022)
+    try:
+        out = shiftnas.save_subnet(sub, arch, tmp_path / "sub", extra={"input_size": [1, 28, 28]})
+    finally:
+        os.umask(old)
+    assert {p.name: stat.S_IMODE(p.stat().st_mode) for p in out.iterdir()} == {
+        "model.safetensors": 0o644, "arch.json": 0o644}  # as readable as any file the user shares
+    assert json.loads((out / "arch.json").read_text())["input_size"] == [1, 28, 28]
+    assert shiftnas.load_subnet(out).arch == arch  # the digest covers the richer arch.json
+    with pytest.raises(ValueError, match=r"extra keys \['flops'\] are arch.json's own"):
+        shiftnas.save_subnet(sub, arch, tmp_path / "other", extra={"flops": 1})

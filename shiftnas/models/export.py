@@ -48,11 +48,14 @@ def build_static(arch: ArchConfig, num_classes: int | None = None) -> nn.Module:
     return StaticMBConv(arch, num_classes)
 
 
-def save_subnet(model: nn.Module, arch: ArchConfig, path: str | os.PathLike) -> Path:
-    """Write `path/model.safetensors` and `path/arch.json` (space, arch, classes, FLOPs, params)."""
-    from safetensors.torch import save_file
+def save_subnet(model: nn.Module, arch: ArchConfig, path: str | os.PathLike, extra: dict | None = None) -> Path:
+    """Write `path/model.safetensors` and `path/arch.json` (space, arch, classes, FLOPs, params,
+    and the keys of `extra`, e.g. what inference needs: `shiftnas.search.export.inference_meta`),
+    both 0644 less the umask."""
+    from safetensors.torch import save
 
     from ..cost import count_flops, count_params
+    from ..train.runlog import write_text_atomic
 
     if getattr(model, "arch", arch) != arch:
         raise ValueError("the model was exported for a different arch than the one given")
@@ -68,10 +71,14 @@ def save_subnet(model: nn.Module, arch: ArchConfig, path: str | os.PathLike) -> 
         "flops": count_flops(arch.space, arch, num_classes),
         "params": count_params(arch.space, arch, num_classes),
     }
+    clash = sorted(set(extra or {}) & set(meta))
+    if clash:
+        raise ValueError(f"save_subnet: extra keys {clash} are arch.json's own; allowed: any other key")
+    meta.update(extra or {})
     meta_bytes = (json.dumps(meta, indent=1) + "\n").encode("utf-8")
     digests = {"format": FORMAT, "sha256": content_digest(state), "arch_sha256": hashlib.sha256(meta_bytes).hexdigest()}
-    _atomic_write(path / WEIGHTS, lambda tmp: save_file(state, str(tmp), metadata=digests))
-    _atomic_write(path / META, lambda tmp: tmp.write_bytes(meta_bytes))
+    write_text_atomic(path / WEIGHTS, save(state, metadata=digests))
+    write_text_atomic(path / META, meta_bytes)
     return path
 
 
@@ -137,11 +144,3 @@ def _verify(weights: Path, file_meta: dict, state: dict, meta_file: Path, meta_b
     if hashlib.sha256(meta_bytes).hexdigest() != want_arch:
         raise ValueError(f"{meta_file} is not the arch.json written with {WEIGHTS} (its sha256 differs "
                          "from the one saved in the weights): corrupt or edited; export the subnet again")
-
-
-def _atomic_write(dst: Path, write) -> None:
-    tmp = dst.with_name(dst.name + ".tmp")
-    write(tmp)
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, dst)

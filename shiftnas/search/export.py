@@ -119,7 +119,7 @@ def save_format(model, example, fmt: str, out: Path, meta: dict[str, Any]) -> Pa
     batch size dynamic. Returns the file."""
     import torch
 
-    from ..models.export import _atomic_write
+    from ..train.runlog import write_text_atomic
 
     require_format(fmt)
     model, example = model.float().cpu().eval(), example.float().cpu()
@@ -136,7 +136,7 @@ def save_format(model, example, fmt: str, out: Path, meta: dict[str, Any]) -> Pa
         torch.export.save(torch.export.export(model, (example,), dynamic_shapes=dynamic), buf)
         data = buf.getvalue()
     path = out / EXPORT_FORMATS[fmt]
-    _atomic_write(path, lambda tmp: tmp.write_bytes(data))
+    write_text_atomic(path, data)
     return path
 
 

@@ -111,10 +111,10 @@ def export_arch(run, arch: ArchConfig, out: str | Path, fmt: str = "safetensors"
     model = export_subnet(run.net, arch).eval()
     for name in filter(None, EXPORT_FORMATS.values()):  # an earlier export's: of another arch
         (out / name).unlink(missing_ok=True)
-    path = save_subnet(model, arch, out)
+    info = inference_meta(run, arch)
+    path = save_subnet(model, arch, out, extra={k: v for k, v in info.items() if k != "num_classes"})
     if EXPORT_FORMATS[fmt] is not None:
-        meta = {"space": arch.space, "arch": arch.to_dict(), **inference_meta(run, arch)}
-        save_format(model, val_inputs(run, arch, 2), fmt, path, meta)
+        save_format(model, val_inputs(run, arch, 2), fmt, path, {"space": arch.space, "arch": arch.to_dict(), **info})
     return path
 
 

@@ -25,15 +25,17 @@ from .checkpoint import _fsync_dir, safe_path
 __all__ = ["RunLog", "write_json_atomic", "write_text_atomic"]
 
 
-def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
-    """`text` to `path` through a temp file + fsync + rename (never a half-written file)."""
+def write_text_atomic(path: str | os.PathLike, text: str | bytes) -> Path:
+    """`text` (str: UTF-8; or bytes) to `path` through a temp file + fsync + rename (never a
+    half-written file), mode 0644 less the umask."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.unlink(missing_ok=True)  # a leftover, or a planted symlink (removed, never followed)
+    data = text.encode("utf-8") if isinstance(text, str) else text
     try:
-        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644), "w", encoding="utf-8") as f:
-            f.write(text)
+        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644), "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

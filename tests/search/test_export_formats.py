@@ -78,6 +78,9 @@ def test_onnx_export_matches_pytorch_in_onnxruntime(run_name, space, which, requ
     pre = meta["preprocess"]
     assert (pre["mean"], pre["std"], pre["channels"]) == (list(FASHION_MNIST_MEAN), list(FASHION_MNIST_STD), 1)
     assert pre["crop"] == 28 and pre["resize"] == 28
+    arch_json = json.loads((out / "arch.json").read_text())  # arch.json carries the same
+    assert {k: arch_json[k] for k in ("input_size", "preprocess", "num_classes")} == {
+        k: meta[k] for k in ("input_size", "preprocess", "num_classes")}
 
 
 def test_torch_export_reloads_and_matches(shift_run, tmp_path, capsys):
