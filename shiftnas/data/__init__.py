@@ -12,6 +12,7 @@ See shiftnas/data/README.md.
 """
 
 from .folder import IMG_EXTENSIONS, CorruptImageError, DataError, SplitIndex, scan_split
+from .imagenet import prepare_imagenet
 from .loader import BACKENDS, build_loader, default_num_threads
 from .prepare import (
     FASHION_MNIST_CLASSES,
@@ -40,5 +41,6 @@ __all__ = [
     "default_num_threads",
     "is_prepared",
     "prepare_fashion_mnist",
+    "prepare_imagenet",
     "scan_split",
 ]
