@@ -6,12 +6,22 @@
     torchrun --standalone --nproc_per_node=8 -m shiftnas.train --config imagenet-autoformer-t-shift
     torchrun --nnodes=2 --node_rank=R --master_addr=HOST --master_port=29500 --nproc_per_node=8 \\
         -m shiftnas.train --config imagenet-autoformer-t-shift data.root=/data/imagenet
-    shiftnas train --resume auto                           # continue runs/<run.name>/ from its newest checkpoint
+    shiftnas train --resume runs/fmnist-vit-shift          # continue a run (its own config.yaml) from its newest checkpoint
+    shiftnas train --resume runs/fmnist-vit-shift optim.steps=2000   # ... and extend it
     torchrun --standalone --nproc_per_node=8 --max-restarts=3 -m shiftnas.train ...   # a crashed rank restarts the job
 
 `python -m shiftnas.train` and the repository's `train.py` take the same arguments.
 --config is a bundled config's name (the repository's configs/*.yaml, shipped inside the package)
-or the path of a YAML file. Under torchrun a restarted job (TORCHELASTIC_RESTART_COUNT > 0)
+or the path of a YAML file.
+
+--resume auto|DIR|FILE continues a run with its own config (the run directory's config.yaml):
+auto the run directory that --config and the overrides name (a fresh run when it has no
+checkpoint), DIR a run directory, FILE a checkpoint (a copy may continue in a new directory
+named by run.out_dir/run.name). Overrides given with it may change only run.log_every,
+run.ckpt_every, run.progress, run.tensorboard, run.device, data.root, data.num_threads,
+optim.steps (extend or shorten the run) and eval.*; others are refused, naming them.
+Ctrl-C or SIGTERM saves a checkpoint at the current step and exits (130 / 143) with the command
+that continues the run. Under torchrun a restarted job (TORCHELASTIC_RESTART_COUNT > 0)
 continues from the run's newest checkpoint as `--resume auto` does, when that checkpoint was
 written with the same config; re-submitting a job that died as a whole takes `--resume auto`.
 
@@ -65,11 +75,13 @@ def resolve_config(value: str) -> Path:
 
 # ---------------------------------------------------------------- arguments
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", default=DEFAULT_CONFIG, metavar="NAME|PATH",
-                   help="a bundled config's name (listed below) or a YAML file (default: %(default)s)")
-    p.add_argument("--resume", default=None, metavar="auto|PATH",
-                   help="'auto': continue from the run directory's newest checkpoint that verifies (fresh if it has "
-                        "none; corrupt ones are moved aside as *.corrupt; exit 2 if none verifies); or a checkpoint file")
+    p.add_argument("--config", default=None, metavar="NAME|PATH",
+                   help=f"a bundled config's name (listed below) or a YAML file (default: {DEFAULT_CONFIG})")
+    p.add_argument("--resume", default=None, metavar="auto|DIR|FILE",
+                   help="continue a run with its own config.yaml: 'auto' the run directory named by --config and "
+                        "the overrides (fresh if it has no checkpoint), DIR a run directory, FILE a checkpoint; "
+                        "from the newest checkpoint that verifies (corrupt ones are moved aside as *.corrupt; "
+                        "exit 2 if none verifies); overrides that change the run are refused")
     p.add_argument("--print-config", action="store_true",
                    help="print every config key with its resolved value (defaults <- --config <- overrides) "
                         "and its meaning, as YAML, then exit")
@@ -159,13 +171,10 @@ def format_config(cfg, source: str, overrides: list[str]) -> str:
 def run(args: argparse.Namespace, prog: str) -> int:
     """Train as `args` say (or print the config); the exit code: 0, 2 (bad input), 3 (diverged).
     Errors are one line on stderr starting with `prog`."""
-    from .config import load_config
-
     try:
-        path = resolve_config(args.config)
-        cfg = load_config(path, args.overrides)
+        cfg, resume, source = _resolve(args)
         if args.print_config:
-            print(format_config(cfg, str(path), args.overrides), end="")
+            print(format_config(cfg, source, args.overrides), end="")
             return 0
     except ValueError as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
@@ -175,9 +184,9 @@ def run(args: argparse.Namespace, prog: str) -> int:
     from .engine import Trainer, TrainingDiverged
     from .evaluate import format_bin_table
 
-    info = None
+    info = trainer = None
     try:
-        resume = args.resume if args.resume is not None else _restart_resume(cfg)
+        resume = _restart_resume(cfg, resume)
         info = init_distributed(cfg.run.device)
         trainer = Trainer(cfg, resume=resume, info=info)
         summary = trainer.fit()
@@ -185,6 +194,10 @@ def run(args: argparse.Namespace, prog: str) -> int:
         rank = info.rank if info is not None else 0
         print(f"{prog} [rank {rank}]: error: {e}", file=sys.stderr)
         return 3 if isinstance(e, TrainingDiverged) else 2
+    except KeyboardInterrupt as e:  # Ctrl-C / SIGTERM (TrainingInterrupted: after its checkpoint)
+        if info is None or info.is_main:
+            print(_interrupted(prog, cfg, trainer, info), file=sys.stderr)
+        return getattr(e, "exit_code", 130)
     finally:
         if info is not None:
             shutdown(info)
@@ -194,16 +207,57 @@ def run(args: argparse.Namespace, prog: str) -> int:
     return 0
 
 
-def _restart_resume(cfg) -> str | None:
-    """'auto' on a torchrun restart, else None (a fresh run). A restart continues only a checkpoint
-    written with this very config: when the first attempt was refused because the run directory
-    held another run's checkpoints, the restart must not take that run over."""
+def _resolve(args: argparse.Namespace):
+    """(config, what Trainer's resume takes, where the config came from) of the command line."""
+    from .config import load_config
+
+    if args.config is not None and args.resume not in (None, "auto"):
+        raise ValueError(f"--config {args.config!r} with --resume {args.resume!r}: a resumed run keeps its own "
+                         "config (its config.yaml); drop --config")
+    path = resolve_config(args.config or DEFAULT_CONFIG)
+    cfg = load_config(path, args.overrides)
+    if args.resume is None:
+        return cfg, None, str(path)
+    from .resume import resume_plan
+
+    plan = resume_plan(args.resume, cfg, args.overrides)
+    return plan.cfg, plan.resume, plan.source or str(path)
+
+
+def _interrupted(prog: str, cfg, trainer, info) -> str:
+    """The line a Ctrl-C / SIGTERM ends with: the step, the newest checkpoint, the command to continue."""
+    import shlex
+
+    from .checkpoint import list_checkpoints
+
+    run_dir = Path(cfg.run.out_dir).expanduser() / cfg.run.name
+    step = trainer.step if trainer is not None else 0
+    saved = list_checkpoints(run_dir)
+    command = {"train.py": "python train.py"}.get(prog, prog)
+    if info is not None and info.distributed:
+        command = "torchrun [the same options] " + ("-m shiftnas.train" if "shiftnas" in prog else prog)
+    if not saved:
+        return f"interrupted at step {step}, before the first checkpoint; nothing to continue: run the same command again"
+    at, ckpt = saved[-1]
+    where = f"checkpoint {ckpt}" if at == step else f"newest checkpoint {ckpt} (step {at})"
+    return f"interrupted at step {step}; {where}; continue with: {command} --resume {shlex.quote(str(run_dir))}"
+
+
+def _restart_resume(cfg, resume: str | None) -> str | None:
+    """What a torchrun restart (TORCHELASTIC_RESTART_COUNT > 0) resumes; `resume` otherwise.
+    A restart continues the run directory's newest checkpoint ('auto'): also after `--resume
+    FILE`, once the first attempt has written checkpoints of its own. Without --resume it
+    continues only a checkpoint written with this very config: when the first attempt was refused
+    because the run directory held another run's checkpoints, the restart must not take that run over."""
     restart = os.environ.get("TORCHELASTIC_RESTART_COUNT", "")
     if restart in ("", "0"):
-        return None
-    from .checkpoint import latest_checkpoint, load_checkpoint
+        return resume
+    from .checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
 
-    ckpt = latest_checkpoint(Path(cfg.run.out_dir).expanduser() / cfg.run.name)
+    run_dir = Path(cfg.run.out_dir).expanduser() / cfg.run.name
+    if resume is not None:
+        return "auto" if list_checkpoints(run_dir) else resume
+    ckpt = latest_checkpoint(run_dir)
     if ckpt is not None and load_checkpoint(ckpt).get("config") != cfg.to_dict():
         raise ValueError(
             f"torchrun restart {restart}: {str(ckpt)!r} was written with another config, not "

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import signal
 import time
 import warnings
 from collections.abc import Iterator
@@ -51,16 +52,23 @@ from .checkpoint import (
     capture_rng_state,
     find_resume,
     latest_checkpoint,
-    load_checkpoint,
     restore_rng_state,
     safe_path,
     save_checkpoint,
 )
 from .config import TrainConfig
-from .distributed import DistInfo, all_reduce_mean_grads, all_reduce_sum, barrier, init_distributed
+from .distributed import (
+    DistInfo,
+    all_reduce_mean_grads,
+    all_reduce_sum,
+    barrier,
+    init_distributed,
+)
 from .evaluate import arch_row, bin_archs, evaluate_arch, has_batch_norm, prepare_input
 from .faults import engine_faults
+from .interrupt import StopSignals, TrainingInterrupted
 from .precision import amp_name, amp_setup
+from .resume import check_same_run, load_train_state
 from .runlog import RunLog, write_json_atomic, write_text_atomic
 from .step import MAX_BAD_STEPS, backward, next_bad_streak, optimizer_step
 
@@ -181,6 +189,7 @@ class Trainer:
         self._restored = False
         self.log = RunLog(self.run_dir, 0, 1, enabled=False)
         self._faults = engine_faults(self.info.rank)  # None unless SHIFTNAS_FAULT_* is set
+        self._signals = StopSignals(announce=self.info.is_main)  # Ctrl-C / SIGTERM in fit()
 
     # ------------------------------------------------------------------ building
     def _build_sampler(self):
@@ -318,25 +327,11 @@ class Trainer:
         return path
 
     def _load(self, path: Path) -> None:
-        state = load_checkpoint(path)
-        missing = [k for k in ("config", "model", "sampler", "optimizer", "scheduler", "rng", "step",
-                               "counters", "bin_counts", "windows") if k not in state]
-        if missing or not isinstance(state["config"], dict):  # a safe file, but not one of ours
-            raise ValueError(f"cannot resume {str(path)!r}: not a train.py checkpoint "
-                             f"(missing or malformed: {missing or ['config']})")
-        saved = state["config"]
-        cur, defaults = self.cfg.to_dict(), TrainConfig().to_dict()
-        for sec in ("model", "sampler", "generator", "shift"):
-            # a key added to the config after the checkpoint was written had its default then
-            was = {**defaults[sec], **saved[sec]} if isinstance(saved.get(sec), dict) else saved.get(sec)
-            if was != cur[sec]:
-                diff = sorted(k for k in set(cur[sec]) | set(was or {}) if (was or {}).get(k) != cur[sec].get(k))
-                raise ValueError(
-                    f"cannot resume {str(path)!r}: config section {sec!r} differs from the run's in {diff} "
-                    f"(saved {saved.get(sec)}, now {cur[sec]}); resume with the run's config.yaml"
-                )
-        if saved.get("data", {}).get("batch_size") != cur["data"]["batch_size"]:
-            raise ValueError(f"cannot resume {str(path)!r}: data.batch_size differs from the run's")
+        state = load_train_state(path)
+        check_same_run(state["config"], self.cfg, path)
+        if int(state["step"]) > self.cfg.optim.steps:
+            raise ValueError(f"cannot resume {str(path)!r} with optim.steps={self.cfg.optim.steps}: "
+                             f"the checkpoint is at step {int(state['step'])}; optim.steps must be >= it")
         self.net.load_state_dict(state["model"])
         self.sampler.load_state_dict(state["sampler"])
         self.optimizer.load_state_dict(state["optimizer"])
@@ -453,7 +448,8 @@ class Trainer:
                 losses.append(loss.detach().float())
 
         loss_sum = torch.stack(losses).sum()
-        stats = torch.stack([loss_sum, (~torch.isfinite(loss_sum)).float()]).double()
+        stop = torch.tensor(float(self._signals.signum is not None), device=loss_sum.device)
+        stats = torch.stack([loss_sum, (~torch.isfinite(loss_sum)).float(), stop]).double()  # + a rank's Ctrl-C
         all_reduce_sum(stats, self.info)
         all_reduce_mean_grads(self.extra_params, self.info)
         if self._faults is not None:
@@ -480,7 +476,7 @@ class Trainer:
         shown = self.sampler.display_index
         out = {
             "loss": mean_loss, "lr": lr, "grad_norm": res.grad_norm, "skipped": not res.stepped,
-            "overflow": res.overflow,
+            "overflow": res.overflow, "stop": bool(stats[2] > 0),
             "mflops": flops[shown] / 1e6, "bin": bins[shown], "bins": bins, "n_subnets": n,
             **self.sampler.step_metrics(step),
         }
@@ -504,7 +500,8 @@ class Trainer:
             self._load(self._resume_path)
             self._restored = True
 
-    def fit(self) -> dict[str, Any]:
+    def _start(self) -> None:
+        """Load the checkpoint, write config.yaml (rank 0), open the run log."""
         cfg = self.cfg
         self.restore()
         if self.info.is_main:
@@ -523,9 +520,20 @@ class Trainer:
                            f"warm-up clipped to steps // 10 = {cfg.optim.effective_warmup}")
         if self._resume_path is not None:
             self.log.write(f"resumed from {self._resume_path} at step {self.step}")
+
+    def fit(self) -> dict[str, Any]:
+        """Train to optim.steps, save, evaluate. Ctrl-C / SIGTERM: the checkpoint of the step, then
+        TrainingInterrupted (interrupt.py)."""
+        with self._signals:
+            return self._fit()
+
+    def _fit(self) -> dict[str, Any]:
+        cfg = self.cfg
+        self._start()
         stream = self._stream(self.train_loader, self.step)
         window = {"t": time.perf_counter(), "images": 0, "loss": 0.0, "n": 0, "counts": [0] * len(self.bins)}
         try:
+            self._signals.deferring = True
             while self.step < cfg.optim.steps:
                 x, y = next(stream)
                 if self._faults is not None:
@@ -554,7 +562,7 @@ class Trainer:
                 self.log.progress(1, loss=f"{m['loss']:.3f}", lr=f"{m['lr']:.2e}", bin=m["bin"],
                                   mflops=f"{m['mflops']:.1f}", ips=f"{ips:.0f}")
                 if self.step % cfg.run.log_every == 0 or self.step == cfg.optim.steps:
-                    rec = {k: v for k, v in m.items() if k not in ("bins", "skipped", "overflow")}
+                    rec = {k: v for k, v in m.items() if k not in ("bins", "skipped", "overflow", "stop")}
                     rec.update(loss=window["loss"] / max(1, window["n"]), img_per_s=ips,
                                skipped_total=self.skipped, overflow_total=self.overflows, bin_counts=window["counts"])
                     rec.update(self.sampler.log_metrics())
@@ -562,9 +570,13 @@ class Trainer:
                     self.log.status(self.step, cfg.optim.steps, rec["loss"], rec["lr"], ips)
                     self.windows.append({"step": self.step, "counts": window["counts"]})
                     window = {"t": time.perf_counter(), "images": 0, "loss": 0.0, "n": 0, "counts": [0] * len(self.bins)}
+                if m["stop"]:  # SIGINT/SIGTERM on a rank: all ranks save this step and stop
+                    self.save()
+                    raise TrainingInterrupted(self._signals.signum or signal.SIGTERM)
                 if (cfg.run.ckpt_every and self.step % cfg.run.ckpt_every == 0 and self.step < cfg.optim.steps
                         and self.bad_in_row == 0):  # never checkpoint in the middle of a bad streak
                     self.save()
+            self._signals.deferring = False
             self.save()
             stream.close()  # end the suspended passes before evaluate() reads the loaders again
             if self._minival is not None:
