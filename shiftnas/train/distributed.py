@@ -13,7 +13,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistInfo", "all_reduce_mean_grads", "all_reduce_sum", "barrier", "init_distributed", "shutdown"]
+__all__ = ["DistInfo", "all_reduce_mean_grads", "all_reduce_sum", "barrier", "init_distributed", "shutdown",
+           "wrap_ddp"]
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,36 @@ def init_distributed(device: str = "auto", timeout_s: int = 1800) -> DistInfo:
             kw = {"device_id": dev} if use_cuda else {}
             dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s), **kw)
     return DistInfo(rank, world, local, dev, backend)
+
+
+class _DDPNet(torch.nn.Module):
+    """The supernet plus one parameter no forward uses (see wrap_ddp)."""
+
+    def __init__(self, net: torch.nn.Module):
+        super().__init__()
+        self.net = net
+        self.never_used = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, *args, **kwargs):
+        return self.net(*args, **kwargs)
+
+
+def wrap_ddp(net: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """`net` under DistributedDataParallel with find_unused_parameters=True: a subnet that skips
+    blocks (every space has an elastic depth) leaves their parameters without a gradient, and
+    DDP must not wait for them (they keep no gradient, as in a single process).
+
+    A step whose subnets use every parameter (the max subnet) would make DDP print, once per
+    rank, a C++ warning that find_unused_parameters=True found no unused parameter; it goes
+    to stderr through c10 logging, not Python's `warnings`, so no filter can silence only it.
+    The wrapper's `never_used` parameter is unused in every step, so that warning is never due;
+    it is not in `net.parameters()` (no optimizer, no checkpoint holds it) and its gradient
+    stays None.
+    """
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    return DDP(_DDPNet(net).to(device), device_ids=[device.index] if device.type == "cuda" else None,
+               find_unused_parameters=True)
 
 
 def shutdown(info: DistInfo) -> None:

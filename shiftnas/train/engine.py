@@ -63,6 +63,7 @@ from .distributed import (
     all_reduce_sum,
     barrier,
     init_distributed,
+    wrap_ddp,
 )
 from .evaluate import arch_row, bin_archs, evaluate_arch, has_batch_norm, prepare_input
 from .faults import engine_faults
@@ -164,15 +165,7 @@ class Trainer:
                 mixup_alpha=cfg.optim.mixup, cutmix_alpha=cfg.optim.cutmix,
                 label_smoothing=cfg.optim.label_smoothing, num_classes=cfg.model.num_classes,
             )
-        self.model: nn.Module = self.net
-        if self.info.distributed:
-            from torch.nn.parallel import DistributedDataParallel as DDP
-
-            self.model = DDP(
-                self.net,
-                device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                find_unused_parameters=True,  # skipped blocks / inactive layers get no gradient
-            )
+        self.model: nn.Module = wrap_ddp(self.net, self.device) if self.info.distributed else self.net
 
         self.step = 0
         self.bad_in_row = 0

@@ -34,6 +34,7 @@ def test_two_ranks_agree(tiny_root, tmp_path, sampler):
     assert len(a["archs"]) == 8 and a["archs"] == b["archs"]
     assert len({tuple(x) for x in a["archs"]}) > 1  # the sampler did vary the subnet
     assert a["weights"] == b["weights"] and a["weights_sum"] == b["weights_sum"]
+    assert "find_unused_parameters" not in r.stderr
     assert a["extra"] == b["extra"] and a["B"] == b["B"]
     assert a["images_seen"] == 8 * 8 * 2  # steps x batch x ranks
     summary = json.loads((tmp_path / "ddp" / "summary.json").read_text())
@@ -48,4 +49,26 @@ def test_torchrun_train_py(tiny_root, tmp_path):
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "generator" in r.stdout and "run directory" in r.stdout
     assert r.stdout.count("run directory") == 1  # rank 0 alone prints
+    assert "find_unused_parameters" not in r.stderr  # DDP's false alarm: the unused parameters are real
     assert (tmp_path / "cli" / "checkpoint-00000004.pt").is_file()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ddp_says_nothing_of_unused_parameters_and_skipped_blocks_keep_no_gradient():
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    runs = {how: subprocess.run([sys.executable, str(HERE / "ddp_unused_worker.py"), str(_free_port()), *how],
+                                env=env, capture_output=True, text=True, timeout=300, check=False)
+            for how in ((), ("plain",))}
+    ours, plain = runs[()], runs[("plain",)]
+    assert ours.returncode == 0 and plain.returncode == 0, ours.stderr[-3000:] + plain.stderr[-3000:]
+    assert "find_unused_parameters" in plain.stderr  # a bare DDP warns after the max subnet's step
+    assert "find_unused_parameters" not in ours.stderr
+    skipped = int(ours.stdout.split("no grad:")[1])
+    assert skipped > 0 and ours.stdout == plain.stdout  # the min subnet's skipped blocks: no gradient
