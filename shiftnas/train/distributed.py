@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistInfo", "all_reduce_mean_grads", "all_reduce_sum", "barrier", "init_distributed", "shutdown",
+__all__ = ["DistInfo", "all_reduce_mean_grads", "all_reduce_sum", "barrier", "gather_objects", "init_distributed", "shutdown",
            "wrap_ddp"]
 
 
@@ -113,6 +113,15 @@ def shutdown(info: DistInfo) -> None:
 def barrier(info: DistInfo) -> None:
     if info.distributed:
         dist.barrier()
+
+
+def gather_objects(obj, info: DistInfo) -> list:
+    """`obj` of every rank, in rank order (`[obj]` when single-process)."""
+    if not info.distributed:
+        return [obj]
+    out: list = [None] * info.world_size
+    dist.all_gather_object(out, obj)
+    return out
 
 
 def all_reduce_sum(t: torch.Tensor, info: DistInfo) -> torch.Tensor:

@@ -62,6 +62,7 @@ from .distributed import (
     all_reduce_mean_grads,
     all_reduce_sum,
     barrier,
+    gather_objects,
     init_distributed,
     wrap_ddp,
 )
@@ -280,15 +281,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoints
     def _state(self) -> dict[str, Any]:
-        rng = capture_rng_state()
-        if self.info.distributed:
-            import torch.distributed as dist
-
-            gathered: list[Any] = [None] * self.info.world_size
-            dist.all_gather_object(gathered, rng)
-            rngs = gathered
-        else:
-            rngs = [rng]
+        rngs = gather_objects(capture_rng_state(), self.info)  # every rank's, in rank order
         state = {
             "step": self.step,
             "model": self.net.state_dict(),
