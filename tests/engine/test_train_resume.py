@@ -6,7 +6,6 @@ from __future__ import annotations
 import shutil
 
 import pytest
-import torch
 import yaml
 from conftest import tiny_overrides
 
@@ -15,13 +14,7 @@ from shiftnas.train.cli import main
 from shiftnas.train.config import load_config
 from shiftnas.train.resume import HARMLESS, harmless, resume_plan
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture

@@ -24,14 +24,7 @@ def fmnist_root(tmp_path_factory):
     return make_tiny_root(tmp_path_factory.mktemp("fmnist-tiny"))
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # as the subprocess runs (OMP_NUM_THREADS=1): 2 threads on a busy 2-core machine measured
-    # 10-20x slower per run (11 s vs 2.5 s for 8 steps + evaluation)
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _optimizer_steps(opt: torch.optim.Optimizer, params) -> int:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import importlib.util
 
 import pytest
-import torch
 from fault_harness import REPO, restart_scenario
 from fmnist_tiny import make_tiny_root, tiny_overrides
 
@@ -17,14 +16,7 @@ def fmnist_root(tmp_path_factory):
     return make_tiny_root(tmp_path_factory.mktemp("fmnist-tiny"))
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # as the subprocess runs (OMP_NUM_THREADS=1): 2 threads on a busy 2-core machine measured
-    # 10-20x slower per run (11 s vs 2.5 s for 8 steps + evaluation)
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_rank_crash_mid_epoch_restarts_and_finishes_unchanged(fmnist_root, tmp_path):
