@@ -8,8 +8,10 @@ augmentation), kills or crashes them, and compares what they leave with an unint
     diff = compare_runs(run_dir_ref, run_dir)                       # {} when bit-identical
 
 Kill moments (seeded, cycling through the modes):
-  step   SIGKILL once the run has logged a random step beyond where any attempt got before,
-         plus a random part of one step's time: mid-step, between steps, or in a save.
+  step   SIGKILL once the run has logged a random step beyond where any attempt got before
+         (at most total - 3), plus a random part of one reference step's time: mid-step,
+         between steps, or in a save; at once if two more steps are logged first (the machine
+         got faster than when the reference was timed), so a kill never misses the run.
   ckpt   with SHIFTNAS_FAULT_CKPT_DELAY_S=0.25 (shiftnas/train/faults.py) each save pauses
          0.25 s after the first chunk of its temp file, before the rename and after it; the
          harness polls the run directory every 5 ms and, once this attempt's 1st or 2nd temp
@@ -19,7 +21,7 @@ Kill moments (seeded, cycling through the modes):
          from the run directory: the temp file left (loads or not) or a third checkpoint; a
          ckpt kill that leaves neither landed in the third pause.
   time   a random moment of the start-up: imports, model building, reading the checkpoint,
-         truncating metrics.jsonl.
+         truncating metrics.jsonl (at the latest when the attempt starts training).
 The whole process group is killed (the DataLoader worker too), as when a machine drops a job.
 """
 from __future__ import annotations
@@ -334,24 +336,33 @@ def crash_campaign(cmd: list[str], run_dir: Path, logs: Path, n_kills: int, seed
         mode = MODES[i % len(MODES)] if i < n_kills else "final"
         env = child_env()
         trigger, target = None, ""
-        if mode == "step" and furthest >= total_steps:
-            mode = "time"  # the run is done training: kill while it restarts instead
+        if mode == "step" and furthest >= total_steps - 3:
+            mode = "time"  # too close to the end for a step kill: kill while it restarts instead
         if mode == "step":
-            goal = min(total_steps, furthest + rng.randint(1, 6))
+            goal = min(total_steps - 3, furthest + rng.randint(1, 6))
             extra = rng.uniform(0, 1.5) * ref.step_s
             target = f"step {goal} logged + {extra:.3f} s"
+            state = {"size": -1, "seen_at": None}
 
-            size = [-1]
-
-            def trigger(now, pid, goal=goal, extra=extra, size=size):
+            def trigger(now, pid, goal=goal, extra=extra, state=state):
+                # Kill `extra` seconds after step `goal` is logged, or at once when the run has
+                # logged two steps more (its steps are faster than the reference's were): the
+                # kill lands mid-run however the machine's speed changed since the reference.
+                if state["seen_at"] is not None and now >= state["seen_at"] + extra:
+                    return now
                 try:
                     n = (run_dir / "metrics.jsonl").stat().st_size
                 except FileNotFoundError:
                     return None
-                if n == size[0]:  # re-read only when the file grew
+                if n == state["size"]:  # re-read only when the file grew
                     return None
-                size[0] = n
-                return now + extra if max_train_step(run_dir) >= goal else None
+                state["size"] = n
+                done = max_train_step(run_dir)
+                if done >= goal + 2:
+                    return now
+                if done >= goal and state["seen_at"] is None:
+                    state["seen_at"] = now
+                return None
         elif mode == "ckpt":
             env = child_env(SHIFTNAS_FAULT_CKPT_DELAY_S=CKPT_DELAY_S)
             nth = rng.randint(1, 2)
@@ -370,10 +381,13 @@ def crash_campaign(cmd: list[str], run_dir: Path, logs: Path, n_kills: int, seed
                 return now + offset if len(seen) >= nth else None
         elif mode == "time":
             at = rng.uniform(0, ref.startup_s)
-            target = f"{at:.3f} s after spawn"
+            target = f"{at:.3f} s after spawn (or when training starts)"
+            ino = _inode(run_dir / "metrics.jsonl")
 
-            def trigger(now, pid, at=at):
-                return at
+            def trigger(now, pid, at=at, ino=ino):
+                # In the start-up: at `at`, or at once when this attempt has begun training
+                # (rewrote metrics.jsonl) because its start-up was shorter than the reference's.
+                return now if now >= at or _inode(run_dir / "metrics.jsonl") != ino else None
         expected = max(check_checkpoints(run_dir)[0], default=None)
         att = _attempt(i, mode, cmd, env, run_dir, logs / f"attempt-{i:02d}.log", trigger, timeout, total_steps)
         att.target = target
