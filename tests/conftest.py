@@ -14,8 +14,14 @@ except ImportError:  # pragma: no cover
 import pytest
 import torch
 
-# Tests compare numbers: keep them deterministic and the 2-core machine responsive.
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# Tests compare numbers: keep them deterministic and the 2-core machine responsive. Under
+# pytest-xdist (`make test` runs one worker per core) each worker and the processes it spawns
+# get one thread, so workers do not oversubscribe the cores.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
+else:
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
 @pytest.fixture

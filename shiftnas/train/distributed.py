@@ -44,6 +44,25 @@ def _env_int(name: str, default: int) -> int:
         raise ValueError(f"environment variable {name}={raw!r} is not an integer (set by torchrun)") from None
 
 
+def _attempt_store(timeout: datetime.timedelta):
+    """Under torchrun, the agent's store with a prefix of its own per restart, else None.
+
+    torchrun's agent keeps one TCPStore across the restarts of a job, and init_process_group
+    keys the ranks' addresses by group name only, so a restarted rank can read a peer's
+    address from the attempt that died and fail with gloo's "connectFullMesh ... Connection
+    refused" (seen here on most restarts under load, each one costing a restart). A prefix
+    per TORCHELASTIC_RESTART_COUNT gives every attempt fresh keys.
+    """
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return None
+    attempt = _env_int("TORCHELASTIC_RESTART_COUNT", 0)
+    addr, port = os.environ.get("MASTER_ADDR"), _env_int("MASTER_PORT", -1)
+    if not addr or not 0 < port < 2**16:
+        raise ValueError(f"MASTER_ADDR={addr!r} / MASTER_PORT={port}: torchrun sets both (port 1-65535)")
+    store = dist.TCPStore(addr, port, world_size=None, is_master=False, timeout=timeout)
+    return dist.PrefixStore(f"shiftnas/attempt-{attempt}", store)
+
+
 def init_distributed(device: str = "auto", timeout_s: int = 1800) -> DistInfo:
     """Join the torchrun process group (if WORLD_SIZE > 1) and pick this rank's device.
 
@@ -70,8 +89,12 @@ def init_distributed(device: str = "auto", timeout_s: int = 1800) -> DistInfo:
     if world > 1:
         backend = "nccl" if use_cuda else "gloo"
         if not dist.is_initialized():
+            timeout = datetime.timedelta(seconds=timeout_s)
             kw = {"device_id": dev} if use_cuda else {}
-            dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s), **kw)
+            store = _attempt_store(timeout)
+            if store is not None:
+                kw.update(store=store, rank=rank, world_size=world)
+            dist.init_process_group(backend, timeout=timeout, **kw)
     return DistInfo(rank, world, local, dev, backend)
 
 

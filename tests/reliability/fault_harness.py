@@ -445,6 +445,7 @@ def restart_scenario(root: Path, out: Path, logs: Path, steps: int = 16, ckpt_ev
         "exit_code": rc, "wall_s": round(wall, 1), "reference_wall_s": round(wall_ref, 1),
         "fault_fired": marker.exists(), "crash_logged": "InjectedFault" in text,
         "resumed_at": resumed, "restarts": len(resumed),
+        "connect_failures": text.count("connectFullMesh failed"),  # a restart that could not rejoin
         "steps_lost": raise_at - resumed[0] if resumed else None,
         "unreadable_checkpoints": bad,
     }

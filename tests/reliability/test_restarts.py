@@ -23,6 +23,7 @@ def test_rank_crash_mid_epoch_restarts_and_finishes_unchanged(fmnist_root, tmp_p
     r = restart_scenario(fmnist_root, tmp_path, tmp_path / "logs", steps=16, ckpt_every=4, raise_at=14, rank=1)
     assert r["exit_code"] == 0, r.get("output_tail")
     assert r["fault_fired"] and r["crash_logged"]
+    assert r["connect_failures"] == 0  # the restarted ranks rejoined at once (fresh store keys)
     assert r["resumed_at"] == [12] and r["steps_lost"] == 2  # one restart, from the step-12 checkpoint
     assert r["unreadable_checkpoints"] == []
     assert r["steps"] == 16 and r["images_seen"] == r["expected_images"]
