@@ -75,3 +75,35 @@ def test_the_check_finds_a_missing_file_and_accepts_relative_links():
         "pkg/mod.py": '# docs/guide.md section 2\nopen("scratch.md")  # a file name, not a citation',
     }
     assert missing_citations(list(files), files.get) == ["README.md:1: CHANGES.md", "docs/guide.md:1: gone.md"]
+
+
+def readme_tour() -> str:
+    """The Python block under README's "## A 5-minute tour" heading, as printed there."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    m = re.search(r"^## A 5-minute tour\n+```python\n(.*?)^```", text, re.S | re.M)
+    assert m, "README.md has no ```python block right under '## A 5-minute tour'"
+    return m.group(1)
+
+
+def test_the_readme_tour_is_valid_python_naming_real_files():
+    tour = readme_tour()
+    compile(tour, "README.md tour", "exec")
+    for cfg in re.findall(r'"(configs/[\w.-]+\.yaml)"', tour):
+        assert (ROOT / cfg).is_file(), cfg
+
+
+@pytest.mark.slow
+def test_the_readme_tour_runs_verbatim(tmp_path):
+    """The tour, exactly as README.md prints it, in a fresh process run from a copy of the repo's
+    configs/ (it writes runs/ beside them), fp32 on the CPU (`optim.amp=auto`)."""
+    import shutil
+    import sys
+
+    (tmp_path / "configs").symlink_to(ROOT / "configs")
+    (tmp_path / "tour.py").write_text(readme_tour() + "\nprint('TOUR-OK', summary['steps'], arch.short())\n")
+    r = subprocess.run([sys.executable, "tour.py"], cwd=tmp_path, capture_output=True, text=True, timeout=1800)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "TOUR-OK 300" in r.stdout, r.stdout[-2000:]
+    assert (tmp_path / "runs" / "my-subnet" / "arch.json").is_file()
+    assert (tmp_path / "runs" / "tour" / "summary.json").is_file()
+    shutil.rmtree(tmp_path / "runs")
