@@ -164,6 +164,14 @@ def test_train_py_skips_corrupt_images_with_data_skip_corrupt(mini_root, tmp_pat
     assert rc == 0, err[-2000:]
     summary = json.loads((tmp_path / "runs" / "skip" / "summary.json").read_text())
     assert all(r["images"] == 15 for r in summary["rows"])
+    # The search commands read the run's data the way the run did: the same image left out.
+    from shiftnas.search.run import load_run
+
+    run = load_run(tmp_path / "runs" / "skip")
+    with pytest.warns(UserWarning, match=rf"skipped 1 corrupt image\(s\) of 16 under {mini_root}/val"):
+        loader = run.loader("val")
+    loader.set_epoch(0)
+    assert sum(len(y) for _, y in loader) == 15
 
 
 def test_train_py_empty_class_folder(mini_root, tmp_path):
