@@ -6,11 +6,12 @@ exactly) with ``shard_id``/``num_shards``, ``random_shuffle`` when training and
 epoch holds exactly the shard's images. Decoding is ``device="cpu"`` with ``device_id=None``
 on a machine without a GPU and ``"mixed"`` (nvJPEG) when the output device is a GPU.
 
-Epochs: DALI reshuffles inside the reader every epoch (a one-time global shuffle of the list,
-then a shuffle buffer within the shard) and moves each rank to the next shard. ``set_epoch(e)``
-costs nothing when ``e`` is the epoch the pipeline is about to run anyway; otherwise (a
-resumed run, or a pass left early) the pipeline is rebuilt with seeds derived from
-``(seed, e)`` and shard ``(rank + e) % world_size``, so all ranks still cover the split once.
+Epochs: a training pass (shuffled or augmented) runs on a pipeline built for that epoch, with
+reader and augmentation seeds derived from ``(seed, e)`` and shard ``(rank + e) % world_size``
+(all ranks still cover the split once). So epoch ``e``'s order and crops are the same whether
+the run got there by training or by resuming a checkpoint (a resumed run skips the batches
+before its step by reading them: the same random draws). A pass that is neither shuffled nor
+augmented (evaluation) reuses its pipeline.
 """
 
 from __future__ import annotations
@@ -180,7 +181,7 @@ class DALIImageLoader(ImageLoader):
 
     def __iter__(self):
         epoch = self._begin_pass()
-        if self._it is None or self._it_epoch != epoch:
+        if self._it is None or self._it_epoch != epoch or self.shuffle or self.recipe.augment:
             self._build(epoch)
         self._it_epoch = None  # unusable until the pass completes
         want = len(self)

@@ -46,17 +46,41 @@ def _transform(recipe: Recipe):
     return v2.Compose([*geometry, v2.PILToTensor()])
 
 
+def sample_seed(seed: int, epoch: int, i: int) -> int:
+    """The augmentation seed of sample `i` in epoch `epoch` (a splitmix64-style mix)."""
+    x = (seed * 0x9E3779B97F4A7C15 + epoch * 0xBF58476D1CE4E5B9 + i * 0x94D049BB133111EB) % 2**64
+    x ^= x >> 31
+    x = (x * 0xD6E8FEB86659FD93) % 2**64
+    return (x ^ (x >> 32)) % 2**63
+
+
 class _FolderDataset(Dataset):
-    def __init__(self, index: SplitIndex, recipe: Recipe, hint: str):
+    """Items are (index, epoch) pairs from `_ShardSampler`. With augmentation, torch's RNG is
+    seeded from (seed, epoch, index) before each sample's random transforms, so a crop depends on
+    nothing else (not the worker, not how many samples came before): a run resumed mid-epoch
+    draws the same crops as the run that was not interrupted. Items are read in DataLoader
+    workers only (num_threads >= 1), so the training process's RNG is never touched."""
+
+    def __init__(self, index: SplitIndex, recipe: Recipe, hint: str, seed: int):
         self.files, self.labels = index.files, index.labels
         self.mode = "L" if recipe.channels == 1 else "RGB"
         self.transform = _transform(recipe)
+        self.augment = recipe.augment
         self.hint = hint
+        self.seed = seed
 
     def __len__(self) -> int:
         return len(self.files)
 
-    def __getitem__(self, i: int):
+    def __getitem__(self, key: tuple[int, int]):
+        i, epoch = key
+        im = self._decode(i)
+        if not self.augment:
+            return self.transform(im), self.labels[i]
+        torch.manual_seed(sample_seed(self.seed, epoch, i))  # a worker's RNG (num_threads >= 1)
+        return self.transform(im), self.labels[i]
+
+    def _decode(self, i: int):
         from PIL import Image
 
         path = self.files[i]
@@ -67,11 +91,11 @@ class _FolderDataset(Dataset):
             raise CorruptImageError(
                 f"cannot decode {path}: {type(e).__name__}: {e}. {self.hint}"
             ) from e
-        return self.transform(im), self.labels[i]
+        return im
 
 
 class _ShardSampler(Sampler):
-    """Indices of one rank's chunk of epoch ``epoch``'s order (see `ImageLoader`).
+    """(index, epoch) pairs of one rank's chunk of epoch ``epoch``'s order (see `ImageLoader`).
 
     Holds plain numbers, not the loader: a loader <-> sampler cycle would be freed by the
     cyclic GC inside a forked worker of another loader, where DataLoader's iterator finaliser
@@ -101,7 +125,7 @@ class _ShardSampler(Sampler):
         else:
             order = torch.arange(self.n)
         lo, hi = self._bounds()
-        return iter(order[lo:hi].tolist())
+        return iter((i, self.epoch) for i in order[lo:hi].tolist())
 
     def __len__(self) -> int:
         lo, hi = self._bounds()
@@ -133,13 +157,13 @@ class TorchImageLoader(ImageLoader):
         )
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + 7919 * self.rank)
         self._dl = DataLoader(
-            _FolderDataset(index, recipe, hint),
+            _FolderDataset(index, recipe, hint, self.seed),
             batch_size=self.batch_size,
             sampler=self._sampler,
             num_workers=self.num_threads,
             pin_memory=self.device.type == "cuda",
             persistent_workers=self.num_threads > 0,
-            generator=g,  # seeds the workers' augmentation RNGs, per rank
+            generator=g,  # worker RNGs; augmentation is seeded per sample (_FolderDataset)
         )
 
     def __iter__(self):
