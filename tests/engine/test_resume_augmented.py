@@ -63,7 +63,7 @@ def test_augmentation_repeats_within_an_epoch_and_is_seeded_apart_across_epochs(
         ld.set_epoch(epoch)
         return next(iter(ld))
 
-    (x0, y0), (x0b, y0b), (x1, y1) = first(0), first(0), first(1)
+    (x0, y0), (x0b, y0b), (_, y1) = first(0), first(0), first(1)
     assert torch.equal(x0, x0b) and torch.equal(y0, y0b)
     assert not torch.equal(y0, y1)  # another order in epoch 1
     from shiftnas.data.torch_backend import sample_seed
