@@ -66,6 +66,7 @@ def build_loader(
     crop_pct: float | None = None,
     drop_last: bool = False,
     skip_corrupt: bool = False,
+    max_corrupt_frac: float = 0.01,
     verify: str = "quick",
 ) -> ImageLoader:
     """A loader of ``root/split`` (``root/split/<class>/<image>``) for this rank.
@@ -93,6 +94,9 @@ def build_loader(
             foreign and truncated files), ``"full"`` (decode with PIL; slow on ImageNet), ``"none"``.
         skip_corrupt: files that fail ``verify`` are left out with a warning that counts them
             (default: an error naming them). Ranks stay consistent: every rank checks the same list.
+        max_corrupt_frac: with ``skip_corrupt``, more corrupt files than this fraction of the split
+            is an error (DataError) that names the count and the limit: damaged data is not
+            trained on silently shrunk.
 
     Raises:
         DataError: a missing root or split, an empty class folder, a split without images, bad
@@ -117,6 +121,8 @@ def build_loader(
         num_threads = default_num_threads()
     if not isinstance(num_threads, int) or num_threads < 1:
         raise ValueError(f"num_threads={num_threads!r}: must be an integer >= 1")
+    if not isinstance(max_corrupt_frac, (int, float)) or not 0 <= max_corrupt_frac <= 1:
+        raise ValueError(f"max_corrupt_frac={max_corrupt_frac!r}: must be a number in [0, 1]")
     if channels not in (None, 1, 3):
         raise ValueError(f"channels={channels!r}: allowed values are 1, 3 or None (as stored)")
     if backend == "auto":
@@ -138,6 +144,13 @@ def build_loader(
         bad = find_corrupt(index.files, full=verify == "full")
         if bad and not skip_corrupt:
             raise CorruptImageError(corrupt_message(bad, index.root, hint))
+        if bad and len(bad) > max_corrupt_frac * len(index):
+            raise DataError(
+                f"skip_corrupt: {len(bad)} of {len(index)} images under {index.root} are corrupt "
+                f"(first: {min(bad)}: {bad[min(bad)]}), more than max_corrupt_frac={max_corrupt_frac:g} "
+                f"allows ({int(max_corrupt_frac * len(index))}); check the data, or raise the limit "
+                "(config data.max_corrupt_frac)"
+            )
         if bad:
             warnings.warn(
                 f"skip_corrupt: skipped {len(bad)} corrupt image(s) of {len(index)} under "

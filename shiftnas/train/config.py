@@ -65,6 +65,9 @@ class DataConfig:
     # every file's signature and end, or when decoded). true: every image is decoded once before
     # training (slow on ImageNet) and those that fail are left out, counted in a warning.
     skip_corrupt: bool = False
+    # With skip_corrupt, the most of a split that may be left out: more corrupt images than this
+    # fraction stop the run with an error (damaged data, a wrong folder), not a silent shrink.
+    max_corrupt_frac: float = 0.01
 
 
 @dataclass(frozen=True)
@@ -314,6 +317,7 @@ _RULES: dict[str, tuple[Any, str]] = {
     "generator.grad_path": (lambda v: v in GRAD_PATHS, f"one of {list(GRAD_PATHS)}"),
     "sampler.distill_warmup_frac": (lambda v: 0 <= v <= 1, "in [0, 1]"),
     "sampler.distill_ramp_frac": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "data.max_corrupt_frac": (lambda v: 0 <= v <= 1, "in [0, 1]"),
 }
 
 

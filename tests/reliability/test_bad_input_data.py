@@ -85,8 +85,22 @@ def test_non_image_with_image_extension(mini_root, name):
     with pytest.raises(CorruptImageError, match=f"1 corrupt image\\(s\\) under {mini_root}/train: {bad}: "):
         _loader(mini_root)
     with pytest.warns(UserWarning, match="skipped 1 corrupt image\\(s\\) of 17"):
-        ld = _loader(mini_root, skip_corrupt=True)
+        ld = _loader(mini_root, skip_corrupt=True, max_corrupt_frac=0.1)
     assert len(ld.index) == 16
+
+
+def test_skip_corrupt_stops_beyond_its_limit(mini_root):
+    """1 of 17 images is 5.9%: over the default 1% limit, an error naming the count and the
+    limit; under a 10% limit, skipped. A bad limit is named."""
+    bad = mini_root / "train" / "b" / "x.png"
+    bad.write_bytes(b"\x00" * 64)
+    with pytest.raises(DataError, match=rf"1 of 17 images under {mini_root}/train are corrupt .*"
+                                        r"more than max_corrupt_frac=0.01 allows \(0\)"):
+        _loader(mini_root, skip_corrupt=True)
+    with pytest.warns(UserWarning, match="skipped 1 corrupt image"):
+        _loader(mini_root, skip_corrupt=True, max_corrupt_frac=1 / 17)
+    with pytest.raises(ValueError, match=r"max_corrupt_frac=1.5: must be a number in \[0, 1\]"):
+        _loader(mini_root, skip_corrupt=True, max_corrupt_frac=1.5)
 
 
 def test_dangling_symlink_named_like_an_image(mini_root):
@@ -158,7 +172,7 @@ def test_train_py_skips_corrupt_images_with_data_skip_corrupt(mini_root, tmp_pat
     bad.write_bytes(bad.read_bytes()[:-40])
     assert "data.skip_corrupt=true" in _train(mini_root, tmp_path / "runs")  # the error says how
     argv = [*tiny_overrides(mini_root, tmp_path / "runs", "skip"), "optim.steps=2", "optim.warmup_steps=0",
-            "data.skip_corrupt=true"]
+            "data.skip_corrupt=true", "data.max_corrupt_frac=0.1"]
     with pytest.warns(UserWarning, match=rf"skipped 1 corrupt image\(s\) of 16 under {mini_root}/val \(first: {bad}"):
         rc, _, err = train_main(argv, seconds=300)
     assert rc == 0, err[-2000:]
@@ -189,7 +203,7 @@ def test_train_py_corruption_found_while_training(mini_root, tmp_path):
     lines = err.splitlines()  # the run's own lines (amp, ...) first, then the one error line
     assert lines[-1].startswith(f"train.py [rank 0]: error: cannot decode {bad}")
     assert not [x for x in lines[:-1] if "error" in x]
-    argv.append("data.skip_corrupt=true")  # every image decoded before training: left out
+    argv += ["data.skip_corrupt=true", "data.max_corrupt_frac=0.1"]  # every image decoded first: left out
     with pytest.warns(UserWarning, match=rf"skipped 1 corrupt image\(s\) of 16 under {mini_root}/train"):
         rc, _, err = train_main([*argv, "data.batch_size=15"], seconds=300)
     assert rc == 0, err[-2000:]
