@@ -1,4 +1,4 @@
-"""Fault injection: SIGKILLs, a crashing torchrun rank, nan/inf gradients (issue 7, items 1, 2, 5).
+"""Fault injection: SIGKILLs, a crashing or SIGKILLed torchrun rank, a flipped checkpoint byte, nan/inf gradients.
 
 Every scenario trains the tiny Fashion-MNIST tree (tests/fmnist_tiny.py: 640 train images) with
 a shift-sampler vit-fmnist run in fp32 on CPU (torch loader, no augmentation, batch 16, a
@@ -12,6 +12,10 @@ shiftnas/train/faults.py (opt-in SHIFTNAS_FAULT_* variables).
                  write (SHIFTNAS_FAULT_CKPT_DELAY_S), during start-up; then run to the end.
   restart        `torchrun --nproc_per_node=2 --max-restarts=2 train.py` (gloo); rank 1 raises
                  once before step 14 (mid-epoch); the job must restart and resume by itself.
+  rank_kill      the same, but rank 1 SIGKILLs its own process (no Python cleanup).
+  byte_flip      a finished run's newest checkpoint gets one flipped byte in its tensor data;
+                 `--resume auto` must refuse it (digest), move it aside, resume from the one
+                 before and end bit-identical ("data lost" counts corrupt weights loaded).
   nan/inf grads  isolated nan / inf / -inf gradients in the supernet or the generator (4 runs).
   bad streak     inf gradients from step 5 on: exit 3 after 10 in a row; then `--resume auto`
                  without the fault.
@@ -46,7 +50,7 @@ sys.path[:0] = [str(Path(__file__).resolve().parent), str(ROOT / "tests"), str(R
 from _common import git_commit, git_dirty, machine, utc_date, write_json
 
 DEFAULT_OUT = ROOT / "bench" / "results" / "fault_injection.json"
-SCENARIOS = ("crash", "restart", "numeric", "streak")
+SCENARIOS = ("crash", "restart", "rank_kill", "byte_flip", "numeric", "streak")
 GRAD_SPECS = ("nan:3,9", "inf:5,6", "-inf:7:generator", "nan:4,11:generator")
 
 
@@ -72,16 +76,33 @@ def crash(root: Path, work: Path, kills: int, steps: int, seed: int) -> dict:
     }
 
 
-def restart(root: Path, work: Path) -> dict:
+def restart(root: Path, work: Path, how: str = "raise") -> dict:
     from fault_harness import restart_scenario
 
-    r = restart_scenario(root, work, work / "logs", steps=16, ckpt_every=4, raise_at=14, rank=1)
-    ok = (r["exit_code"] == 0 and r["fault_fired"] and r.get("diff") == {} and r["restarts"] == 1
-          and r.get("images_seen") == r.get("expected_images"))
+    r = restart_scenario(root, work, work / "logs", steps=16, ckpt_every=4, raise_at=14, rank=1, how=how)
+    ok = (r["exit_code"] == 0 and r["fault_fired"] and r["crash_logged"] and r.get("diff") == {}
+          and r["restarts"] == 1 and r.get("images_seen") == r.get("expected_images"))
     return {
-        "row": "torchrun restart", "faults": int(r["fault_fired"]), "survived": int(ok), "runs": 1,
+        "row": "torchrun restart" if how == "raise" else "rank SIGKILL", "faults": int(r["fault_fired"]),
+        "survived": int(ok), "runs": 1,
         "steps_lost": r["steps_lost"],
         "data_lost": len(r["unreadable_checkpoints"]) + _diff_count(r.get("diff", {"run": ["failed"]})),
+        "detail": r,
+    }
+
+
+def rank_kill(root: Path, work: Path) -> dict:
+    return restart(root, work, how="sigkill")
+
+
+def byte_flip(root: Path, work: Path) -> dict:
+    from fault_harness import byte_flip_scenario
+
+    r = byte_flip_scenario(root, work, work / "logs", steps=16, ckpt_every=4)
+    ok = r["exit_code"] == 0 and r["resumed_at"] == [12] and r["moved_aside"] == [r["flipped"] + ".corrupt"]
+    return {
+        "row": "byte flip", "faults": 1, "survived": int(ok and r.get("diff") == {}), "runs": 1,
+        "steps_lost": r["steps_lost"], "data_lost": _diff_count(r.get("diff", {"run": ["failed"]})),
         "detail": r,
     }
 

@@ -14,6 +14,8 @@ result changes.
                                      mid-epoch) on rank SHIFTNAS_FAULT_RANK (default 0).
   SHIFTNAS_FAULT_ONCE=PATH           with the above: fire only while PATH does not exist, and
                                      create it when firing, so a restarted job does not crash again.
+  SHIFTNAS_FAULT_HOW=raise|sigkill   with the above: raise (default), or SIGKILL the rank's own
+                                     process (no Python cleanup, as when the OOM killer strikes).
   SHIFTNAS_FAULT_GRAD=KIND:STEPS[:WHERE]
                                      after the backward (and the gradient all-reduce) of the
                                      listed steps, set one gradient element to KIND (nan, inf or
@@ -23,6 +25,7 @@ result changes.
 from __future__ import annotations
 
 import os
+import signal
 import time
 from dataclasses import dataclass
 
@@ -95,6 +98,7 @@ class EngineFaults:
     grad_value: float | None = None
     grad_steps: frozenset[int] = frozenset()
     grad_where: str = "supernet"
+    how: str = "raise"
 
     def before_step(self, step: int) -> None:
         """Raise InjectedFault at the chosen step (once, with SHIFTNAS_FAULT_ONCE)."""
@@ -105,6 +109,8 @@ class EngineFaults:
                 os.close(os.open(self.once, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
             except FileExistsError:
                 return
+        if self.how == "sigkill":
+            os.kill(os.getpid(), signal.SIGKILL)
         raise InjectedFault(f"SHIFTNAS_FAULT_RAISE_AT_STEP: injected crash before step {step}")
 
     def corrupt_grads(self, step: int, net_params, generator_params) -> None:
@@ -132,8 +138,11 @@ def engine_faults(rank: int) -> EngineFaults | None:
             fault_rank = int(env.get("SHIFTNAS_FAULT_RANK") or 0)
         except ValueError:
             raise _env_error("SHIFTNAS_FAULT_RAISE_AT_STEP/RANK", raw_at, "need integers") from None
+        how = env.get("SHIFTNAS_FAULT_HOW") or "raise"
+        if how not in ("raise", "sigkill"):
+            raise _env_error("SHIFTNAS_FAULT_HOW", how, "allowed: raise, sigkill")
         if fault_rank == rank:
-            kw.update(raise_at=at, once=env.get("SHIFTNAS_FAULT_ONCE") or None)
+            kw.update(raise_at=at, once=env.get("SHIFTNAS_FAULT_ONCE") or None, how=how)
     if raw_grad:
         parts = raw_grad.split(":")
         if len(parts) not in (2, 3) or parts[0] not in _KINDS:

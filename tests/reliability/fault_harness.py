@@ -36,6 +36,7 @@ import signal
 import subprocess
 import sys
 import time
+import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -425,9 +426,11 @@ def crash_campaign(cmd: list[str], run_dir: Path, logs: Path, n_kills: int, seed
 
 # ---------------------------------------------------------------------------------- restarts
 def restart_scenario(root: Path, out: Path, logs: Path, steps: int = 16, ckpt_every: int = 4,
-                     raise_at: int = 14, rank: int = 1, batch_size: int = 32, timeout: float = 900) -> dict[str, Any]:
+                     raise_at: int = 14, rank: int = 1, batch_size: int = 32, timeout: float = 900,
+                     how: str = "raise") -> dict[str, Any]:
     """`torchrun --nproc_per_node=2 --max-restarts=2 train.py` (gloo, CPU) whose rank `rank`
-    raises before step `raise_at` once (SHIFTNAS_FAULT_RAISE_AT_STEP + SHIFTNAS_FAULT_ONCE),
+    raises (how="raise") or SIGKILLs itself (how="sigkill") before step `raise_at` once
+    (SHIFTNAS_FAULT_RAISE_AT_STEP + SHIFTNAS_FAULT_ONCE + SHIFTNAS_FAULT_HOW),
     against the same job uninterrupted. With batch 32 per rank an epoch is 10 steps: the crash
     is in the middle of the second one."""
     logs.mkdir(parents=True, exist_ok=True)
@@ -436,14 +439,16 @@ def restart_scenario(root: Path, out: Path, logs: Path, steps: int = 16, ckpt_ev
     if rc_ref != 0:
         raise RuntimeError(f"the uninterrupted 2-process run failed (exit {rc_ref}): {text_ref[-3000:]}")
     marker = out / "fault.fired"
-    env = child_env(SHIFTNAS_FAULT_RAISE_AT_STEP=raise_at, SHIFTNAS_FAULT_RANK=rank, SHIFTNAS_FAULT_ONCE=marker)
+    env = child_env(SHIFTNAS_FAULT_RAISE_AT_STEP=raise_at, SHIFTNAS_FAULT_RANK=rank, SHIFTNAS_FAULT_ONCE=marker,
+                    SHIFTNAS_FAULT_HOW=how)
     ov = run_overrides(root, out, "ddp-restart", steps, ckpt_every, batch_size)
     rc, wall, text = run(torchrun_cmd(ov, max_restarts=2), env, logs / "ddp-restart.log", timeout)
     resumed = [int(s) for _, s in RESUMED_RE.findall(text)]
     _, bad = check_checkpoints(out / "ddp-restart")
     res: dict[str, Any] = {
         "exit_code": rc, "wall_s": round(wall, 1), "reference_wall_s": round(wall_ref, 1),
-        "fault_fired": marker.exists(), "crash_logged": "InjectedFault" in text,
+        "fault_fired": marker.exists(),
+        "crash_logged": ("InjectedFault" in text) if how == "raise" else ("exitcode: -9" in text),  # torchrun: killed by signal 9
         "resumed_at": resumed, "restarts": len(resumed),
         "connect_failures": text.count("connectFullMesh failed"),  # a restart that could not rejoin
         "steps_lost": raise_at - resumed[0] if resumed else None,
@@ -454,6 +459,48 @@ def restart_scenario(root: Path, out: Path, logs: Path, steps: int = 16, ckpt_ev
         res.update(steps=summary["steps"], images_seen=summary["images_seen"],
                    expected_images=steps * batch_size * 2,
                    diff=compare_runs(out / "ddp-ref", out / "ddp-restart"))
+    else:
+        res["output_tail"] = text[-3000:]
+    return res
+
+
+# ---------------------------------------------------------------------------------- byte flip
+def flip_tensor_byte(p: Path) -> None:
+    """Flip one byte in the middle of the largest tensor record of torch's zip."""
+    with zipfile.ZipFile(p) as z:
+        info = max((i for i in z.infolist() if "/data/" in i.filename), key=lambda i: i.file_size)
+    data = bytearray(p.read_bytes())
+    start = info.header_offset + 30 + sum(int.from_bytes(data[info.header_offset + o:][:2], "little") for o in (26, 28))
+    data[start + info.file_size // 2] ^= 0x10
+    p.write_bytes(bytes(data))
+
+
+def byte_flip_scenario(root: Path, out: Path, logs: Path, steps: int = 16, ckpt_every: int = 4,
+                       timeout: float = 900) -> dict[str, Any]:
+    """A finished run whose newest checkpoint gets one flipped byte in its tensor data, then
+    `--resume auto`: it must fall back to the previous checkpoint (the digest check), move the
+    corrupt file aside (kept), retrain the steps after it and end bit-identical to the run."""
+    import shutil
+
+    logs.mkdir(parents=True, exist_ok=True)
+    ov_ref = run_overrides(root, out, "flip-ref", steps, ckpt_every)
+    rc_ref, _, text_ref = run(train_cmd(ov_ref), child_env(), logs / "flip-ref.log", timeout)
+    if rc_ref != 0:
+        raise RuntimeError(f"the reference run failed (exit {rc_ref}): {text_ref[-3000:]}")
+    run_dir = out / "flip"
+    shutil.copytree(out / "flip-ref", run_dir)
+    newest = list_checkpoints(run_dir)[-1][1]
+    flip_tensor_byte(newest)
+    rc, wall, text = run(train_cmd(run_overrides(root, out, "flip", steps, ckpt_every)), child_env(),
+                         logs / "flip.log", timeout)
+    resumed = [int(s) for _, s in RESUMED_RE.findall(text)]
+    res: dict[str, Any] = {
+        "exit_code": rc, "wall_s": round(wall, 1), "flipped": newest.name, "resumed_at": resumed,
+        "moved_aside": sorted(q.name for q in run_dir.glob("*.corrupt")),
+        "steps_lost": steps - resumed[0] if resumed else None,
+    }
+    if rc == 0:
+        res["diff"] = compare_runs(out / "flip-ref", run_dir)
     else:
         res["output_tail"] = text[-3000:]
     return res

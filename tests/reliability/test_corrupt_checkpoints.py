@@ -8,25 +8,15 @@ how to start over, on every later attempt too; `--resume PATH` of a corrupt file
 from __future__ import annotations
 
 import shutil
-import zipfile
 from pathlib import Path
 
 import pytest
 import torch
 from clicheck import assert_one_line_error, make_mini_root, train_main
+from fault_harness import flip_tensor_byte
 from fmnist_tiny import tiny_overrides
 
 from shiftnas.train.checkpoint import list_checkpoints, list_moved_aside, load_checkpoint
-
-
-def flip_tensor_byte(p: Path) -> None:
-    """Flip one byte in the middle of the largest tensor record of torch's zip."""
-    with zipfile.ZipFile(p) as z:
-        info = max((i for i in z.infolist() if "/data/" in i.filename), key=lambda i: i.file_size)
-    data = bytearray(p.read_bytes())
-    start = info.header_offset + 30 + sum(int.from_bytes(data[info.header_offset + o:][:2], "little") for o in (26, 28))
-    data[start + info.file_size // 2] ^= 0x10
-    p.write_bytes(bytes(data))
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,5 @@
 """Issue 7, item 2: under `torchrun --nproc_per_node=2 --max-restarts=2 train.py` (gloo, CPU) a rank
-that raises mid-epoch makes torchrun restart the job, train.py resumes from the newest
+that raises or is SIGKILLed mid-epoch makes torchrun restart the job, train.py resumes from the newest
 checkpoint by itself (TORCHELASTIC_RESTART_COUNT > 0), and the job ends bit-identical to an
 uninterrupted 2-process run. A restart never takes over another run's checkpoints."""
 from __future__ import annotations
@@ -19,8 +19,10 @@ def fmnist_root(tmp_path_factory):
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def test_rank_crash_mid_epoch_restarts_and_finishes_unchanged(fmnist_root, tmp_path):
-    r = restart_scenario(fmnist_root, tmp_path, tmp_path / "logs", steps=16, ckpt_every=4, raise_at=14, rank=1)
+@pytest.mark.parametrize("how", ["raise", "sigkill"])
+def test_rank_crash_mid_epoch_restarts_and_finishes_unchanged(fmnist_root, tmp_path, how):
+    r = restart_scenario(fmnist_root, tmp_path, tmp_path / "logs", steps=16, ckpt_every=4, raise_at=14, rank=1,
+                         how=how)
     assert r["exit_code"] == 0, r.get("output_tail")
     assert r["fault_fired"] and r["crash_logged"]
     assert r["connect_failures"] == 0  # the restarted ranks rejoined at once (fresh store keys)
