@@ -40,10 +40,13 @@ from _common import git_commit, git_dirty, machine, write_json
 RESULTS = ROOT / "bench" / "results"
 SAMPLERS = ("uniform", "bin_uniform", "shift", "sandwich", "attentive")
 # Variants: a label -> (sampler, config overrides). shift_full: Eq. 9 at full width (the task
-# loss reaches every candidate); *_warm: in-place distillation after a labels-only warm-up of
-# 30% of the steps, ramped in over the next 20%.
+# loss reaches every candidate); shift_m1: see below; *_warm: in-place distillation after a
+# labels-only warm-up of 30% of the steps, ramped in over the next 20%.
 VARIANTS = {
     "shift_full": ("shift", ["generator.grad_path=full"]),
+    # the probability shift with a fifth of the paper's total movement of B (shift.movement
+    # 5.6 -> 1.1): a short run has few updates of B, each a large step on a noisy estimate
+    "shift_m1": ("shift", ["shift.movement=1.1"]),
     "sandwich_warm": ("sandwich", ["sampler.distill_warmup_frac=0.3", "sampler.distill_ramp_frac=0.2"]),
     "attentive_warm": ("attentive", ["sampler.distill_warmup_frac=0.3", "sampler.distill_ramp_frac=0.2"]),
 }
