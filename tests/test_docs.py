@@ -92,6 +92,15 @@ def test_the_readme_tour_is_valid_python_naming_real_files():
         assert (ROOT / cfg).is_file(), cfg
 
 
+def test_the_readme_tour_prints_what_its_comment_says(capsys):
+    """The tour's first lines, up to `print(arch.short())`, print the arch its comment shows."""
+    lines = readme_tour().splitlines()
+    n = next(i for i, line in enumerate(lines) if line.startswith("print(arch.short())"))
+    exec(compile("\n".join(lines[: n + 1]), "README.md tour", "exec"), {})
+    shown = lines[n].split("#", 1)[1].strip()
+    assert capsys.readouterr().out.strip() == shown
+
+
 @pytest.mark.slow
 def test_the_readme_tour_runs_verbatim(tmp_path):
     """The tour, exactly as README.md prints it, in a fresh process run from a copy of the repo's
