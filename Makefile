@@ -78,7 +78,7 @@ bench-loader: install data
 	$(PY) bench/bench_loader.py
 
 # One pytest-xdist worker per core, at most 4 (each worker and its subprocesses use one
-# torch thread, see tests/conftest.py): 8 min instead of ~36 on this 2-core machine.
+# torch thread, see tests/conftest.py): 9.5-11 min for the suite on a 2-core Xeon (README).
 TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 1); [ $$n -gt 4 ] && n=4; echo $$n)
 
 test: install data

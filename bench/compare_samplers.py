@@ -112,8 +112,6 @@ def train(args, space: str, sampler: str, seed: int) -> dict:
 def evaluate(args, space: str, info: dict, archs: list[dict]) -> dict:
     """Top-1 of every panel arch (and the generator's, for shift runs) on the run's final weights;
     cached in the run dir, keyed by the panel and the number of images."""
-    from shiftnas.search import load_run
-
     key = {"panel": [[p["name"], round(p["mflops"], 6)] for p in archs], "eval_images": args.eval_images}
     cache = Path(info["run"]) / "compare_eval.json"
     if cache.is_file():

@@ -75,9 +75,8 @@ class _FolderDataset(Dataset):
     def __getitem__(self, key: tuple[int, int]):
         i, epoch = key
         im = self._decode(i)
-        if not self.augment:
-            return self.transform(im), self.labels[i]
-        torch.manual_seed(sample_seed(self.seed, epoch, i))  # a worker's RNG (num_threads >= 1)
+        if self.augment:
+            torch.manual_seed(sample_seed(self.seed, epoch, i))  # a worker's RNG (num_threads >= 1)
         return self.transform(im), self.labels[i]
 
     def _decode(self, i: int):

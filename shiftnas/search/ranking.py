@@ -158,8 +158,7 @@ def _finetune_loader(run, batch_size: int, seed: int):
         channels=run.space.hparams["in_chans"],
         # load_run's trainer already checked every file of this split; with data.skip_corrupt the
         # check runs again to leave the same files out
-        verify="full" if c.data.skip_corrupt else "none", skip_corrupt=c.data.skip_corrupt,
-        max_corrupt_frac=c.data.max_corrupt_frac,
+        **c.data.corrupt_checks(verify="none"),
     )
     if len(loader) < 1:
         raise ValueError(

@@ -103,8 +103,7 @@ class LoadedRun:
                 root, split, c.eval.batch_size, c.data.image_size, train=True, augment=False,
                 seed=c.run.seed + 2, backend=c.data.backend, num_threads=c.data.num_threads,
                 device=self.device, channels=self.space.hparams["in_chans"],
-                skip_corrupt=c.data.skip_corrupt, max_corrupt_frac=c.data.max_corrupt_frac,
-                verify="full" if c.data.skip_corrupt else "quick",
+                **c.data.corrupt_checks(),
             )
         return self._loaders[split]
 

@@ -69,6 +69,13 @@ class DataConfig:
     # fraction stop the run with an error (damaged data, a wrong folder), not a silent shrink.
     max_corrupt_frac: float = 0.01
 
+    def corrupt_checks(self, verify: str = "quick") -> dict[str, Any]:
+        """build_loader's corruption arguments for this config: with skip_corrupt every file is
+        decoded up front (verify="full", so the same files are left out wherever the split is
+        read), else `verify`."""
+        return {"skip_corrupt": self.skip_corrupt, "max_corrupt_frac": self.max_corrupt_frac,
+                "verify": "full" if self.skip_corrupt else verify}
+
 
 @dataclass(frozen=True)
 class ModelConfig:

@@ -239,8 +239,7 @@ class Trainer:
                 raise ValueError(f"data split {split!r} not found: {str(root / split)!r} is not a directory; {hint}")
         chans = self.space.hparams["in_chans"]
         common = dict(backend=c.data.backend, num_threads=c.data.num_threads, device=self.device, channels=chans,
-                      skip_corrupt=c.data.skip_corrupt, max_corrupt_frac=c.data.max_corrupt_frac,
-                      verify="full" if c.data.skip_corrupt else "quick")
+                      **c.data.corrupt_checks())
         self.train_loader = build_loader(
             root, c.data.train_split, c.data.batch_size, c.data.image_size, train=True,
             rank=info.rank, world_size=info.world_size, seed=c.run.seed, augment=c.data.augment,
