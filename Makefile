@@ -1,5 +1,5 @@
 # Developer entry points for shiftnas. Everything runs inside $(VENV), which
-# is created on first use. Targets: install, test, test-slow, demo, bench, clean.
+# is created on first use. Targets: install, test, test-slow, demo, bench, gpu-check, clean.
 #
 #   make test                      # build (incl. shiftnas._C) and run the tests (not the slow ones)
 #   make test-slow                 # the slow tests: build the wheel, install it in a fresh venv, train
@@ -32,7 +32,7 @@ export CUDA_HOME
 endif
 export SHIFTNAS_BUILD_CUDA
 
-.PHONY: install test test-slow demo bench bench-ln bench-kernels bench-gpu clean distclean
+.PHONY: install test test-slow demo bench bench-ln bench-kernels bench-gpu gpu-check clean distclean
 
 install: $(STAMP)
 
@@ -106,6 +106,14 @@ bench-kernels: install
 # on one H200; writes bench/results/kernels_cuda.{json,png}.
 bench-gpu: install
 	$(PY) bench/bench_kernels.py --device cuda --budget-s 270
+
+# Everything a CUDA machine can check, in one command (< 8 min on one H200): builds shiftnas._C
+# with its CUDA ops (offline: --no-build-isolation --no-deps --no-index), runs every test file that
+# runs CUDA code, then the GPU suite of bench-gpu; writes bench/results/gpu_check.json. It uses
+# this venv when there is one, else the machine's python3 (a GPU image with torch installed).
+GPU_PY ?= $(if $(wildcard $(PY)),$(PY),python3)
+gpu-check:
+	$(GPU_PY) bench/gpu_check.py
 
 # Keeps the venv (torch is a large download); `make distclean` removes it too.
 clean:
