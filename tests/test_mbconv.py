@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 
 import pytest
@@ -15,8 +16,10 @@ from shiftnas.models.mbconv import MBConvSupernet, resize_to
 from shiftnas.models.static_mbconv import StaticMBConv
 from shiftnas.ops.batch_norm import ElasticBatchNorm2d
 from shiftnas.ops.conv import ElasticDWConv2d
-from shiftnas.spaces import get_space
+from shiftnas.spaces import ArchConfig, get_space
 from shiftnas.spaces.arch_sample import ArchSample
+
+from archutil import register_toy_attentivenas
 
 SPACES = ["cnn-fmnist", "cnn-bignas"]
 
@@ -306,3 +309,102 @@ def test_batch_norm_updates_only_the_active_prefix():
         x, bn.running_mean[:6], bn.running_var[:6], bn.weight[:6], bn.bias[:6], False, 0.1, 1e-5
     )
     torch.testing.assert_close(bn(x), ref)
+
+
+# -- (h) AttentiveNAS shortcut (cnn-bignas) ---------------------------------------------------------
+# facebookresearch/AttentiveNAS configs/eval_attentive_nas_models.yml, `pareto_models` a0-a6:
+# resolution, width [first_conv, mb1..mb7, last_conv], and per stage kernel_size, expand_ratio,
+# depth. Published MFLOPs: the table in that repository's README.md. Then our exact MACs and params.
+ATTENTIVENAS_MODELS = {
+    "a0": (192, [16, 16, 24, 32, 64, 112, 192, 216, 1792], [3, 3, 3, 3, 3, 3, 3], [1, 4, 4, 4, 4, 6, 6],
+           [1, 3, 3, 3, 3, 3, 1], 203, 203_389_568, 8_954_184),
+    "a1": (224, [16, 16, 24, 32, 64, 112, 192, 216, 1984], [3, 3, 3, 5, 3, 5, 3], [1, 4, 4, 4, 4, 6, 6],
+           [1, 3, 3, 3, 3, 3, 1], 279, 279_238_816, 9_452_872),
+    "a2": (224, [16, 16, 24, 32, 64, 112, 200, 224, 1984], [3, 3, 3, 3, 3, 5, 3], [1, 4, 5, 4, 4, 6, 6],
+           [1, 3, 3, 3, 3, 4, 1], 317, 316_730_080, 11_149_824),
+    "a3": (224, [16, 16, 24, 32, 64, 112, 208, 224, 1984], [3, 3, 3, 5, 3, 3, 3], [1, 4, 4, 4, 4, 6, 6],
+           [2, 3, 3, 4, 3, 5, 1], 357, 356_518_400, 12_784_928),
+    "a4": (256, [16, 16, 24, 32, 64, 112, 192, 216, 1984], [3, 3, 3, 5, 3, 5, 3], [1, 4, 4, 5, 4, 6, 6],
+           [1, 3, 3, 4, 3, 5, 1], 444, 443_530_752, 11_809_640),
+    "a5": (256, [16, 16, 24, 32, 72, 112, 192, 216, 1792], [3, 3, 3, 5, 3, 3, 3], [1, 4, 5, 4, 4, 6, 6],
+           [1, 3, 3, 3, 4, 6, 1], 491, 490_520_064, 12_597_464),
+    "a6": (288, [16, 16, 24, 32, 64, 112, 216, 224, 1984], [3, 3, 3, 3, 3, 5, 3], [1, 4, 6, 5, 4, 6, 6],
+           [1, 3, 3, 4, 4, 6, 1], 709, 709_007_232, 15_154_792),
+}
+
+
+def attentivenas_arch(name: str):
+    """The released AttentiveNAS model `name` (a0-a6) as a cnn-bignas arch."""
+    r, w, k, e, d = ATTENTIVENAS_MODELS[name][:5]
+    values = {"resolution": r, "stem.width": w[0], "head.width": w[-1]}
+    for s in range(7):
+        values.update({f"stage{s}.width": w[s + 1], f"stage{s}.depth": d[s]})
+        for j in range(d[s]):
+            values.update({f"stage{s}.block{j}.kernel": k[s], f"stage{s}.block{j}.expand": e[s]})
+    return ArchConfig.from_dict("cnn-bignas", values)
+
+
+@pytest.mark.parametrize("name", sorted(ATTENTIVENAS_MODELS))
+def test_attentivenas_released_models_match_published_mflops(name):
+    published, macs, params = ATTENTIVENAS_MODELS[name][5:]
+    sp, arch = get_space("cnn-bignas"), attentivenas_arch(name)
+    assert count_flops(sp, arch) == macs and count_params(sp, arch) == params
+    assert abs(macs / 1e6 - published) / published < 0.01  # measured: within 0.2%
+    with torch.device("meta"):
+        model = StaticMBConv(arch).eval()
+        assert _counted_macs(model, _input(sp, arch, batch=1)) == macs
+    assert sum(p.numel() for p in model.parameters()) == params
+    # a shortcut conv exactly where a stage's first block changes the width
+    widths = ATTENTIVENAS_MODELS[name][1]
+    assert [stage[0].shortcut_conv is not None for stage in model.stages] == [
+        a != b for a, b in itertools.pairwise(widths[:8])
+    ]
+
+
+def test_export_equals_supernet_attentivenas_a0(bignas_net):
+    _check_export(bignas_net, bignas_net.space, attentivenas_arch("a0"))
+
+
+def test_attentivenas_shortcut_semantics(monkeypatch):
+    """The shortcut alone (branch zeroed): avg_pool2d(x, 2, padding=H % 2), then a bias-free 1x1
+    conv where the width changes; the identity where neither changes; OFA spaces: no shortcut."""
+    sp = register_toy_attentivenas(monkeypatch)
+    torch.manual_seed(12)
+    for values, conv in [
+        ({"stage0.width": 16}, (True, False, True)),  # 8 -> 16, 16 -> 16 (pool only), 16 -> 8
+        ({"stem.width": 16, "stage0.width": 16, "stage2.width": 16}, (False, False, False)),
+        ({"stage0.width": 16, "stage1.width": 24, "stage2.width": 16}, (True, True, True)),
+    ]:
+        arch = sp.from_indices({**sp.indices(sp.min()), **{
+            k: sp.decision(k).index(v) for k, v in values.items()}})
+        model = StaticMBConv(arch).eval()
+        assert tuple(st[0].shortcut_conv is not None for st in model.stages) == conv
+        for stage in model.stages:
+            block = stage[0]
+            with torch.no_grad():
+                block.project_bn.weight.zero_()
+                block.project_bn.bias.zero_()
+            x = torch.randn(2, block.dw_conv.in_channels if block.expand_conv is None
+                            else block.expand_conv.in_channels, 13, 13)
+            ref = x if block.stride == 1 else F.avg_pool2d(x, 2, padding=1)
+            if block.shortcut_conv is not None:
+                ref = F.conv2d(ref, block.shortcut_conv.weight)
+            assert block.shortcut_conv is None or block.shortcut_conv.bias is None
+            with torch.no_grad():
+                out = block(x)
+            assert out.shape[-1] == (13 if block.stride == 1 else 7)
+            torch.testing.assert_close(out, ref, rtol=0, atol=0)
+    fm = StaticMBConv(get_space("cnn-fmnist").max())
+    assert all(b.shortcut_conv is None and b.residual == (j > 0) for st in fm.stages for j, b in enumerate(st))
+
+
+def test_attentivenas_toy_space_cost_and_export(monkeypatch):
+    """Odd grids into the shortcut pool and narrowing stages: exact cost and export equality."""
+    sp = register_toy_attentivenas(monkeypatch)
+    torch.manual_seed(13)
+    net = _randomise(MBConvSupernet(sp))
+    for arch in _archs(sp, 20, seed=14):
+        model = net.export(arch)
+        assert count_flops(sp, arch) == _counted_macs(model.eval(), _input(sp, arch, batch=1)), arch.short()
+        assert count_params(sp, arch) == sum(p.numel() for p in model.parameters()), arch.short()
+        _check_export(net, sp, arch)

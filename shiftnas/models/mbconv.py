@@ -26,7 +26,8 @@ from ..ops.linear import ElasticLinear
 from ..ops.se import ElasticSE, se_mid
 from ..spaces import ArchConfig, SearchSpace, get_space
 from ..spaces.arch_sample import ArchSample
-from .static_mbconv import StaticMBConv, hidden_width
+from ..spaces.cnn import has_residual
+from .static_mbconv import StaticMBConv, hidden_width, pool_shortcut
 
 __all__ = ["ElasticMBConvBlock", "MBConvSupernet", "resize_to"]
 
@@ -53,7 +54,9 @@ def _scale(x: torch.Tensor, s: torch.Tensor | None) -> torch.Tensor:
 
 
 class ElasticMBConvBlock(nn.Module):
-    """MBConv block at max size: [expand] -> dw conv -> [SE] -> project (+ identity if residual)."""
+    """MBConv block at max size: [expand] -> dw conv -> [SE] -> project, plus the shortcut if
+    `residual`: [avg pool if stride > 1] -> [1x1 conv where the width changes] (the conv exists
+    if `shortcut_conv`; the space's `shortcut` rule, `shiftnas/spaces/cnn.py`)."""
 
     def __init__(
         self,
@@ -64,6 +67,7 @@ class ElasticMBConvBlock(nn.Module):
         stride: int,
         se: bool,
         residual: bool,
+        shortcut_conv: bool = False,
         device=None,
         dtype=None,
     ):
@@ -81,6 +85,27 @@ class ElasticMBConvBlock(nn.Module):
         self.se = ElasticSE(max_hidden, **kw) if se else None
         self.project_conv = ElasticConv2d(max_hidden, max_out, 1, **kw)
         self.project_bn = ElasticBatchNorm2d(max_out, **kw)
+        self.shortcut_conv = None
+        if residual and shortcut_conv:
+            self.shortcut_conv = ElasticConv2d(max_in, max_out, 1, **kw)
+
+    def shortcut(
+        self, x: torch.Tensor, width: int, scale: torch.Tensor | None, same_width: bool | None
+    ) -> torch.Tensor:
+        """The residual at `width` channels; `scale` multiplies the shortcut conv's output.
+        `same_width`: whether the subnet keeps its width, given on the full-width path, where x
+        and `width` are the widest candidates and x's channels past the subnet's are zero: the
+        identity is then x zero-padded or cut to `width`. Default: x.shape[1] == width."""
+        x = pool_shortcut(x, self.stride)
+        same = x.shape[1] == width if same_width is None else same_width
+        if same:
+            return x if x.shape[1] == width else F.pad(x, (0, 0, 0, 0, 0, width - x.shape[1]))
+        if self.shortcut_conv is None:
+            raise ValueError(
+                f"ElasticMBConvBlock: a shortcut from {x.shape[1]} to {width} channels needs a "
+                "shortcut conv, and this block has none (its space never changes the width here)"
+            )
+        return _scale(self.shortcut_conv(x, width), scale)
 
     def forward(
         self,
@@ -92,9 +117,12 @@ class ElasticMBConvBlock(nn.Module):
         out_scale: torch.Tensor | None = None,
         hidden: int | None = None,
         se_mid: int | None = None,
+        shortcut_scale: torch.Tensor | None = None,
+        same_width: bool | None = None,
     ) -> torch.Tensor:
-        """`hidden_scale` multiplies the dw output ([hidden] or scalar), `out_scale` the branch.
-        `hidden` / `se_mid` override the widths derived from x (the full-width Eq. 9 path)."""
+        """`hidden_scale` multiplies the dw output ([hidden] or scalar), `out_scale` the branch,
+        `shortcut_scale` the shortcut conv's output. `hidden` / `se_mid` / `same_width` override
+        what is derived from x (the full-width Eq. 9 path)."""
         h = x
         if expand != 1:
             hidden = hidden_width(x.shape[1], expand) if hidden is None else hidden
@@ -103,7 +131,7 @@ class ElasticMBConvBlock(nn.Module):
         if self.se is not None:
             h = self.se(h, se_mid)
         h = _scale(self.project_bn(self.project_conv(h, width)), out_scale)
-        return x + h if self.residual else h
+        return self.shortcut(x, width, shortcut_scale, same_width) + h if self.residual else h
 
 
 class MBConvSupernet(nn.Module):
@@ -132,18 +160,25 @@ class MBConvSupernet(nn.Module):
         width = max(sp.decision("stem.width").choices)
         self.stem_conv = ElasticConv2d(hp["in_chans"], width, 3, hp["stem_stride"], **kw)
         self.stem_bn = ElasticBatchNorm2d(width, **kw)
+        self.shortcut = hp.get("shortcut", "ofa")
+        in_widths = sp.decision("stem.width").choices
         stages = []
         for s, st in enumerate(hp["stages"]):
-            out = max(sp.decision(f"stage{s}.width").choices)
+            out_widths = sp.decision(f"stage{s}.width").choices
+            out = max(out_widths)
             stage = nn.ModuleList()
             for j in range(max(sp.decision(f"stage{s}.depth").choices)):
                 kernels = sp.decision(f"stage{s}.block{j}.kernel").choices
                 max_t = max(sp.decision(f"stage{s}.block{j}.expand").choices)
                 stride = st["stride"] if j == 0 else 1
-                stage.append(
-                    ElasticMBConvBlock(width, out, kernels, max_t, stride, st["se"], j > 0, **kw)
-                )
+                residual = has_residual(self.shortcut, j)
+                # a shortcut conv where some subnet changes the width (a stage's first block)
+                conv = j == 0 and any(a != b for a in in_widths for b in out_widths)
+                stage.append(ElasticMBConvBlock(
+                    width, out, kernels, max_t, stride, st["se"], residual, conv, **kw
+                ))
                 width = out
+            in_widths = out_widths
             stages.append(stage)
         self.stages = nn.ModuleList(stages)
         self.final_expand = hp["final_expand"]
@@ -153,7 +188,7 @@ class MBConvSupernet(nn.Module):
         self.final_bn = ElasticBatchNorm2d(final, **kw)
         self.feature_mix = ElasticLinear(final, head, bias=False, **kw)
         self.classifier = ElasticLinear(head, self.num_classes, bias=True, **kw)
-        if zero_init_last:  # BigNAS: residual blocks start as identities
+        if zero_init_last:  # BigNAS / AttentiveNAS: residual blocks start as their shortcuts
             for stage in self.stages:
                 for block in stage:
                     if block.residual:
@@ -223,7 +258,7 @@ class MBConvSupernet(nn.Module):
                     emask = sample.prefix_mask(ename, widths)[: hidden_width(x.shape[1], t)]
                     hidden_scale = emask * sample.gate(kname, idx[kname])
                     out_scale = wmask * dmask[j]  # j == 0 too: every depth one-hot gets a gradient
-                x = stage[j](x, w, k, t, hidden_scale, out_scale)
+                x = stage[j](x, w, k, t, hidden_scale, out_scale, shortcut_scale=wmask)
         return self._head(x, arch["stage%d.width" % (len(self.stages) - 1)], arch["head.width"], width_mask)
 
     def _head(self, x: torch.Tensor, last_width: int, hw: int, width_mask) -> torch.Tensor:
@@ -262,7 +297,8 @@ class MBConvSupernet(nn.Module):
                 # no expand conv (expand 1 only): the dw conv runs on x's full width
                 hidden, emask = mask(ename, widths, None if block.expand_conv else x.shape[1])
                 x = block(x, w, choice(kname), max(choices(ename)), emask * sample.gate(kname, idx[kname]),
-                          wmask * dmask[j], hidden, se_mid(hidden_width(cin, choice(ename))))
+                          wmask * dmask[j], hidden, se_mid(hidden_width(cin, choice(ename))),
+                          shortcut_scale=wmask, same_width=cin == choice(f"stage{s}.width"))
                 cin = arch[f"stage{s}.width"]
         last = f"stage{len(self.stages) - 1}.width"
         full_mask = lambda name, active, scale=1: sample.prefix_mask(  # noqa: E731

@@ -1,25 +1,34 @@
 """Exact cost terms of the MBConv spaces: MACs and parameters of `StaticMBConv`.
 
 MACs follow `torch.utils.flop_counter.FlopCounterMode` / 2 at batch 1: every conv (the 1x1
-convs of SE on the pooled 1x1 map included) and linear; BN, activations, pooling, the SE scale
-and biases are not counted. Params are `sum(p.numel())` of the exported model (BN affine
-included, running statistics excluded). One term per layer group, tabulated over the few
-decisions it depends on; a block's term is zero when the block is past its stage's depth.
+convs of SE on the pooled 1x1 map and the AttentiveNAS shortcut's 1x1 conv on the pooled grid
+included) and linear; BN, activations, pooling, the SE scale, residual sums and biases are not
+counted. Params are `sum(p.numel())` of the exported model (BN affine included, running
+statistics excluded). One term per layer group, tabulated over the few decisions it depends on;
+a block's term is zero when the block is past its stage's depth.
 """
 
 from __future__ import annotations
 
 from ..cost import CostTerm, tabulate
 from ..spaces import SearchSpace
-from ..spaces.cnn import conv_out, hidden_width, se_mid
+from ..spaces.cnn import conv_out, has_residual, hidden_width, se_mid
 
 __all__ = ["block_cost", "mbconv_cost_terms"]
 
 
 def block_cost(
-    size: int, cin: int, cout: int, kernel: int, expand: float, stride: int, se: bool
+    size: int,
+    cin: int,
+    cout: int,
+    kernel: int,
+    expand: float,
+    stride: int,
+    se: bool,
+    residual: bool = False,
 ) -> tuple[int, int]:
-    """(MACs, params) of one MBConv block whose input is size x size with `cin` channels."""
+    """(MACs, params) of one MBConv block whose input is size x size with `cin` channels; a
+    `residual` block whose width changes has a 1x1 shortcut conv on the (pooled) output grid."""
     hidden = hidden_width(cin, expand)
     out = conv_out(size, stride)
     macs = params = 0
@@ -34,6 +43,9 @@ def block_cost(
         params += 2 * hidden * mid + mid + hidden
     macs += out * out * hidden * cout
     params += hidden * cout + 2 * cout
+    if residual and cin != cout:
+        macs += out * out * cin * cout
+        params += cin * cout
     return macs, params
 
 
@@ -43,6 +55,7 @@ def mbconv_cost_terms(
     """(flops_terms, params_terms) whose sums at an arch's indices are its MACs and params."""
     hp = space.hparams
     stem_stride, in_chans, fe = hp["stem_stride"], hp["in_chans"], hp["final_expand"]
+    shortcut = hp.get("shortcut", "ofa")
     n_stages = len(hp["stages"])
 
     def size_at(resolution: int, s: int) -> int:
@@ -67,7 +80,8 @@ def mbconv_cost_terms(
             if gated and v[depth] <= j:
                 return 0
             size = size_at(v["resolution"], s + (j > 0)) if what == 0 else 1  # params: size-free
-            return block_cost(size, v[in_name], v[width], v[k], v[t], stride, st["se"])[what]
+            residual = has_residual(shortcut, j)
+            return block_cost(size, v[in_name], v[width], v[k], v[t], stride, st["se"], residual)[what]
 
         names = [in_name, width, k, t] + ([depth] if gated else [])
         return term(["resolution"] + names, lambda v: cost(v, 0)), term(names, lambda v: cost(v, 1))

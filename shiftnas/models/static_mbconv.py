@@ -9,10 +9,11 @@ supernet and the cost model share.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..spaces import ArchConfig, get_space
-from ..spaces.cnn import cnn_blocks, conv_out, hidden_width, se_mid
+from ..spaces.cnn import cnn_blocks, conv_out, has_residual, hidden_width, se_mid
 
 __all__ = ["StaticMBConv", "conv_out", "hidden_width", "se_mid"]
 
@@ -31,8 +32,17 @@ class SqueezeExcite(nn.Module):
         return x * self.gate(self.expand(self.act(self.reduce(s))))
 
 
+def pool_shortcut(x: torch.Tensor, stride: int) -> torch.Tensor:
+    """AttentiveNAS's shortcut pool: stride x stride average, padded by 1 on an odd grid (the
+    padding counted in the mean), so the output grid is `conv_out(H, stride)` for stride 2."""
+    if stride == 1:
+        return x
+    return F.avg_pool2d(x, stride, padding=x.shape[-1] % 2)
+
+
 class MBConvBlock(nn.Module):
-    """[1x1 expand + BN + SiLU] -> dw kxk + BN + SiLU -> [SE] -> 1x1 project + BN (+ identity)."""
+    """[1x1 expand + BN + SiLU] -> dw kxk + BN + SiLU -> [SE] -> 1x1 project + BN, plus, for a
+    `residual` block, the shortcut: [avg pool if stride > 1] -> [1x1 conv if the width changes]."""
 
     def __init__(
         self,
@@ -49,7 +59,7 @@ class MBConvBlock(nn.Module):
         super().__init__()
         kw = {"device": device, "dtype": dtype}
         hidden = hidden_width(in_width, expand)
-        self.residual = residual
+        self.residual, self.stride = residual, stride
         if expand != 1:
             self.expand_conv = nn.Conv2d(in_width, hidden, 1, bias=False, **kw)
             self.expand_bn = nn.BatchNorm2d(hidden, **kw)
@@ -64,6 +74,13 @@ class MBConvBlock(nn.Module):
         self.se = SqueezeExcite(hidden, **kw) if se else None
         self.project_conv = nn.Conv2d(hidden, out_width, 1, bias=False, **kw)
         self.project_bn = nn.BatchNorm2d(out_width, **kw)
+        self.shortcut_conv = None
+        if residual and in_width != out_width:
+            self.shortcut_conv = nn.Conv2d(in_width, out_width, 1, bias=False, **kw)
+
+    def shortcut(self, x: torch.Tensor) -> torch.Tensor:
+        x = pool_shortcut(x, self.stride)
+        return x if self.shortcut_conv is None else self.shortcut_conv(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = x
@@ -73,7 +90,7 @@ class MBConvBlock(nn.Module):
         if self.se is not None:
             h = self.se(h)
         h = self.project_bn(self.project_conv(h))
-        return x + h if self.residual else h
+        return self.shortcut(x) + h if self.residual else h
 
 
 class StaticMBConv(nn.Module):
@@ -95,6 +112,7 @@ class StaticMBConv(nn.Module):
             )
         hp = space.hparams
         kw = {"device": device, "dtype": dtype}
+        shortcut = hp.get("shortcut", "ofa")
         self.arch = arch
         self.num_classes = hp["num_classes"] if num_classes is None else int(num_classes)
         self.in_chans, self.resolution = hp["in_chans"], arch["resolution"]
@@ -109,7 +127,8 @@ class StaticMBConv(nn.Module):
             stage = nn.ModuleList()
             for j, (k, t) in enumerate(blocks):
                 stride = st["stride"] if j == 0 else 1
-                stage.append(MBConvBlock(width, out, k, t, stride, st["se"], residual=j > 0, **kw))
+                residual = has_residual(shortcut, j)
+                stage.append(MBConvBlock(width, out, k, t, stride, st["se"], residual, **kw))
                 width = out
             stages.append(stage)
         self.stages = nn.ModuleList(stages)

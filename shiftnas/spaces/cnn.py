@@ -4,14 +4,34 @@ Decisions: input resolution; stem width; per stage a width and a depth; per bloc
 (3/5/7, smaller kernels are centre crops of the largest, OFA-style) and an expand ratio; the
 width of the final feature-mix layer. Blocks past a stage's depth are skipped.
 
+The space's `shortcut` hparam says which blocks add a residual:
+- "ofa" (OFA / BigNAS): every block but the first of its stage (stride 1, same width): identity.
+- "attentivenas" (facebookresearch/AttentiveNAS `DynamicShortcutLayer`, `ShortcutLayer`,
+  `MobileInvertedResidualBlock`): every block. The shortcut is the identity where the block keeps
+  width and grid; where it downsamples, first `avg_pool2d(x, stride, padding=H % 2)` (kernel =
+  stride, ceil_mode off, padding counted); where the width changes, then a 1x1 conv (no bias, no
+  BN, no activation). Only a stage's first block can change either.
+
 `cnn-bignas` values: facebookresearch/AttentiveNAS configs/train_attentive_nas_models.yml
-(`supernet_config`: resolutions 192-288, first_conv, mb1..mb7, last_conv, use_v3_head).
+(`supernet_config`: resolutions 192-288, first_conv, mb1..mb7, last_conv, use_v3_head), with
+AttentiveNAS's shortcut.
 """
 from __future__ import annotations
 
 from .base import ArchConfig, Decision, SearchSpace, register_space
 
-__all__ = ["mbconv_space", "make_divisible", "cnn_blocks", "conv_out", "hidden_width", "se_mid"]
+__all__ = [
+    "SHORTCUTS",
+    "cnn_blocks",
+    "conv_out",
+    "has_residual",
+    "hidden_width",
+    "make_divisible",
+    "mbconv_space",
+    "se_mid",
+]
+
+SHORTCUTS = ("ofa", "attentivenas")
 
 
 def make_divisible(v: float, divisor: int = 8, min_value: int | None = None) -> int:
@@ -34,8 +54,14 @@ def se_mid(channels: int, reduction: int = 4) -> int:
 
 
 def conv_out(size: int, stride: int) -> int:
-    """Spatial output size of an odd-kernel conv with padding k//2."""
+    """Spatial output size of an odd-kernel conv with padding k//2 (also of the AttentiveNAS
+    shortcut's 2x2 average pool, padded by 1 on odd sizes)."""
     return (size - 1) // stride + 1
+
+
+def has_residual(shortcut: str, j: int) -> bool:
+    """Whether block j of a stage adds a shortcut to its output (see the module docstring)."""
+    return shortcut == "attentivenas" or j > 0
 
 
 def mbconv_space(
@@ -49,6 +75,7 @@ def mbconv_space(
     num_classes: int,
     final_expand: int = 6,
     dropout: float = 0.0,
+    shortcut: str = "ofa",
     source: str,
 ) -> SearchSpace:
     decisions = [
@@ -66,6 +93,13 @@ def mbconv_space(
     for st in stages:
         if any(k % 2 == 0 for k in st["k"]):
             raise ValueError(f"{name}: kernel sizes must be odd, got {st['k']}")
+    if shortcut not in SHORTCUTS:
+        raise ValueError(f"{name}: shortcut={shortcut!r}; allowed: {list(SHORTCUTS)}")
+    if shortcut == "attentivenas" and any(st["s"] not in (1, 2) for st in stages):
+        raise ValueError(
+            f"{name}: the attentivenas shortcut pools with padding H % 2, which keeps the grid of "
+            f"strides 1 and 2 only; got strides {[st['s'] for st in stages]}"
+        )
     hparams = dict(
         in_chans=in_chans,
         num_classes=num_classes,
@@ -73,6 +107,7 @@ def mbconv_space(
         stages=[dict(stride=st["s"], se=bool(st["se"])) for st in stages],
         final_expand=final_expand,
         dropout=dropout,
+        shortcut=shortcut,
     )
     return register_space(SearchSpace(name, "cnn", tuple(decisions), hparams, source, describe_fn=_describe))
 
@@ -96,8 +131,8 @@ def _describe(arch: ArchConfig) -> str:
     return f"r{arch['resolution']} s{arch['stem.width']} " + " ".join(parts) + f" h{arch['head.width']}"
 
 
-# AttentiveNAS supernet_config (configs/train_attentive_nas_models.yml). Its kernels are 3/5;
-# the supernet also supports 7 (cnn-fmnist uses it).
+# AttentiveNAS supernet_config (configs/train_attentive_nas_models.yml) and shortcut. Its kernels
+# are 3/5; the supernet also supports 7 (cnn-fmnist uses it).
 mbconv_space(
     "cnn-bignas",
     resolutions=(192, 224, 256, 288),
@@ -115,6 +150,7 @@ mbconv_space(
     in_chans=3,
     num_classes=1000,
     dropout=0.2,
+    shortcut="attentivenas",
     source="facebookresearch/AttentiveNAS configs/train_attentive_nas_models.yml",
 )
 
