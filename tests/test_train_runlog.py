@@ -5,7 +5,8 @@ import os
 
 import pytest
 
-from shiftnas.train.runlog import RunLog, write_json_atomic, write_text_atomic
+from shiftnas.atomic import write_json_atomic, write_text_atomic
+from shiftnas.train.runlog import RunLog
 
 
 def _lines(run):

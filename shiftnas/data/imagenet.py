@@ -32,6 +32,7 @@ import warnings
 from collections import Counter
 from pathlib import Path
 
+from ..atomic import atomic_write
 from .folder import DataError, SplitIndex, corrupt_message, find_corrupt, scan_split
 from .prepare import MARKER, file_lock
 
@@ -138,12 +139,7 @@ def _publish(root: Path, tmp: Path, marker: dict) -> None:
             (root / split).rename(tmp / f"old-{split}")
         (tmp / split).rename(root / split)
     os.sync()  # the links reach the disk before the marker says they are there
-    part = tmp / MARKER
-    with open(part, "w") as f:
-        json.dump(marker, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    part.rename(root / MARKER)
+    atomic_write(root / MARKER, lambda f: f.write(json.dumps(marker, indent=1).encode()), tmp=tmp / MARKER)
 
 
 def prepare_imagenet(

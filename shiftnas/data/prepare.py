@@ -34,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..atomic import fsync_dir, write_json_atomic
 from .folder import DataError
 
 __all__ = [
@@ -345,21 +346,14 @@ def prepare_fashion_mnist(
                     timespec="seconds"
                 ),
             }
-            with open(tmp / MARKER, "w") as f:
-                json.dump(marker, f, indent=1)
-                f.flush()
-                os.fsync(f.fileno())
+            write_json_atomic(tmp / MARKER, marker)
             os.sync()  # the PNGs reach the disk before the rename publishes the tree
             old = None
             if out.exists():
                 old = out.parent / f"{out.name}.tmp-old-{secrets.token_hex(3)}"
                 out.rename(old)
             tmp.rename(out)
-            dfd = os.open(out.parent, os.O_RDONLY)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
+            fsync_dir(out.parent)
             if old is not None:
                 shutil.rmtree(old, ignore_errors=True)
         except BaseException:

@@ -54,8 +54,8 @@ def save_subnet(model: nn.Module, arch: ArchConfig, path: str | os.PathLike, ext
     both 0644 less the umask."""
     from safetensors.torch import save
 
+    from ..atomic import write_text_atomic
     from ..cost import count_flops, count_params
-    from ..train.runlog import write_text_atomic
 
     if getattr(model, "arch", arch) != arch:
         raise ValueError("the model was exported for a different arch than the one given")

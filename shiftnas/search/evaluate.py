@@ -31,10 +31,10 @@ def evaluate_run(run, split: str = "val", max_images: int | None = None,
     generator) adds one fixed-seed random arch per bin. Writes `<run>/evaluate.json` and
     `<run>/plots/pareto-evaluate.png` (PARETO_PNG); returns what evaluate.json holds.
     """
+    from ..atomic import write_json_atomic
     from ..train.checkpoint import safe_path
     from ..train.evaluate import arch_row, bin_archs
     from ..train.plots import plot_pareto
-    from ..train.runlog import write_json_atomic
 
     if max_images is not None and (not isinstance(max_images, int) or max_images < 1):
         raise ValueError(f"max_images={max_images!r} must be a positive integer (or None: the whole split)")

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..atomic import write_json_atomic
 from ..cost import cost_terms, count_flops, count_params
 from ..spaces import ArchConfig, SearchSpace, get_space
 from .budget import format_budget, parse_budget
@@ -471,9 +472,7 @@ def _cmd_search(args) -> int:
         depth_prob=args.depth_prob, images=args.images, split=args.split, seed=args.seed, log=log,
     )
     if args.out is not None:
-        out = Path(args.out).expanduser()
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(r, indent=1) + "\n")
+        write_json_atomic(Path(args.out).expanduser(), r)
     if args.json:
         print(json.dumps(r))
     else:

@@ -119,7 +119,7 @@ def save_format(model, example, fmt: str, out: Path, meta: dict[str, Any]) -> Pa
     batch size dynamic. Returns the file."""
     import torch
 
-    from ..train.runlog import write_text_atomic
+    from ..atomic import write_text_atomic
 
     require_format(fmt)
     model, example = model.float().cpu().eval(), example.float().cpu()

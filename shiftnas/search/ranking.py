@@ -411,7 +411,7 @@ def rank_correlation(run, n: int = 25, finetune_steps: int = 100, *, seed: int =
         },
     }
     if write:
-        from ..train.runlog import write_json_atomic
+        from ..atomic import write_json_atomic
 
         write_json_atomic(out_json, result)
         _plot(result, out_plot)

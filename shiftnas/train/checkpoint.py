@@ -54,6 +54,7 @@ from typing import Any
 
 import torch
 
+from ..atomic import atomic_write, fsync_dir
 from ..integrity import ALGO, content_digest
 from .faults import SlowWriter, ckpt_delay_s
 
@@ -100,19 +101,6 @@ def _check_safe(obj: Any, where: str) -> None:
     )
 
 
-def _fsync_dir(d: Path) -> None:
-    try:
-        fd = os.open(d, os.O_RDONLY)
-    except OSError:  # e.g. Windows cannot open directories
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def list_checkpoints(run_dir: str | os.PathLike) -> list[tuple[int, Path]]:
     """Numbered checkpoints in ``run_dir`` as ``(step, path)``, oldest first (``*.tmp`` and
     ``*.corrupt`` ignored)."""
@@ -149,20 +137,10 @@ def save_checkpoint(run_dir: str | os.PathLike, state: dict, step: int, keep: in
     final = safe_path(d, f"checkpoint-{step:08d}.pt")
     tmp = safe_path(d, f"{final.name}.{os.getpid()}.tmp")
     delay = ckpt_delay_s()  # fault-injection hook, None unless SHIFTNAS_FAULT_CKPT_DELAY_S is set
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(payload, f if delay is None else SlowWriter(f, delay))
-            f.flush()
-            os.fsync(f.fileno())
-        if delay is not None:
-            time.sleep(delay)
-        os.replace(tmp, final)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    atomic_write(final, lambda f: torch.save(payload, f if delay is None else SlowWriter(f, delay)), tmp=tmp,
+                 before_replace=None if delay is None else (lambda: time.sleep(delay)))
     if delay is not None:
         time.sleep(delay)
-    _fsync_dir(final.parent)
     for _, old in list_checkpoints(d)[:-keep]:
         old.unlink(missing_ok=True)
     for p in final.parent.glob("checkpoint-*.pt.*.tmp"):  # leftovers of crashed saves
@@ -325,7 +303,7 @@ def _move_aside(p: Path) -> Path:
     else:
         raise ValueError(f"cannot move {p} aside: {p.name}.corrupt .. .corrupt.999 all exist")
     os.replace(p, dst)
-    _fsync_dir(p.parent)
+    fsync_dir(p.parent)
     return dst
 
 

@@ -42,6 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..atomic import write_json_atomic, write_text_atomic
 from ..cost import FlopsBins, count_flops
 from ..models.registry import build_supernet
 from ..sampling import StepContext, build_sampler
@@ -71,7 +72,7 @@ from .faults import engine_faults
 from .interrupt import StopSignals, TrainingInterrupted
 from .precision import amp_name, amp_setup
 from .resume import check_same_run, load_train_state
-from .runlog import RunLog, write_json_atomic, write_text_atomic
+from .runlog import RunLog
 from .step import MAX_BAD_STEPS, backward, next_bad_streak, optimizer_step
 
 __all__ = ["MAX_BAD_STEPS", "Trainer", "TrainingDiverged", "lr_factor"]

@@ -1,8 +1,8 @@
 """Figures of a run: the FLOPs-bin sampling distribution over training and the accuracy/FLOPs front.
 
 matplotlib is imported inside the functions (with the non-interactive Agg backend), never when
-`shiftnas` is imported. Every figure is written atomically: to a temporary file in the target's
-directory, then `os.replace`d over the target, so a reader never sees a half-written image.
+`shiftnas` is imported. Every figure is written with `shiftnas.atomic.atomic_write`, so a reader
+never sees a half-written image.
 """
 
 from __future__ import annotations
@@ -10,10 +10,11 @@ from __future__ import annotations
 import itertools
 import math
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from ..atomic import atomic_write
 
 __all__ = ["plot_pareto", "plot_run", "plot_sampling", "sampling_grid"]
 
@@ -28,23 +29,10 @@ def _pyplot():
 
 
 def _save(fig, path: str | os.PathLike) -> Path:
-    """Write `fig` to `path` atomically (format from the suffix, PNG when there is none)."""
+    """Write `fig` to `path` with `atomic_write` (format from the suffix, PNG when there is none)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     fmt = path.suffix[1:].lower() or "png"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            fig.savefig(f, format=fmt, dpi=120, bbox_inches="tight")
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; a plot is as readable as any output
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return atomic_write(path, lambda f: fig.savefig(f, format=fmt, dpi=120, bbox_inches="tight"))
 
 
 def _sampling_history(history: Sequence[Mapping[str, Any]], centers: list[float] | None,

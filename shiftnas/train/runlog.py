@@ -20,43 +20,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import _fsync_dir, safe_path
+from ..atomic import fsync_dir, to_jsonable, write_text_atomic
+from .checkpoint import safe_path
 
-__all__ = ["RunLog", "write_json_atomic", "write_text_atomic"]
-
-
-def write_text_atomic(path: str | os.PathLike, text: str | bytes) -> Path:
-    """`text` (str: UTF-8; or bytes) to `path` through a temp file + fsync + rename (never a
-    half-written file), mode 0644 less the umask."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.unlink(missing_ok=True)  # a leftover, or a planted symlink (removed, never followed)
-    data = text.encode("utf-8") if isinstance(text, str) else text
-    try:
-        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644), "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-    return path
-
-
-def write_json_atomic(path: str | os.PathLike, obj: Any) -> Path:
-    """JSON to `path`, atomically (`write_text_atomic`); nan/inf refused."""
-    return write_text_atomic(path, json.dumps(obj, indent=1, allow_nan=False, default=_jsonable) + "\n")
-
-
-def _jsonable(o: Any) -> Any:
-    if hasattr(o, "tolist"):
-        return o.tolist()
-    if hasattr(o, "item"):
-        return o.item()
-    raise TypeError(f"not JSON-serialisable: {type(o).__name__}")
+__all__ = ["RunLog"]
 
 
 def _clean(v: Any) -> Any:
@@ -87,7 +54,7 @@ class RunLog:
         tb_dir = safe_path(self.run_dir, "tb") if tensorboard else None  # checked before anything is written
         self._truncate(start_step)
         self._file = open(self.path, "a", encoding="utf-8")
-        _fsync_dir(self.path.parent)  # a new metrics.jsonl's directory entry
+        fsync_dir(self.path.parent)  # a new metrics.jsonl's directory entry
         if tb_dir is not None:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -122,7 +89,7 @@ class RunLog:
         if not self.enabled:
             return
         rec = {"step": int(step), "kind": kind, **{k: _clean(v) for k, v in metrics.items()}}
-        self._file.write(json.dumps(rec, default=_jsonable) + "\n")
+        self._file.write(json.dumps(rec, default=to_jsonable) + "\n")
         self._file.flush()
         if self._tb is not None:
             for k, v in metrics.items():
