@@ -26,6 +26,7 @@ EXAMPLES = """examples:
   shiftnas evaluate --run runs/fmnist-vit-shift --max-images 2000
   shiftnas export --run runs/fmnist-vit-shift --arch arch.json --out subnets/mine
   shiftnas rank --run runs/fmnist-vit-shift --n 25 --finetune-steps 100 --images 2000
+  shiftnas convert --from autoformer supernet-tiny.pth --space autoformer-t --out converted/af-t
 """
 
 
@@ -69,6 +70,17 @@ def _cmd_cost(args) -> int:
     return 0
 
 
+def _cmd_convert(args) -> int:
+    from .convert import convert, load_supernet
+
+    out = convert(args.source, args.checkpoint, args.space, args.out)
+    net = load_supernet(out)  # read back what was written: the digests and strict shapes hold
+    n = sum(p.numel() for p in net.parameters())
+    print(json.dumps({"out": str(out), "space": args.space, "source": args.source,
+                      "tensors": len(net.state_dict()), "params": n}))
+    return 0
+
+
 def _cmd_backends(args) -> int:
     import torch
 
@@ -98,6 +110,21 @@ MODULE_COMMANDS = {
     "rank": ("shiftnas.search.ranking", "add_rank_parser",
              "Kendall tau / Spearman between inherited and fine-tuned top-1"),
 }
+
+
+def _add_convert_parser(sub) -> None:
+    from .convert import SOURCES
+
+    p = sub.add_parser(
+        "convert", help="convert another project's supernet checkpoint into a ShiftNAS supernet",
+        description="e.g. shiftnas convert --from autoformer supernet-tiny.pth --space autoformer-t --out DIR; "
+                    "then in Python: net = shiftnas.convert.load_supernet(DIR)")
+    p.add_argument("--from", dest="source", required=True, choices=sorted(SOURCES), help="whose checkpoint it is")
+    p.add_argument("checkpoint", metavar="SUPERNET", help="the source supernet checkpoint (.pth), read weights-only")
+    p.add_argument("--space", required=True, help="the ShiftNAS space to convert into (see `shiftnas spaces`)")
+    p.add_argument("--out", required=True, metavar="DIR",
+                   help="a new directory: supernet.safetensors + supernet.json (never overwritten)")
+    p.set_defaults(fn=_cmd_convert)
 
 
 def version() -> str:
@@ -145,6 +172,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="default: cpu")
     p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16", "float64"])
     p.set_defaults(fn=_cmd_backends)
+    _add_convert_parser(sub)
     for name, (module, adder, one_line) in MODULE_COMMANDS.items():
         if command is None or command == name:
             getattr(importlib.import_module(module), adder)(sub)

@@ -93,3 +93,55 @@ def test_flops_bins():
         FlopsBins(sp)
     with pytest.raises(ValueError, match="n_bins=0"):
         FlopsBins(sp, n_bins=0)
+
+
+# AutoFormer's released subnets: microsoft/Cream AutoFormer/experiments/subnet/AutoFormer-{T,S,B}.yaml
+# (RETRAIN: EMBED_DIM, DEPTH, and per layer MLP_RATIO and NUM_HEADS).
+RELEASED = {
+    "T": (192, [3.5, 3.5, 3.0, 3.5, 3.0, 3.0, 4.0, 4.0, 3.5, 4.0, 3.5, 4.0, 3.5], [3] * 10 + [4, 3, 3]),
+    "S": (384, [3.0, 3.5, 3.0, 3.5, 4.0, 4.0, 4.0, 4.0, 4.0, 4.0, 4.0, 3.5, 4.0], [6, 6, 5, 7, 5, 5, 5, 6, 6, 7, 7, 6, 7]),
+    "B": (576, [3.5, 3.5, 4.0, 3.5, 4.0, 3.5, 3.5, 3.0, 4.0, 4.0, 3.0, 4.0, 3.0, 3.5],
+          [9, 9, 9, 9, 9, 10, 9, 9, 10, 9, 10, 9, 9, 10]),
+}
+
+
+def released(which: str, space: str) -> shiftnas.ArchConfig:
+    embed, ratios, heads = RELEASED[which]
+    values = {"depth": len(ratios), "embed_dim": embed}
+    for i, (h, r) in enumerate(zip(heads, ratios)):
+        values.update({f"layers.{i}.num_heads": h, f"layers.{i}.mlp_ratio": r})
+    return shiftnas.ArchConfig.from_dict(space, values)
+
+
+@pytest.mark.parametrize("which,readme", [("S", 22.9e6), ("B", 53.7e6)])
+def test_released_autoformer_params_match_their_readme(which, readme):
+    """AutoFormer's README: S 22.9M, B 53.7M params; with its relative position encodings (on in
+    the autoformer spaces) to 0.05%, without them 0.5% and 0.2% under."""
+    from shiftnas.spaces.vit import vit_variant
+
+    name = f"autoformer-{which.lower()}"
+    arch = released(which, name)
+    params = count_params(name, arch)
+    assert abs(params - readme) / readme < 0.005, params
+    assert params == {"S": 22_891_432, "B": 53_691_688}[which]
+    assert (count_flops(name, arch), params) == measured(arch)
+    off = vit_variant(name, f"{name}-no-rel-pos", rel_pos=0)
+    assert count_params(off, released(which, off.name)) == params - 7680 * len(RELEASED[which][1])
+
+
+def test_released_autoformer_t_through_a_space_variant():
+    """The released T has mlp ratio 3.0 in 4 layers, outside supernet-T's search space (3.5, 4.0):
+    a variant of autoformer-t with ratio 3.0 added holds it (the supernet allocates ratio 4.0, so
+    its weights are the same tensors). README 5.8M params (the paper: 5.7M, 1.3G FLOPs)."""
+    from shiftnas.spaces.vit import vit_variant
+
+    with pytest.raises(ValueError, match=r"mlp_ratio=3.0 is not in the search space; allowed values: \[3.5, 4.0\]"):
+        released("T", "autoformer-t")
+    sp = vit_variant("autoformer-t", "autoformer-t-mlp3", mlp_ratio=(3.0, 3.5, 4.0))
+    arch = released("T", sp.name)
+    assert (count_params(sp, arch), count_flops(sp, arch)) == (5_867_944, 1_481_938_432) == measured(arch)[::-1]
+    off = vit_variant(sp.name, "autoformer-t-mlp3-no-rel-pos", rel_pos=0)
+    assert (count_params(off, released("T", off.name)), count_flops(off, released("T", off.name))) == (5_768_104, 1_283_236_352)
+    with torch.device("meta"):
+        a, b = shiftnas.build_supernet("autoformer-t"), shiftnas.build_supernet(sp.name)
+    assert {k: v.shape for k, v in a.state_dict().items()} == {k: v.shape for k, v in b.state_dict().items()}

@@ -85,3 +85,19 @@ def test_layer_norm_bf16_input_fp32_weights():
     assert y.dtype == torch.bfloat16 and y.shape == (4, 48)
     y.float().sum().backward()
     assert ln.weight.grad.dtype == torch.float32 and ln.weight.grad[48:].abs().sum() == 0
+
+
+def test_relpos_attention_falls_back_to_ref_with_a_stated_reason(monkeypatch):
+    """The Triton attention kernel has no relative position terms: `attention_relpos` is served by
+    ref, and `shiftnas backends` says why triton was passed over; forcing triton does not raise
+    (ops a forced backend lacks run on ref), while plain attention is triton's."""
+    rows = {op: (chosen, why) for op, chosen, why in dispatch.report("cpu")}
+    chosen, why = rows["attention_relpos"]
+    assert chosen == "ref" and "triton: triton does not implement attention_relpos" in why
+    monkeypatch.setenv("SHIFTNAS_BACKEND", "triton")
+    dispatch.refresh()
+    assert dispatch.select("attention_relpos", torch.device("cpu"), torch.float32) == ("ref", ref.attention_relpos)
+    assert dispatch.select("attention_relpos", torch.device("cuda"), torch.bfloat16)[0] == "ref"
+    if dispatch.backends()["triton"].reasons("attention", torch.device("cpu"), torch.float32, forced=True):
+        return  # no triton here: the contrast below needs it
+    assert dispatch.select("attention", torch.device("cpu"), torch.float32)[0] == "triton"

@@ -3,7 +3,9 @@
 Per-layer heads and MLP widths follow the arch; the qkv weight keeps the supernet's head-major
 row order ([head0: q k v, head1: ...]). Attention is fused (`scaled_dot_product_attention`);
 `set_fused_attention(model, False)` switches to the explicit softmax(QK^T)V path, which
-`FlopCounterMode` can count (it counts 0 for SDPA on CPU).
+`FlopCounterMode` can count (it counts 0 for SDPA on CPU). With relative position encodings
+(the space's `rel_pos`) attention is always explicit: `shiftnas.ops.ref.attention_relpos`, the
+function the supernet dispatches to.
 """
 from __future__ import annotations
 
@@ -11,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..ops import ref
+from ..ops.rel_pos import RelPos2D
 from ..spaces import ArchConfig, get_space
 from ..spaces.vit import mlp_hidden, vit_layers
 
@@ -18,18 +22,26 @@ __all__ = ["StaticViT", "set_fused_attention"]
 
 
 class Attention(nn.Module):
-    def __init__(self, dim: int, num_heads: int, head_dim: int, fused: bool = True, device=None, dtype=None):
+    def __init__(self, dim: int, num_heads: int, head_dim: int, fused: bool = True, rel_pos: int = 0, grid: int = 0,
+                 device=None, dtype=None):
         super().__init__()
         self.num_heads, self.head_dim, self.fused = num_heads, head_dim, fused
         self.scale = head_dim**-0.5
         self.qkv = nn.Linear(dim, 3 * num_heads * head_dim, device=device, dtype=dtype)
         self.proj = nn.Linear(num_heads * head_dim, dim, device=device, dtype=dtype)
+        if rel_pos:
+            self.rel_pos_k = RelPos2D(grid, rel_pos, head_dim, device=device, dtype=dtype)
+            self.rel_pos_v = RelPos2D(grid, rel_pos, head_dim, device=device, dtype=dtype)
+        else:
+            self.rel_pos_k = self.rel_pos_v = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, N, _ = x.shape
         h, d = self.num_heads, self.head_dim
         q, k, v = self.qkv(x).view(B, N, h, 3, d).permute(3, 0, 2, 1, 4)
-        if self.fused:
+        if self.rel_pos_k is not None:
+            o = ref.attention_relpos(q, k, v, self.rel_pos_k(), self.rel_pos_v())
+        elif self.fused:
             o = F.scaled_dot_product_attention(q, k, v)
         else:
             o = ((q * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1) @ v
@@ -48,12 +60,13 @@ class Mlp(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, dim: int, num_heads: int, head_dim: int, hidden: int, device=None, dtype=None):
+    def __init__(self, dim: int, num_heads: int, head_dim: int, hidden: int, rel_pos: int = 0, grid: int = 0,
+                 eps: float = 1e-6, device=None, dtype=None):
         super().__init__()
         kw = dict(device=device, dtype=dtype)
-        self.norm1 = nn.LayerNorm(dim, eps=1e-6, **kw)
-        self.attn = Attention(dim, num_heads, head_dim, **kw)
-        self.norm2 = nn.LayerNorm(dim, eps=1e-6, **kw)
+        self.norm1 = nn.LayerNorm(dim, eps=eps, **kw)
+        self.attn = Attention(dim, num_heads, head_dim, rel_pos=rel_pos, grid=grid, **kw)
+        self.norm2 = nn.LayerNorm(dim, eps=eps, **kw)
         self.mlp = Mlp(dim, hidden, **kw)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -79,10 +92,11 @@ class StaticViT(nn.Module):
         n = (hp["img_size"] // p) ** 2 + 1
         self.cls_token = nn.Parameter(torch.zeros(1, 1, E, **kw))
         self.pos_embed = nn.Parameter(torch.zeros(1, n, E, **kw))
-        self.blocks = nn.Sequential(
-            *(Block(E, h, hp["head_dim"], mlp_hidden(E, r), **kw) for h, r in vit_layers(arch))
-        )
-        self.norm = nn.LayerNorm(E, eps=1e-6, **kw)
+        grid, eps, self.pool = hp["img_size"] // p, hp["ln_eps"], hp["pool"]
+        self.blocks = nn.Sequential(*(
+            Block(E, h, hp["head_dim"], mlp_hidden(E, r), hp["rel_pos"], grid, eps, **kw) for h, r in vit_layers(arch)
+        ))
+        self.norm = nn.LayerNorm(E, eps=eps, **kw)
         self.head = nn.Linear(E, self.num_classes, **kw)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -92,7 +106,9 @@ class StaticViT(nn.Module):
         t = self.patch_embed(x).flatten(2).transpose(1, 2)
         t = torch.cat([self.cls_token.expand(t.shape[0], -1, -1), t], dim=1) + self.pos_embed
         t = self.blocks(t)
-        return self.head(self.norm(t[:, 0]))
+        if self.pool == "cls":
+            return self.head(self.norm(t[:, 0]))
+        return self.head(self.norm(t[:, 1:]).mean(dim=1))
 
 
 def set_fused_attention(model: nn.Module, fused: bool) -> nn.Module:

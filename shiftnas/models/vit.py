@@ -3,7 +3,9 @@
 AutoFormer: Chen et al., "AutoFormer: Searching Transformers for Visual Recognition", ICCV 2021
 (https://arxiv.org/abs/2107.00651, code: microsoft/Cream/AutoFormer). Semantics: one embed dim
 shared by all layers, heads and mlp ratio per layer, depth by skipping trailing blocks, fixed
-head dim. The active subnet is an argument of `forward`, never module state.
+head dim. The active subnet is an argument of `forward`, never module state. The space's
+hparams add AutoFormer's model options (shiftnas/spaces/vit.py): relative position encodings
+(`rel_pos`), mean pooling of the patch tokens (`pool`) and the LayerNorm eps (`ln_eps`).
 
 `forward(x, arch)`: an `ArchConfig` runs the sliced subnet; an `ArchSample` runs its hard
 (arg-max) subnet and multiplies each op's output by its prefix mask (Eq. 9 of the ShiftNAS
@@ -26,12 +28,13 @@ __all__ = ["ViTSupernet", "ViTBlock"]
 class ViTBlock(nn.Module):
     """Pre-norm transformer block at max size."""
 
-    def __init__(self, embed_dim: int, num_heads: int, head_dim: int, mlp_hidden_dim: int, device=None, dtype=None):
+    def __init__(self, embed_dim: int, num_heads: int, head_dim: int, mlp_hidden_dim: int, rel_pos: int = 0,
+                 grid: int = 0, eps: float = 1e-6, device=None, dtype=None):
         super().__init__()
         kw = dict(device=device, dtype=dtype)
-        self.norm1 = ElasticLayerNorm(embed_dim, **kw)
-        self.attn = ElasticAttention(embed_dim, num_heads, head_dim, **kw)
-        self.norm2 = ElasticLayerNorm(embed_dim, **kw)
+        self.norm1 = ElasticLayerNorm(embed_dim, eps, **kw)
+        self.attn = ElasticAttention(embed_dim, num_heads, head_dim, rel_pos=rel_pos, grid=grid, **kw)
+        self.norm2 = ElasticLayerNorm(embed_dim, eps, **kw)
         self.mlp = ElasticMLP(embed_dim, mlp_hidden_dim, **kw)
 
     def forward(
@@ -81,8 +84,12 @@ class ViTSupernet(nn.Module):
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         nn.init.trunc_normal_(self.cls_token, std=0.02)
         hidden_max = mlp_hidden(E, hp["super_mlp_ratio"])
-        self.blocks = nn.ModuleList(ViTBlock(E, H, d, hidden_max, **kw) for _ in range(hp["super_depth"]))
-        self.norm = ElasticLayerNorm(E, **kw)
+        grid, eps = hp["img_size"] // hp["patch_size"], hp["ln_eps"]
+        self.pool = hp["pool"]
+        self.blocks = nn.ModuleList(
+            ViTBlock(E, H, d, hidden_max, hp["rel_pos"], grid, eps, **kw) for _ in range(hp["super_depth"])
+        )
+        self.norm = ElasticLayerNorm(E, eps, **kw)
         self.head = ElasticLinear(E, self.num_classes, **kw)
 
     def check_input(self, x: torch.Tensor) -> None:
@@ -109,8 +116,11 @@ class ViTSupernet(nn.Module):
         cls = self.cls_token[:, :, :E].expand(t.shape[0], -1, -1)
         return torch.cat([cls, t], dim=1) + self.pos_embed[:, :, :E]
 
-    def _head(self, t: torch.Tensor, E: int) -> torch.Tensor:
-        return self.head(self.norm(t[:, 0]), self.num_classes)
+    def _head(self, t: torch.Tensor, E: int, embed_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Final norm, pooling (the cls token, or the mean of the patch tokens), classifier."""
+        t = t[:, 0] if self.pool == "cls" else t[:, 1:]
+        t = self.norm(t) if embed_mask is None else self.norm.masked(t, embed_mask)
+        return self.head(t if self.pool == "cls" else t.mean(dim=1), self.num_classes)
 
     def _forward_sample(self, x: torch.Tensor, sample: ArchSample) -> torch.Tensor:
         """The hard subnet times prefix masks; `sample.full_width`: every op at its widest
@@ -133,9 +143,7 @@ class ViTSupernet(nn.Module):
             head_mask = sample.prefix_mask(f"layers.{i}.num_heads", heads_choices)[:h]
             hidden_mask = sample.prefix_mask(f"layers.{i}.mlp_ratio", widths)[:hidden]
             t = self.blocks[i](t, h, hidden, head_mask, hidden_mask, layer_gates[i], embed_mask if full else None)
-        if full:
-            return self.head(self.norm.masked(t[:, 0], embed_mask), self.num_classes)
-        return self._head(t, E)
+        return self._head(t, E, embed_mask if full else None)
 
     @torch.no_grad()
     def export(self, arch: ArchConfig) -> nn.Module:
@@ -158,6 +166,9 @@ class ViTSupernet(nn.Module):
             _copy_ln(blk.norm2, src.norm2, E)
             _copy_linear(blk.attn.qkv, src.attn.qkv, 3 * h * d, E)
             _copy_linear(blk.attn.proj, src.attn.proj, E, h * d)
+            if src.attn.rel_pos_k is not None:  # never sliced (ops/rel_pos.py)
+                blk.attn.rel_pos_k.load_state_dict(src.attn.rel_pos_k.state_dict())
+                blk.attn.rel_pos_v.load_state_dict(src.attn.rel_pos_v.state_dict())
             _copy_linear(blk.mlp.fc1, src.mlp.fc1, hidden, E)
             _copy_linear(blk.mlp.fc2, src.mlp.fc2, E, hidden)
         _copy_ln(model.norm, self.norm, E)

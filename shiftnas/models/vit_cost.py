@@ -2,7 +2,14 @@
 
 MACs of one image, as FlopCounterMode / 2 counts them on `StaticViT` with explicit attention:
 patch conv N*E*C*p*p; per layer qkv N*E*3hd, QK^T and AV 2*N*N*hd, proj N*hd*E, fc1 and fc2
-2*N*E*hidden (N tokens including cls); head E*classes on the cls token.
+2*N*E*hidden (N tokens including cls); head E*classes on the pooled token.
+
+Relative position encodings (the space's `rel_pos` > 0, AutoFormer's): per layer the two rel-pos
+matmuls, q.r_k and attn.r_v, N*N*hd each (the same shapes as QK^T and AV), so 2*N*N*hd more
+MACs; the table gathers and the adds that build r_k, r_v [N, N, d] and add them in are not counted
+(FlopCounterMode counts matmuls and convolutions only, as for the bias, position-embedding and
+residual adds). Params: 2 encodings x 2 tables x (2*rel_pos + 2) x head_dim per active layer,
+independent of the subnet (ops/rel_pos.py). Mean pooling (`pool`) adds no MACs and no params.
 """
 from __future__ import annotations
 
@@ -18,14 +25,17 @@ def vit_cost_terms(space: SearchSpace, num_classes: int) -> tuple[list[CostTerm]
     p, c, d = hp["patch_size"], hp["in_chans"], hp["head_dim"]
     n_patch = (hp["img_size"] // p) ** 2
     N = n_patch + 1
+    rel = hp["rel_pos"]
+    attn_mm = 4 if rel else 2  # QK^T, AV (+ q.r_k, attn.r_v)
+    rel_params = 2 * 2 * (2 * rel + 2) * d if rel else 0
 
     def layer_flops(E: int, h: int, r: float) -> int:
         hd, hid = h * d, mlp_hidden(E, r)
-        return N * E * 3 * hd + 2 * N * N * hd + N * hd * E + 2 * N * E * hid
+        return N * E * 3 * hd + attn_mm * N * N * hd + N * hd * E + 2 * N * E * hid
 
     def layer_params(E: int, h: int, r: float) -> int:
         hd, hid = h * d, mlp_hidden(E, r)
-        return 4 * E + (E * 3 * hd + 3 * hd) + (hd * E + E) + (E * hid + hid) + (hid * E + E)
+        return 4 * E + (E * 3 * hd + 3 * hd) + (hd * E + E) + (E * hid + hid) + (hid * E + E) + rel_params
 
     flops = [tabulate(space, ["embed_dim"], lambda E: n_patch * E * c * p * p + E * num_classes)]
     params = [

@@ -81,6 +81,11 @@ register(
             "layer_norm": ref.layer_norm,
             "attention": ref.attention,
             "attention_masked": ref.attention_masked,
+            # Relative position encodings (AutoFormer): ref only. The Triton flash kernel has no
+            # rel-pos terms (the value term needs the probabilities), so the dispatcher passes
+            # over triton ("triton does not implement attention_relpos", `shiftnas backends`),
+            # also under SHIFTNAS_BACKEND=triton, where ops it lacks run on ref.
+            "attention_relpos": ref.attention_relpos,
             "conv2d": ref.conv2d,
             "dwconv": ref.dwconv,
             "batch_norm": ref.batch_norm,

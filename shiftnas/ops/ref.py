@@ -8,7 +8,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["linear", "mlp", "layer_norm", "attention", "attention_masked", "conv2d", "dwconv", "batch_norm"]
+__all__ = ["attention", "attention_masked", "attention_relpos", "batch_norm", "conv2d", "dwconv", "layer_norm",
+           "linear", "mlp"]
 
 
 def linear(x, weight, bias, out_features: int, activation: str | None = None):
@@ -46,6 +47,24 @@ def attention_masked(q, k, v, head_mask):
     """attention(q, k, v) with head h's output times head_mask[h] (the generator's head mask)."""
     o = attention(q, k, v)
     return o * head_mask[: q.shape[1]].view(1, -1, 1, 1).to(o.dtype)
+
+
+def attention_relpos(q, k, v, rel_k, rel_v, head_mask=None):
+    """Attention with relative position encodings (AutoFormer's, `shiftnas.ops.rel_pos`) over
+    [B, heads, N, d] tensors; rel_k, rel_v [N, N, d] are shared by the heads:
+
+        p_ij = softmax_j((q_i . k_j + q_i . rel_k[i, j]) / sqrt(d)),  o_i = sum_j p_ij (v_j + rel_v[i, j])
+
+    then head h's output times head_mask[h] when a mask is given. Explicit (not SDPA: the value term
+    needs p), four matmuls of N x N x d per head; FlopCounterMode counts all four.
+    """
+    qs = q * q.shape[-1] ** -0.5
+    logits = qs @ k.transpose(-2, -1) + torch.einsum("bhid,ijd->bhij", qs, rel_k.to(q.dtype))
+    p = logits.softmax(dim=-1)
+    o = p @ v + torch.einsum("bhij,ijd->bhid", p, rel_v.to(p.dtype))
+    if head_mask is not None:
+        o = o * head_mask[: q.shape[1]].view(1, -1, 1, 1).to(o.dtype)
+    return o
 
 
 def conv2d(x, weight, bias, out_channels: int, stride: int, padding: int, groups: int = 1):

@@ -72,3 +72,25 @@ def test_cnn_supernet_dwconv_triton_equals_ref(monkeypatch):
     _close(out_t, out_r, "logits")
     for k in g_r:
         _close(g_t[k], g_r[k], f"grad {k}")
+
+
+def test_vit_supernet_with_rel_pos_runs_its_attention_on_ref(monkeypatch):
+    """Forced triton, a supernet with relative position encodings: linear, mlp and layer_norm run
+    on triton, attention_relpos falls back to ref (no error), and the result equals all-ref."""
+    from shiftnas.spaces.vit import vit_variant
+
+    space = vit_variant("vit-fmnist", "vit-fmnist-relpos", rel_pos=2, pool="mean", ln_eps=1e-5)
+    torch.manual_seed(0)
+    net = build_supernet(space.name)
+    x = torch.randn(2, 1, 28, 28)
+    out_r, g_r, _ = _run(monkeypatch, "ref", net, x, space.min())
+    monkeypatch.setenv("SHIFTNAS_BACKEND", "triton")
+    dispatch.refresh()
+    assert dispatch.select("attention_relpos", x.device, x.dtype)[0] == "ref"
+    assert dispatch.select("linear", x.device, x.dtype)[0] == "triton"
+    out_t, g_t, used_t = _run(monkeypatch, "triton", net, x, space.min())
+    assert used_t == {"triton"}  # linear, mlp, layer_norm (and plain attention) on triton
+    _close(out_t, out_r, "logits")
+    assert g_t.keys() == g_r.keys() and any("rel_pos" in k for k in g_r)
+    for k in g_r:
+        _close(g_t[k], g_r[k], f"grad {k}")
