@@ -28,21 +28,16 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import (
+from harness import (
+    RESULTS_DIR,
+    ForeignLoad,
     add_malloc_tuning_arg,
-    cpu_jiffies,
-    cpu_op_machine,
-    foreign_load,
-    git_commit,
-    git_dirty,
-    loadavg,
-    time_pair,
+    new_doc,
+    time_cpu,
     tune_malloc,
-    write_json,
+    write_result,
 )
 
 from shiftnas import _ext
@@ -127,15 +122,16 @@ def _bias_gelu_case(m, n, nmax, repeats, warmup, dtype):
 
 
 def _time_case(row, pairs, repeats, warmup):
-    j0, t0 = cpu_jiffies(), time.perf_counter()
-    for name, (ref, ours) in zip(("fwd", "fwd_bwd"), pairs):
-        t_ref, t_ours = time_pair(ref, ours, repeats, warmup)
-        row[name] = {
-            "ref_ms": round(t_ref / 1e3, 4),
-            "ext_ms": round(t_ours / 1e3, 4),
-            "speedup": round(t_ref / t_ours, 3),
-        }
-    row["foreign_cpu_load"] = foreign_load(j0, cpu_jiffies(), time.perf_counter() - t0)
+    with ForeignLoad() as meter:
+        for name, (ref, ours) in zip(("fwd", "fwd_bwd"), pairs):
+            t = time_cpu({"ref": ref, "ours": ours}, warmup, repeats)
+            t_ref, t_ours = t.median("ref"), t.median("ours")
+            row[name] = {
+                "ref_ms": round(t_ref, 4),
+                "ext_ms": round(t_ours, 4),
+                "speedup": round(t_ref / t_ours, 3),
+            }
+    row["foreign_cpu_load"] = meter.load
     return row
 
 
@@ -143,9 +139,9 @@ def _wait_quiet(max_load: float, timeout_s: float) -> float | None:
     """Wait (up to timeout_s) for a 1-s window in which other processes use <= max_load CPUs."""
     deadline = time.monotonic() + timeout_s
     while True:
-        j0, t0 = cpu_jiffies(), time.perf_counter()
-        time.sleep(1.0)
-        load = foreign_load(j0, cpu_jiffies(), time.perf_counter() - t0)
+        with ForeignLoad() as meter:
+            time.sleep(1.0)
+        load = meter.load
         if load is None or load <= max_load or time.monotonic() > deadline:
             return load
 
@@ -200,7 +196,7 @@ def main() -> int:
         "--quiet-timeout", type=float, default=60.0, help="seconds to wait for a quiet machine"
     )
     add_malloc_tuning_arg(ap)
-    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "cpu_ops.json")
+    ap.add_argument("--out", type=Path, default=RESULTS_DIR / "cpu_ops.json")
     args = ap.parse_args()
     if args.repeats < 10:
         ap.error("--repeats must be >= 10")
@@ -216,7 +212,20 @@ def main() -> int:
     malloc_tuned = tune_malloc() if args.malloc_tuning else False
     dtype = getattr(torch, args.dtype)
 
-    load_before = loadavg()
+    result = new_doc(
+        "cpu_ops",
+        reference={
+            "dwconv": "F.conv2d(x, w[:C], None, stride, k // 2, 1, C) + autograd",
+            "bias_gelu": "F.gelu(x + b[:N]) + autograd",
+        },
+        ours="shiftnas.ops.dwconv_ext.dwconv_cpu / bias_gelu_ext.bias_gelu_cpu (autograd wrappers)",
+        mkldnn=torch.backends.mkldnn.is_available(),
+        malloc_tuned=malloc_tuned,
+        dtype=args.dtype,
+        repeats=args.repeats,
+        warmup=args.warmup,
+        max_foreign_load=args.max_foreign_load,
+    )
     rows = []
     print(
         f"{'op':<9} {'shape':<28} | {'fwd ref':>8} {'ours':>8} {'':>6} | {'f+b ref':>8} {'ours':>8} {'':>6} | other-load  (ms, median)"
@@ -234,25 +243,8 @@ def main() -> int:
             )
             _print_row(rows[-1])
 
-    result = {
-        "benchmark": "cpu_ops",
-        "reference": {
-            "dwconv": "F.conv2d(x, w[:C], None, stride, k // 2, 1, C) + autograd",
-            "bias_gelu": "F.gelu(x + b[:N]) + autograd",
-        },
-        "ours": "shiftnas.ops.dwconv_ext.dwconv_cpu / bias_gelu_ext.bias_gelu_cpu (autograd wrappers)",
-        "machine": cpu_op_machine(load_before, mkldnn=torch.backends.mkldnn.is_available()),
-        "git_commit": git_commit(),
-        "git_dirty": git_dirty(),
-        "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "malloc_tuned": malloc_tuned,
-        "dtype": args.dtype,
-        "repeats": args.repeats,
-        "warmup": args.warmup,
-        "max_foreign_load": args.max_foreign_load,
-        "results": rows,
-    }
-    write_json(args.out, result, indent=2)
+    result["results"] = rows
+    write_result(args.out, result, indent=2)
     print(f"wrote {args.out}")
     return 0
 

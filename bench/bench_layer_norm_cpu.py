@@ -22,26 +22,22 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))  # for _common, also when not run as a script
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import (
+from harness import (
+    RESULTS_DIR,
+    ForeignLoad,
     add_malloc_tuning_arg,
-    cpu_jiffies,
-    cpu_op_machine,
-    foreign_load,
-    git_commit,
-    loadavg,
-    time_pair,
+    dtype_name,
+    new_doc,
+    time_cpu,
     tune_malloc,
-    write_json,
+    write_result,
 )
 
 from shiftnas import _ext
@@ -96,21 +92,22 @@ def _bench_case(n, c, active, dtype, repeats, warmup):
         xr.grad = wr.grad = br.grad = None
         _ElasticLN.apply(xr, wr, br, active, EPS).backward(gy)
 
-    row = {"N": n, "C": c, "active": active, "dtype": str(dtype).replace("torch.", "")}
-    j0, t0 = cpu_jiffies(), time.perf_counter()
-    for name, ref, ours in (
-        ("fwd", fwd_ref, fwd_ours),
-        ("fwd_bwd_raw", fb_ref, fb_raw),
-        ("fwd_bwd_fn", fb_ref, fb_fn),
-    ):
-        t_ref, t_ours = time_pair(ref, ours, repeats, warmup)
-        row[name] = {
-            "ref_us": round(t_ref, 1),
-            "ext_us": round(t_ours, 1),
-            "ratio_ref_over_ext": round(t_ref / t_ours, 3),
-        }
+    row = {"N": n, "C": c, "active": active, "dtype": dtype_name(dtype)}
+    with ForeignLoad() as meter:
+        for name, ref, ours in (
+            ("fwd", fwd_ref, fwd_ours),
+            ("fwd_bwd_raw", fb_ref, fb_raw),
+            ("fwd_bwd_fn", fb_ref, fb_fn),
+        ):
+            t = time_cpu({"ref": ref, "ours": ours}, warmup, repeats)
+            t_ref, t_ours = t.median("ref") * 1e3, t.median("ours") * 1e3
+            row[name] = {
+                "ref_us": round(t_ref, 1),
+                "ext_us": round(t_ours, 1),
+                "ratio_ref_over_ext": round(t_ref / t_ours, 3),
+            }
     # Background load from other processes skews (mostly inflates) both sides.
-    row["foreign_cpu_load"] = foreign_load(j0, cpu_jiffies(), time.perf_counter() - t0)
+    row["foreign_cpu_load"] = meter.load
     return row
 
 
@@ -124,7 +121,7 @@ def main() -> int:
         "--dtype", default="float32", choices=["float32", "bfloat16", "float16", "float64"]
     )
     add_malloc_tuning_arg(ap)
-    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "layer_norm_cpu.json")
+    ap.add_argument("--out", type=Path, default=RESULTS_DIR / "layer_norm_cpu.json")
     args = ap.parse_args()
     if args.repeats < 20:
         ap.error("--repeats must be >= 20")
@@ -141,7 +138,15 @@ def main() -> int:
     for n, c in SHAPES:
         cases.append((n, c, c))  # whole width active
         cases.append((n, c, c - 48))  # elastic: a prefix of the stored width
-    load_before = loadavg()
+    result = new_doc(
+        "elastic_layer_norm_cpu",
+        reference="F.layer_norm(x[:, :active], (active,), w[:active], b[:active]) + autograd",
+        malloc_tuned=malloc_tuned,
+        dtype=args.dtype,
+        repeats=args.repeats,
+        warmup=args.warmup,
+        eps=EPS,
+    )
     rows = []
     print(
         f"{'N':>5} {'C':>4} {'act':>4} | {'fwd ref':>8} {'ext':>7} {'x':>5} | "
@@ -159,20 +164,8 @@ def main() -> int:
             flush=True,
         )
 
-    result = {
-        "benchmark": "elastic_layer_norm_cpu",
-        "reference": "F.layer_norm(x[:, :active], (active,), w[:active], b[:active]) + autograd",
-        "machine": cpu_op_machine(load_before),
-        "git_commit": git_commit(),
-        "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "malloc_tuned": malloc_tuned,
-        "dtype": args.dtype,
-        "repeats": args.repeats,
-        "warmup": args.warmup,
-        "eps": EPS,
-        "results": rows,
-    }
-    write_json(args.out, result, indent=2)
+    result["results"] = rows
+    write_result(args.out, result, indent=2)
     print(f"wrote {args.out}")
     return 0
 

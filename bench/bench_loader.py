@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import io
 import os
-import platform
 import resource
 import statistics
 import sys
@@ -37,11 +36,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))  # for _common, also when not run as a script
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import cpu_name, git_commit, write_json
+from harness import RESULTS_DIR, loadavg, new_doc, time_interleaved, write_result
 
 from shiftnas.data import build_loader, default_data_root, prepare_fashion_mnist
 from shiftnas.data.prepare import DEFAULT_SOURCE, SOURCE_FILES
@@ -103,19 +100,22 @@ def _cpu_seconds(loader) -> float:
     return total
 
 
-def _time_repeats(stream, loader, batches: int, n: int) -> tuple[list[float], list[float]]:
-    """images/s of wall time and images per CPU-second, per repeat."""
-    wall, per_cpu = [], []
-    for _ in range(n):
-        c0, t0 = _cpu_seconds(loader), time.perf_counter()
-        images = 0
+def _time_repeats(stream, loader, batches: int, warmup: int, n: int) -> tuple[list[float], list[float]]:
+    """images/s of wall time and images per CPU-second, per repeat of `batches` batches, after
+    `warmup` untimed repeats (`harness.time_interleaved` of the one loader)."""
+    images, cpu = [], []
+
+    def repeat():
+        c0, count = _cpu_seconds(loader), 0
         for _ in range(batches):
             x, _ = next(stream)
-            images += x.shape[0]
-        dt, dc = time.perf_counter() - t0, _cpu_seconds(loader) - c0
-        wall.append(images / dt)
-        per_cpu.append(images / max(dc, 1e-9))
-    return wall, per_cpu
+            count += x.shape[0]
+        cpu.append(_cpu_seconds(loader) - c0)
+        images.append(count)
+
+    wall = time_interleaved({"loader": repeat}, warmup, n)["loader"]
+    images, cpu = images[warmup:], cpu[warmup:]
+    return [i / t for i, t in zip(images, wall)], [i / max(c, 1e-9) for i, c in zip(images, cpu)]
 
 
 def _summary(samples: list[float], per_cpu: list[float]) -> dict:
@@ -152,7 +152,7 @@ def bench_case(
         "device": "cpu",
         "seed": 0,
     }
-    load_start = os.getloadavg()[0]
+    load_start = loadavg()[0]
     loaders = {b: build_loader(root, split, backend=b, **kw) for b in ("dali", "torch")}
     streams = {b: _stream(ld) for b, ld in loaders.items()}
     samples = {"dali": [], "torch": []}
@@ -160,9 +160,8 @@ def bench_case(
     blocks = 2
     for block in range(blocks):
         for backend in ("dali", "torch"):
-            _time_repeats(streams[backend], loaders[backend], batches, warmup)
             k = repeats // blocks + (1 if block < repeats % blocks else 0)
-            wall, cpu = _time_repeats(streams[backend], loaders[backend], batches, k)
+            wall, cpu = _time_repeats(streams[backend], loaders[backend], batches, warmup, k)
             samples[backend] += wall
             per_cpu[backend] += cpu
             print(
@@ -181,7 +180,7 @@ def bench_case(
         "torch": _summary(samples["torch"], per_cpu["torch"]),
     }
     # A busy neighbour on this shared machine shows here (2 cores: > ~2.5 means we shared).
-    res["load_avg_1min_start_end"] = [round(load_start, 2), round(os.getloadavg()[0], 2)]
+    res["load_avg_1min_start_end"] = [load_start, loadavg()[0]]
     res["ratio_dali_over_torch"] = round(
         res["dali"]["median_img_s"] / res["torch"]["median_img_s"], 2
     )
@@ -192,24 +191,42 @@ def bench_case(
     return res
 
 
-def _machine() -> dict:
+def versions() -> dict:
     import nvidia.dali
     import PIL
     import torchvision
 
-    return {
-        "host": platform.node(),
-        "cpu": cpu_name(unknown=""),
-        "cores": os.cpu_count(),
-        "load_avg_at_start": os.getloadavg(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
-        "dali": nvidia.dali.__version__,
-        "pillow": PIL.__version__,
-        "git_commit": git_commit(),
-        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
+    return {"torchvision": torchvision.__version__, "dali": nvidia.dali.__version__, "pillow": PIL.__version__}
+
+
+def fmnist_cases(args) -> list[dict]:
+    """The Fashion-MNIST cases (augmentation off, on); none without the prepared tree or source."""
+    out = []
+    fm = Path(args.fmnist_root)
+    if (
+        not all((Path(DEFAULT_SOURCE) / f).is_file() for f in SOURCE_FILES.values())
+        and not (fm / "PREPARED.json").is_file()
+    ):
+        print(f"skipping Fashion-MNIST: no {fm} and no {DEFAULT_SOURCE} (make data)")
+    else:
+        prepare_fashion_mnist(fm)
+        for augment in (False, True):
+            out.append(
+                bench_case(
+                    f"fashion-mnist-28-train{'-aug' if augment else ''}",
+                    fm,
+                    "train",
+                    image_size=28,
+                    augment=augment,
+                    batch_size=256,
+                    batches=16 if not args.quick else 4,
+                    repeats=args.repeats,
+                    warmup=args.warmup,
+                    threads=args.threads,
+                )
+            )
+
+    return out
 
 
 def main(argv=None) -> int:
@@ -229,7 +246,7 @@ def main(argv=None) -> int:
         "--images", type=int, default=640, help="images in the ImageNet-like tree (default: 640)"
     )
     ap.add_argument("--fmnist-root", default=str(default_data_root() / "fashion-mnist"))
-    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "loader_cpu.json"))
+    ap.add_argument("--out", default=str(RESULTS_DIR / "loader_cpu.json"))
     ap.add_argument(
         "--quick", action="store_true", help="3 repeats, 1 warm-up, small trees: a smoke run"
     )
@@ -237,7 +254,13 @@ def main(argv=None) -> int:
     if args.quick:
         args.repeats, args.warmup, args.images = 3, 1, 160
     torch.set_num_threads(1)
-
+    report = new_doc(
+        "bench/bench_loader.py",
+        threads=args.threads,
+        output_device="cpu",
+        consumer_torch_threads=1,
+        versions=versions(),
+    )
     results = []
     with tempfile.TemporaryDirectory(prefix="shiftnas-bench-loader-") as tmp:
         t0 = time.perf_counter()
@@ -261,40 +284,11 @@ def main(argv=None) -> int:
         r.pop("root")
         results.append(r)
 
-    fm = Path(args.fmnist_root)
-    if (
-        not all((Path(DEFAULT_SOURCE) / f).is_file() for f in SOURCE_FILES.values())
-        and not (fm / "PREPARED.json").is_file()
-    ):
-        print(f"skipping Fashion-MNIST: no {fm} and no {DEFAULT_SOURCE} (make data)")
-    else:
-        prepare_fashion_mnist(fm)
-        for augment in (False, True):
-            results.append(
-                bench_case(
-                    f"fashion-mnist-28-train{'-aug' if augment else ''}",
-                    fm,
-                    "train",
-                    image_size=28,
-                    augment=augment,
-                    batch_size=256,
-                    batches=16 if not args.quick else 4,
-                    repeats=args.repeats,
-                    warmup=args.warmup,
-                    threads=args.threads,
-                )
-            )
+    results += fmnist_cases(args)
 
-    report = {
-        "benchmark": "bench/bench_loader.py",
-        "threads": args.threads,
-        "output_device": "cpu",
-        "consumer_torch_threads": 1,
-        "machine": _machine(),
-        "results": results,
-    }
+    report["results"] = results
     out = Path(args.out)
-    write_json(out, report, indent=1)
+    write_result(out, report)
     print(f"\n{'case':<28} {'DALI img/s':>11} {'torch img/s':>12} {'ratio':>6} {'per CPU-s':>10}")
     for r in results:
         print(

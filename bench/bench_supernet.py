@@ -1,462 +1,347 @@
-"""Training-step time of the elastic supernet vs. its exported static subnet vs. timm's ViT (CPU).
+"""Training-step time of the elastic supernet vs its exported static subnet vs timm's ViT (CPU).
 
-For each space and arch (min / middle / max) one training step (zero grads with
-set_to_none, forward, cross-entropy, backward; no optimizer step) is timed for
+Per space, dtype and arch one training step (zero grads with set_to_none, forward, cross-entropy,
+backward; no optimizer step; bf16 = autocast, as optim.amp=bf16 trains) is timed for the supernet
+at the arch, the exported dense model and timm's VisionTransformer of the same shape (ViT archs
+where timm can express it; bench/supernet_models.py), side by side in one process, interleaved
+(`harness.time_cpu`: one step of each per repeat, the starting model rotating). Archs: min /
+middle / max (`--archs`), and for the fit one generator-free arch per FLOPs bin (`--bins`,
+`shiftnas.sampling.sample_in_bin`).
 
-  supernet   `net(x, arch)`: the weight-sharing supernet run at the arch
-  exported   `shiftnas.export_subnet(net, arch)`: the dense static model of the same arch
-  timm       `timm.models.vision_transformer.VisionTransformer` of the same shape: only for
-             ViT archs where every layer has heads * head_dim == embed_dim and one mlp ratio
+Reported per row: median and p20/p80 step time, supernet/exported and exported/timm ratios, the
+achieved FLOP/s (3 x 2 x MACs x batch per step) as a fraction of a GEMM peak measured in the same
+run for the same dtype (`harness.matmul_peak`, a `--gemm-n`^3 matmul, best of `--gemm-repeats`),
+and peak memory (a fresh subprocess per model, arch and dtype). Per space, dtype and model: a
+linear fit of step time against subnet MACs across the bin archs (slope, intercept, R^2).
+bf16 runs only where the CPU has native bf16 (avx512_bf16 / amx_bf16); elsewhere it is recorded
+as skipped with the reason (on AVX2-only CPUs bf16 is ~12x slower than fp32).
 
-side by side in one process, interleaved (one step of each per repeat, the starting model
-rotating, so machine drift hits all of them alike). Reported: median and p20/p80 over the
-repeats after warm-up, and the ratios supernet/exported and exported/timm (docs/design.md,
-"Measuring": the dense static model is the floor every elastic path is held to).
+Targets (printed next to the numbers, never asserted): supernet/exported <= 1.03 at every arch;
+fit R^2 >= 0.98; bf16 autoformer-t max at batch 32 >= 35% of the bf16 GEMM peak.
 
-Peak memory is measured separately, one fresh subprocess per (model, arch) (this script with
-the hidden `--_mem-child` flag), so allocator state never leaks between models.
-
-Targets (reported, not asserted): supernet/exported <= 1.05 at every arch; exported ViT no
-slower than timm.
-
-    python bench/bench_supernet.py       # full run -> bench/results/supernet_cpu.json
-    python bench/bench_supernet.py --spaces vit-fmnist --repeats 10 --no-memory
+    python bench/bench_supernet.py            # full run -> bench/results/supernet_cpu.json
+    python bench/bench_supernet.py --quick    # smoke run -> $TMPDIR/supernet_cpu_quick.json
+    python bench/bench_supernet.py --spaces vit-fmnist --dtypes float32 --repeats 10 --no-memory
 """
 
 from __future__ import annotations
 
 import argparse
-import ctypes
-import functools
 import gc
-import json
-import os
-import random
-import resource
-import subprocess
 import sys
-import time
+import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_OUT = ROOT / "bench" / "results" / "supernet_cpu.json"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from harness import (
+    RESULTS_DIR,
+    backends,
+    dtype_name,
+    linear_fit,
+    matmul_peak,
+    new_doc,
+    paired_ratio,
+    time_cpu,
+    write_result,
+)
+from supernet_models import (
+    ARCH_LABELS,
+    MEMORY_STEPS,
+    MODELS,
+    bin_archs,
+    build_models,
+    build_supernet,
+    make_arch,
+    make_inputs,
+    measure_memory,
+    train_step,
+)
+from supernet_report import DEFINITIONS, print_fits, print_rows, target_summary
+
+DEFAULT_OUT = RESULTS_DIR / "supernet_cpu.json"
+QUICK_OUT = Path(tempfile.gettempdir()) / "supernet_cpu_quick.json"
 DEFAULT_SPACES = ("vit-fmnist", "cnn-fmnist", "autoformer-t")
-# Batch per space: the fmnist spaces at their training batch, autoformer-t small (224 px).
+DTYPES = ("float32", "bfloat16")
+# Batch per space: the fmnist spaces at their training batch, autoformer-t at 32 (224 px; the GEMM
+# target's batch), the other ImageNet spaces small.
 BATCH = {
     "vit-fmnist": 64,
     "cnn-fmnist": 64,
-    "autoformer-t": 8,
+    "autoformer-t": 32,
     "autoformer-s": 8,
     "autoformer-b": 8,
     "cnn-bignas": 8,
 }
-ARCH_LABELS = ("min", "middle", "max")
-MODELS = ("supernet", "exported", "timm")
-MEMORY_STEPS = 3
-
-if str(ROOT) not in sys.path:  # run as a script from anywhere
-    sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))  # for _common, also when not run as a script
-
-from _common import (
-    git_commit,
-    loadavg,
-    machine,
-    quantile,
-    summary,
-    time_interleaved,
-    timing_env,
-    utc_date,
-    write_json,
-)
+QUICK = {
+    "repeats": 2,
+    "warmup": 1,
+    "bins": 3,
+    "batch": 4,
+    "gemm_n": 256,
+    "gemm_repeats": 2,
+    "memory_archs": "max",
+}
+TARGETS = {"supernet/exported": 1.03, "fit_r2": 0.98, "bf16_gemm_fraction": 0.35}
+FIT_MODELS = ("supernet", "exported")
+SETTINGS = ("spaces", "archs", "bins", "dtypes", "repeats", "warmup", "batch", "seed", "threads")
 
 
-# -- building -------------------------------------------------------------------------------------
-def make_arch(space, label: str):
-    """min / max of the space; middle = the middle candidate (index len // 2) of every decision."""
-    if label == "min":
-        return space.min()
-    if label == "max":
-        return space.max()
-    if label == "middle":
-        return space.from_indices({d.name: len(d.choices) // 2 for d in space.decisions})
-    raise ValueError(f"arch label {label!r}; allowed: {list(ARCH_LABELS)}")
+def step_flop(mflops: float, batch: int) -> float:
+    """FLOP of one training step: forward 2 x MACs per image, backward twice the forward."""
+    return 3 * 2 * mflops * 1e6 * batch
 
 
-def timm_shape(space, arch) -> dict | None:
-    """timm VisionTransformer kwargs of `arch`; None when a uniform timm ViT cannot express it."""
-    if space.family != "vit":
-        return None
-    hp = space.hparams
-    E, d = arch["embed_dim"], hp["head_dim"]
-    layers = [
-        (arch[f"layers.{i}.num_heads"], arch[f"layers.{i}.mlp_ratio"]) for i in range(arch["depth"])
-    ]
-    if any(h * d != E for h, _ in layers) or len({r for _, r in layers}) != 1:
-        return None
-    return {
-        "img_size": hp["img_size"],
-        "patch_size": hp["patch_size"],
-        "in_chans": hp["in_chans"],
-        "num_classes": hp["num_classes"],
-        "embed_dim": E,
-        "depth": arch["depth"],
-        "num_heads": layers[0][0],
-        "mlp_ratio": layers[0][1],
-        "qkv_bias": True,
-        "class_token": True,
-        "global_pool": "token",
-    }
-
-
-def make_inputs(space, arch, batch: int, seed: int = 0):
-    import torch
-
-    hp = space.hparams
-    res = arch["resolution"] if space.family == "cnn" else hp["img_size"]
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(batch, hp["in_chans"], res, res, generator=g)
-    y = torch.randint(0, hp["num_classes"], (batch,), generator=g)
-    return x, y
-
-
-def build_models(space_name: str, label: str, which=MODELS) -> tuple[object, dict]:
-    """(arch, {model name: (module whose grads are zeroed, forward callable)}) for `which`."""
-    import torch
-
+def time_arch(net, space, item: dict, dtype, args) -> dict:
+    """One result row: every model of `item`'s arch timed interleaved at `dtype`."""
     import shiftnas
 
-    space = shiftnas.get_space(space_name)
-    arch = make_arch(space, label)
-    torch.manual_seed(0)
-    out = {}
-    net = shiftnas.build_supernet(space_name) if {"supernet", "exported"} & set(which) else None
-    if net is not None:
-        net.train()
-    if "exported" in which:
-        sub = shiftnas.export_subnet(net, arch)
-        out["exported"] = (sub, sub)
-    if "supernet" in which:
-        out["supernet"] = (net, lambda x, net=net, arch=arch: net(x, arch))
-    if "timm" in which:
-        kw = timm_shape(space, arch)
-        if kw is not None:
-            from timm.models.vision_transformer import VisionTransformer
-
-            vit = VisionTransformer(**kw).train()
-            out["timm"] = (vit, vit)
-    return arch, out
-
-
-def train_step(module, fwd, x, y) -> None:
-    import torch.nn.functional as F
-
-    module.zero_grad(set_to_none=True)
-    F.cross_entropy(fwd(x), y).backward()
-
-
-# -- statistics -----------------------------------------------------------------------------------
-def ratio(num: list[float], den: list[float]) -> dict:
-    """Ratio of medians, and the median of per-repeat paired ratios (robust to slow drift)."""
-    paired = [a / b for a, b in zip(num, den)]
-    return {
-        "of_medians": round(quantile(num, 0.5) / quantile(den, 0.5), 4),
-        "paired_median": round(quantile(paired, 0.5), 4),
-        "paired_p20": round(quantile(paired, 0.2), 4),
-        "paired_p80": round(quantile(paired, 0.8), 4),
+    arch = item["arch"]
+    models = build_models(net, space, arch)
+    batch = args.batch or BATCH.get(space.name, 8)
+    x, y = make_inputs(space, arch, batch)
+    steps = {n: (lambda m=m, f=f: train_step(m, f, x, y, dtype)) for n, (m, f) in models.items()}
+    t = time_cpu(steps, args.warmup, args.repeats)
+    mflops = shiftnas.count_flops(space, arch) / 1e6
+    peak = args.gemm_peak[dtype_name(dtype)]["flop_per_s"]
+    achieved = {n: step_flop(mflops, batch) / (t.median(n) / 1e3) for n in t.ms}  # FLOP/s
+    row = {
+        "space": space.name,
+        "arch": item["label"],
+        **({"bin": item["bin"], "in_bin": item["in_bin"]} if "bin" in item else {}),
+        "arch_short": arch.short(),
+        "dtype": dtype_name(dtype),
+        "batch": batch,
+        "input": list(x.shape),
+        "mflops": round(mflops, 3),
+        "params_m": round(shiftnas.count_params(space, arch) / 1e6, 4),
+        "timm_comparable": "timm" in models,
+        "times": t.stats(),
+        "ratios": {"supernet/exported": paired_ratio(t.ms["supernet"], t.ms["exported"])},
+        "achieved_gflop_s": {n: round(v / 1e9, 2) for n, v in achieved.items()},
+        "gemm_fraction": {n: round(v / peak, 4) for n, v in achieved.items()},
+        "foreign_cpu_load": t.foreign_cpu_load,
+        "bench_seconds": t.seconds,
     }
-
-
-# -- timing ---------------------------------------------------------------------------------------
-def time_models(models: dict, x, y, warmup: int, repeats: int) -> dict[str, list[float]]:
-    """Per model, `repeats` step times (ms); each repeat runs every model once, order rotating."""
-    steps = {
-        n: functools.partial(train_step, module, fwd, x, y) for n, (module, fwd) in models.items()
+    if "timm" in t.ms:
+        row["ratios"]["exported/timm"] = paired_ratio(t.ms["exported"], t.ms["timm"])
+        row["ratios"]["supernet/timm"] = paired_ratio(t.ms["supernet"], t.ms["timm"])
+    row["targets"] = {
+        "supernet/exported": row["ratios"]["supernet/exported"]["of_medians"]
+        <= TARGETS["supernet/exported"]
     }
-    secs = time_interleaved(steps, warmup, repeats)
-    return {n: [t * 1e3 for t in ts] for n, ts in secs.items()}
+    return row
 
 
-# -- memory (fresh subprocess per model and arch) -------------------------------------------------
-def _rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
-def _hwm_mb() -> float | None:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return None
-
-
-def _reset_hwm() -> bool:
-    """Reset the kernel's peak-RSS mark (VmHWM) to the current RSS (Linux >= 4.0)."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def _malloc_trim() -> None:
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-
-
-def memory_child(spec: str, threads: int) -> None:
-    """Hidden `--_mem-child space:label:model`: print one JSON line of this model's RSS."""
-    import torch
-
-    torch.set_num_threads(threads)
-    space_name, label, model = spec.split(":")
-    import shiftnas
-
-    space = shiftnas.get_space(space_name)
-    gc.collect()
-    _malloc_trim()
-    rss_start = _rss_mb()
-    arch, models = build_models(space_name, label, which=(model,))
-    if model not in models:
-        print(json.dumps({"skipped": True}))
-        return
-    module, fwd = models[model]
-    # The exported model's build also built a supernet: drop everything but the model.
-    del models
-    gc.collect()
-    _malloc_trim()
-    x, y = make_inputs(space, arch, BATCH[space_name])
-    rss_build = _rss_mb()
-    hwm_reset = _reset_hwm()
-    for _ in range(MEMORY_STEPS):
-        train_step(module, fwd, x, y)
-    hwm = _hwm_mb() if hwm_reset else None
-    if hwm is None:
-        # ru_maxrss is a fallback only: Linux carries it across exec, so in this child it starts at
-        # the parent's peak (1.6 GB in the full run) and hides the step's own peak.
-        hwm = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(
-        json.dumps(
-            {
-                "rss_model_mb": round(rss_build - rss_start, 1),
-                "peak_rss_mb_step": round(hwm - rss_build, 1),
-                "peak_source": "VmHWM after clear_refs" if hwm_reset else "ru_maxrss (upper bound)",
+def fit_rows(rows: list[dict]) -> list[dict]:
+    """Per dtype and model of `FIT_MODELS`: median step ms against MACs over the bin rows."""
+    fits = []
+    for dtype in dict.fromkeys(r["dtype"] for r in rows):
+        pts = [r for r in rows if r["dtype"] == dtype and "bin" in r]
+        for model in FIT_MODELS:
+            xs = [r["mflops"] for r in pts]
+            ys = [r["times"][model]["median_ms"] for r in pts]
+            fit = {
+                "space": rows[0]["space"],
+                "dtype": dtype,
+                "model": model,
+                "points": [list(p) for p in zip(xs, ys)],
             }
-        )
-    )
+            try:
+                f = linear_fit(xs, ys)
+                fit.update(
+                    slope_ms_per_mmac=f["slope"], intercept_ms=f["intercept"], r2=f["r2"], n=f["n"]
+                )
+                fit["target_met"] = f["r2"] is not None and f["r2"] >= TARGETS["fit_r2"]
+            except ValueError as e:
+                fit.update(error=str(e), n=len(xs))
+            fits.append(fit)
+    return fits
 
 
-def measure_memory(space_name: str, label: str, model: str, threads: int) -> dict | None:
-    cmd = [
-        sys.executable,
-        str(Path(__file__).resolve()),
-        "--_mem-child",
-        f"{space_name}:{label}:{model}",
-        "--threads",
-        str(threads),
-    ]
-    try:
-        p = subprocess.run(
-            cmd, check=False, capture_output=True, text=True, timeout=900, cwd=str(ROOT)
-        )
-    except subprocess.TimeoutExpired:
-        return {"error": "timeout"}
-    if p.returncode != 0:
-        return {"error": (p.stderr.strip().splitlines() or [f"rc {p.returncode}"])[-1]}
-    out = json.loads(p.stdout.strip().splitlines()[-1])
-    return None if out.get("skipped") else out
-
-
-# -- provenance -----------------------------------------------------------------------------------
-def environment() -> dict:
-    """Settings that change CPU timings: threading env vars and the backend chosen per op."""
-    from shiftnas.ops import dispatch
-
-    return {
-        "env": timing_env(),
-        "backends_cpu_float32": {op: chosen for op, chosen, _ in dispatch.report("cpu")},
-    }
-
-
-# -- driver ---------------------------------------------------------------------------------------
-def bench_space(space_name: str, args) -> list[dict]:
+def bench_space(space_name: str, dtypes: list, args) -> tuple[list[dict], list[dict]]:
+    """Rows of every dtype and arch of one space (one supernet for all), and the fits."""
     import shiftnas
 
     space = shiftnas.get_space(space_name)
-    batch = BATCH.get(space_name, 8)
+    net = build_supernet(space_name)
+    items = [{"label": a, "arch": make_arch(space, a)} for a in args.archs]
+    items += bin_archs(space_name, args.bins, seed=args.seed) if args.bins else []
     rows = []
-    for label in args.archs:
-        arch, models = build_models(space_name, label)
-        x, y = make_inputs(space, arch, batch)
-        t0 = time.perf_counter()
-        times = time_models(models, x, y, args.warmup, args.repeats)
-        row = {
-            "space": space_name,
-            "arch": label,
-            "arch_short": arch.short(),
-            "batch": batch,
-            "input": list(x.shape),
-            "mflops": round(shiftnas.count_flops(space, arch) / 1e6, 3),
-            "params_m": round(shiftnas.count_params(space, arch) / 1e6, 4),
-            "timm_comparable": "timm" in models,
-            "times": {n: summary(t) for n, t in times.items()},
-            "ratios": {"supernet/exported": ratio(times["supernet"], times["exported"])},
-            "bench_seconds": round(time.perf_counter() - t0, 1),
-        }
-        if "timm" in times:
-            row["ratios"]["exported/timm"] = ratio(times["exported"], times["timm"])
-            row["ratios"]["supernet/timm"] = ratio(times["supernet"], times["timm"])
-        rows.append(row)
-        print(
-            f"  {space_name:13s} {label:6s} done in {row['bench_seconds']:.0f}s",
-            file=sys.stderr,
-            flush=True,
-        )
-        del models
-        gc.collect()
-    return rows
+    for dtype in dtypes:
+        for item in items:
+            rows.append(time_arch(net, space, item, dtype, args))
+            r = rows[-1]
+            print(
+                f"  {space_name:13s} {r['dtype']:8s} {r['arch']:6s} {r['bench_seconds']:.0f}s",
+                file=sys.stderr,
+                flush=True,
+            )
+            gc.collect()
+    del net
+    gc.collect()
+    return rows, fit_rows(rows) if args.bins else []
 
 
-def print_table(rows: list[dict]) -> None:
-    hdr = (
-        f"{'space':13s} {'arch':6s} {'MMACs':>8s} {'Mparam':>7s} | "
-        f"{'supernet ms':>17s} {'exported ms':>17s} "
-        f"{'timm ms':>17s} | {'sup/exp':>7s} {'exp/timm':>8s} | {'peak MB s/e/t':>17s}"
+def add_memory(rows: list[dict], args) -> None:
+    """Peak memory of every model of the `--memory-archs` rows, a fresh process each,
+    `--memory-jobs` at a time (after all timing, so they never overlap it)."""
+    todo = [
+        (r, m)
+        for r in rows
+        if r["arch"] in args.memory_archs and r["dtype"] in args.memory_dtypes
+        for m in MODELS
+        if m in r["times"]
+    ]
+    jobs = [
+        (f"{r['space']}:{r['arch']}:{m}:{r['dtype']}", args.threads, r["batch"]) for r, m in todo
+    ]
+    for (r, m), res in zip(todo, measure_memory(jobs, args.memory_jobs)):
+        r.setdefault("memory", {})[m] = res
+
+
+def bf16_skip_reason(machine: dict) -> str | None:
+    if machine["native_bf16"]:
+        return None
+    return (
+        f"CPU (torch capability {machine['cpu_capability']}) has no native bf16 (no avx512_bf16 / "
+        "amx_bf16): bf16 would run ~12x slower than fp32 here, so it is not timed"
     )
-    print(hdr)
-    print("-" * len(hdr))
-
-    def cell(t):
-        return f"{t['median_ms']:7.1f} [{t['p20_ms']:.0f}-{t['p80_ms']:.0f}]" if t else "-"
-
-    for r in rows:
-        t = r["times"]
-        se = r["ratios"]["supernet/exported"]["of_medians"]
-        et = r["ratios"].get("exported/timm", {}).get("of_medians")
-        mem = r.get("memory") or {}
-        peaks = "/".join(
-            f"{mem[m]['peak_rss_mb_step']:.0f}"
-            if mem.get(m) and "peak_rss_mb_step" in mem[m]
-            else "-"
-            for m in MODELS
-        )
-        flag = " !" if se > 1.05 else ""
-        print(
-            f"{r['space']:13s} {r['arch']:6s} {r['mflops']:8.1f} {r['params_m']:7.3f} | "
-            f"{cell(t.get('supernet')):>17s} "
-            f"{cell(t.get('exported')):>17s} {cell(t.get('timm')):>17s} | {se:7.3f} "
-            f"{(f'{et:8.3f}' if et else '       -')} | {peaks:>17s}{flag}"
-        )
-        print(f"{'':21s}{r['arch_short']}")
 
 
-def main(argv=None) -> None:
+def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--spaces", default=",".join(DEFAULT_SPACES), help="comma-separated space names")
     p.add_argument(
         "--archs", default=",".join(ARCH_LABELS), help="comma-separated subset of min,middle,max"
     )
-    p.add_argument("--repeats", type=int, default=20, help="timed steps per model (>= 10)")
-    p.add_argument("--warmup", type=int, default=5, help="untimed steps per model first")
+    p.add_argument(
+        "--bins",
+        type=int,
+        default=None,
+        help="FLOPs bins, one arch each, for the fit (0: none; default 10)",
+    )
+    p.add_argument(
+        "--dtypes",
+        default=",".join(DTYPES),
+        help="float32,bfloat16 (bf16 only with native support)",
+    )
+    p.add_argument(
+        "--repeats", type=int, default=None, help="timed steps per model (>= 10; default 20)"
+    )
+    p.add_argument(
+        "--warmup", type=int, default=None, help="untimed steps per model first (default 5)"
+    )
     # Fixed, and the same for every model. On a loaded machine (load average 5 on 2 cores) two
-    # threads ran vit-fmnist min 3-10x slower than one (190-760 ms vs 62-70 ms per step): threads
-    # wait at every parallel region for a descheduled peer. Compare runs at equal load only.
+    # threads ran vit-fmnist min 3-10x slower than one: threads wait at every parallel region for a
+    # descheduled peer. Compare runs at equal load only (foreign_cpu_load is in every row).
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
-    p.add_argument("--out", default=str(DEFAULT_OUT), help="JSON output path")
+    p.add_argument(
+        "--batch", type=int, default=None, help="batch of every space (default: per space)"
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the bin archs")
+    p.add_argument(
+        "--gemm-n", type=int, default=None, help="GEMM peak: n x n x n matmul (default 2048)"
+    )
+    p.add_argument(
+        "--gemm-repeats", type=int, default=None, help="GEMM peak: best of this many (default 5)"
+    )
+    p.add_argument("--out", default=None, help=f"JSON output path (default {DEFAULT_OUT})")
     p.add_argument(
         "--no-memory", action="store_true", help="skip the per-model memory subprocesses"
     )
-    p.add_argument("--_mem-child", dest="mem_child", default=None, help=argparse.SUPPRESS)
-    args = p.parse_args(argv)
+    p.add_argument(
+        "--memory-archs",
+        default=None,
+        help="archs whose memory is measured (default min,middle,max)",
+    )
+    p.add_argument("--memory-jobs", type=int, default=2, help="memory subprocesses at a time")
+    p.add_argument(
+        "--quick", action="store_true", help=f"smoke run: one space, {QUICK}, output {QUICK_OUT}"
+    )
+    return check_args(p, p.parse_args(argv))
 
-    if args.mem_child:
-        memory_child(args.mem_child, args.threads)
-        return
-    if args.repeats < 10:
-        p.error(f"--repeats {args.repeats}: need >= 10 for a median (docs/design.md, Measuring)")
-    args.spaces = [s for s in args.spaces.split(",") if s]
+
+def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.Namespace:
+    """Defaults (`QUICK` with --quick), lists from the comma lists, and their checks."""
+    defaults = {"repeats": 20, "warmup": 5, "bins": 10, "gemm_n": 2048, "gemm_repeats": 5}
+    for k, v in {**defaults, "memory_archs": ",".join(ARCH_LABELS)}.items():
+        if getattr(args, k) is None:
+            setattr(args, k, QUICK[k] if args.quick else v)
+    if args.quick and args.batch is None:
+        args.batch = QUICK["batch"]
+    if args.repeats < (1 if args.quick else 10):
+        p.error(f"--repeats {args.repeats}: need >= 10 for a median (docs/design.md), or --quick")
+    args.spaces = [s for s in args.spaces.split(",") if s][: 1 if args.quick else None]
     args.archs = [a for a in args.archs.split(",") if a]
-    for a in args.archs:
+    args.memory_archs = [] if args.no_memory else [a for a in args.memory_archs.split(",") if a]
+    args.dtypes = [d for d in args.dtypes.split(",") if d]
+    for a in args.archs + args.memory_archs:
         if a not in ARCH_LABELS:
-            p.error(f"--archs: unknown arch {a!r}; allowed: {list(ARCH_LABELS)}")
+            p.error(f"--archs / --memory-archs: unknown arch {a!r}; allowed: {list(ARCH_LABELS)}")
+    if any(d not in DTYPES for d in args.dtypes):
+        p.error(f"--dtypes {','.join(args.dtypes)}: allowed {list(DTYPES)}")
+    if args.bins == 1 or args.bins < 0:
+        p.error(f"--bins {args.bins}: 0 (no fit) or >= 2")
+    args.out = args.out or str(QUICK_OUT if args.quick else DEFAULT_OUT)
+    return args
 
+
+def make_doc(args) -> tuple[dict, list]:
+    """The result document (provenance, GEMM peaks, definitions, targets) and the dtypes to time:
+    bfloat16 only where the CPU has native bf16, else it is listed under ``skipped``."""
     import timm
     import torch
 
-    torch.set_num_threads(args.threads)
-    random.seed(0)
-    machine_start = machine()
-    rows = []
-    for s in args.spaces:
-        rows += bench_space(s, args)
-    if not args.no_memory:
-        for r in rows:
-            r["memory"] = {}
-            for m in MODELS:
-                if m in r["times"]:
-                    r["memory"][m] = measure_memory(r["space"], r["arch"], m, args.threads)
-            print(f"  memory {r['space']} {r['arch']} done", file=sys.stderr, flush=True)
+    doc = new_doc("bench/bench_supernet.py", quick=args.quick, timm=timm.__version__)
+    reason = bf16_skip_reason(doc["machine"])
+    dtypes = [getattr(torch, d) for d in args.dtypes if not (d == "bfloat16" and reason)]
+    args.gemm_peak = {dtype_name(d): matmul_peak(d, args.gemm_n, args.gemm_repeats) for d in dtypes}
+    t = TARGETS
+    doc.update(
+        what="one training step: zero_grad(set_to_none=True) + forward + cross_entropy + backward "
+        "(no optimizer step)",
+        settings={k: getattr(args, k) for k in SETTINGS},
+        skipped={"bfloat16": reason} if reason and "bfloat16" in args.dtypes else {},
+        backends=backends("cpu", dtypes),
+        gemm_peak=args.gemm_peak,
+        definitions={
+            **DEFINITIONS,
+            "peak_rss_mb_step": DEFINITIONS["peak_rss_mb_step"].format(steps=MEMORY_STEPS),
+        },
+        targets={
+            "supernet/exported": f"<= {t['supernet/exported']} at every arch",
+            "fit_r2": f">= {t['fit_r2']} (step time against MACs over the bin archs)",
+            "bf16_gemm_fraction": f"bf16 autoformer-t max at batch 32 >= {t['bf16_gemm_fraction']} "
+            "of the bf16 GEMM peak",
+        },
+        results=[],
+        fits=[],
+    )
+    return doc, dtypes
 
-    result = {
-        "benchmark": "bench/bench_supernet.py",
-        "what": (
-            "one training step: zero_grad(set_to_none=True) + forward + cross_entropy + backward "
-            "(no optimizer step), fp32"
-        ),
-        "date": utc_date(),
-        "git_commit": git_commit(),
-        "machine": machine_start,
-        "loadavg_at_end": loadavg(),
-        "environment": environment(),
-        "torch": torch.__version__,
-        "timm": timm.__version__,
-        "threads": torch.get_num_threads(),
-        "repeats": args.repeats,
-        "warmup": args.warmup,
-        "method": (
-            "models of one arch timed side by side in one process, interleaved: each repeat runs "
-            "one step of every model, the starting model rotating; median and p20/p80 over the "
-            "repeats (time.perf_counter). Ratio 'of_medians' = median(a)/median(b); 'paired_*' = "
-            "quantiles of the per-repeat ratio a_i/b_i."
-        ),
-        "definitions": {
-            "middle": "space.from_indices({d: len(d.choices) // 2}) for every decision",
-            "mflops": (
-                "shiftnas.count_flops / 1e6: multiply-accumulates (the AutoFormer/ShiftNAS "
-                "convention)"
-            ),
-            "params_m": "shiftnas.count_params / 1e6",
-            "timm": (
-                "timm VisionTransformer(qkv_bias=True, class_token=True, global_pool='token'), "
-                "fused SDPA; only where every layer has heads*head_dim == embed_dim and one mlp "
-                "ratio"
-            ),
-            "rss_model_mb": (
-                "RSS after building the model (plus the input batch) minus RSS after imports, in "
-                "a fresh process per (model, arch); the exported model's supernet is freed "
-                "(gc + malloc_trim) first"
-            ),
-            "peak_rss_mb_step": (
-                f"peak RSS during {MEMORY_STEPS} training steps (VmHWM, reset via "
-                "/proc/self/clear_refs just before the steps; ru_maxrss if that fails) minus RSS "
-                "right before the steps (model built, input created)"
-            ),
-        },
-        "targets": {
-            "supernet/exported": "<= 1.05 at every arch",
-            "exported/timm": "<= 1.0 (exported ViT no slower)",
-        },
-        "results": rows,
-    }
-    write_json(args.out, result, indent=1)
-    print_table(rows)
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    import torch
+
+    import shiftnas
+
+    for s in args.spaces:
+        shiftnas.get_space(s)  # fail early on a typo
+    torch.set_num_threads(args.threads)
+    doc, dtypes = make_doc(args)
+    args.memory_dtypes = [dtype_name(d) for d in dtypes][: 1 if args.quick else None]
+    for s in args.spaces:
+        rows, fits = bench_space(s, dtypes, args)
+        doc["results"] += rows
+        doc["fits"] += fits
+        write_result(args.out, doc)  # a long run that is stopped keeps the spaces done
+    add_memory(doc["results"], args)
+    doc["target_summary"] = target_summary(doc, TARGETS)
+    write_result(args.out, doc)
+    print_rows(doc, TARGETS)
+    print_fits(doc["fits"], TARGETS)
     print(f"\nwrote {Path(args.out)}")
 
 

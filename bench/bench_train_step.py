@@ -60,8 +60,21 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_OUT = ROOT / "bench" / "results" / "train_step_cpu.json"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from harness import (
+    RESULTS_DIR,
+    ForeignLoad,
+    backends,
+    dtype_name,
+    new_doc,
+    quantile,
+    schedule,
+    stats,
+    write_result,
+)
+
+DEFAULT_OUT = RESULTS_DIR / "train_step_cpu.json"
 QUICK_OUT = Path(tempfile.gettempdir()) / "train_step_cpu_quick.json"
 DEFAULT_SPACES = ("vit-fmnist", "autoformer-t")
 BATCH = {
@@ -79,43 +92,46 @@ TOTAL_STEPS = 1000  # the config default; only sets the Gumbel temperature sched
 PATHS = ("shift", "shift_full", "uniform", "trainer", "update")
 SEED = 0
 
-if str(ROOT) not in sys.path:  # run as a script from anywhere
-    sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))  # for _common, also when not run as a script
 
-from _common import (
-    cpu_jiffies,
-    foreign_load,
-    git_commit,
-    git_dirty,
-    loadavg,
-    machine,
-    quantile,
-    rotation,
-    summary,
-    timing_env,
-    utc_date,
-    write_json,
+
+# How the paths are timed (written into the JSON).
+METHOD = (
+    "per repeat: a fresh arch (sampler RNG reseeded per repeat; every path starts from "
+    "that state); paths shift (split), uniform, trainer, update run once each, "
+    "interleaved, the starting path rotating; time.perf_counter; median and p20/p80 over "
+    "the repeats after warm-up. Generator backward split off via a leaf copy of the "
+    "one-hots (see the module docstring); checked against the fused backward "
+    "(split_check)."
 )
-
-
-# -- provenance -----------------------------------------------------------------------------------
-def environment() -> dict:
-    """Settings that change CPU timings: threading env vars and the backend chosen per op."""
-    out: dict = {"env": timing_env()}
-    try:
-        import torch
-
-        from shiftnas.ops import dispatch
-
-        out["backends_cpu_float32"] = {op: c for op, c, _ in dispatch.report("cpu")}
-        out["backends_cpu_bfloat16"] = {
-            op: c for op, c, _ in dispatch.report("cpu", torch.bfloat16)
-        }
-        out["torch_cpu_capability"] = torch.backends.cpu.get_cpu_capability()
-    except (ImportError, AttributeError, RuntimeError) as e:  # provenance only
-        out["backends_error"] = repr(e)
-    return out
+# What each field of a result row means (written into the JSON).
+DEFINITIONS = {
+    "shift.gen_fwd": "sampler.next(step) + sample.hard() + sampler.extra_loss(sample)",
+    "shift.gen_bwd": (
+        "autograd.backward([L_RC, *onehots], [None, *dL/d(onehots) from the supernet]) "
+        "through the LSTM + clip_grad_norm_ of the generator"
+    ),
+    "shift.supernet_fwd_bwd": (
+        "autocast model(x, leaf ArchSample) + label-smoothed CE + backward (weights and "
+        "masks, stopping at the one-hots)"
+    ),
+    "shift.optim": "clip_grad_norm_(supernet) + AdamW step + zero_grad + scheduler step",
+    "shift.step": "per-repeat sum of the four",
+    "uniform": "the same step on sample.hard() (ArchConfig): no generator, masks or L_RC",
+    "trainer.step": (
+        "Trainer.train_step(x, y) unmodified at a non-update step (includes its "
+        "bookkeeping: loss stats, count_flops, bin counts)"
+    ),
+    "update": "ProbabilityShift.snapshot(net) + sampler.update_shift(...) under autocast",
+    "amortised_shift_ms": "median(update.total) / update_every",
+    "derived.total_ms": "median(shift.step) + amortised shift update",
+    "derived.overhead_pct": "(median gen_fwd + median gen_bwd + amortised) / total_ms",
+    "derived.vs_uniform_pct": "(total_ms - median uniform.step) / median uniform.step",
+    "mask_overhead_pct": "median shift.supernet_fwd_bwd / median uniform.fwd_bwd - 1",
+    "same_arch_as_uniform": (
+        "repeats whose regenerated arch equalled the one the uniform path trained "
+        "(trainer: compared by MACs)"
+    ),
+}
 
 
 # -- building -------------------------------------------------------------------------------------
@@ -379,6 +395,31 @@ def run_repeat(b: Bench, r: int, order: list[str], rec: dict | None) -> None:
 
 
 # -- driver ---------------------------------------------------------------------------------------
+def derive(rec: dict, med: dict, amort: dict) -> dict:
+    """Per update interval: the shift step's total, its overhead shares and its cost vs uniform."""
+    gen = med["shift"]["gen_fwd"] + med["shift"]["gen_bwd"]
+    derived = {}
+    for n, a in amort.items():
+        total = med["shift"]["step"] + a
+        paired = [(s + a) / u - 1 for s, u in zip(rec["shift"]["step"], rec["uniform"]["step"])]
+        derived[f"every_{n}"] = {
+            "total_ms": round(total, 3),
+            "generator_ms": round(gen, 3),
+            "overhead_pct": round(100 * (gen + a) / total, 2),
+            "generator_pct": round(100 * gen / total, 2),
+            "shift_update_pct": round(100 * a / total, 2),
+            "vs_uniform_pct": round(
+                100 * (total - med["uniform"]["step"]) / med["uniform"]["step"], 2
+            ),
+            "vs_uniform_pct_paired_median": round(100 * quantile(paired, 0.5), 2),
+            "full_vs_uniform_pct_paired_median": round(100 * quantile(
+                [(s + a) / u - 1 for s, u in zip(rec["shift_full"]["step"], rec["uniform"]["step"])], 0.5), 2),
+            "trainer_total_ms": round(med["trainer"]["step"] + a, 3),
+            "target_met": (gen + a) / total <= 0.10,
+        }
+    return derived
+
+
 def bench_space(space_name: str, args) -> dict:
     import shiftnas
 
@@ -404,14 +445,10 @@ def bench_space(space_name: str, args) -> dict:
         "archs_mflops": [],
         "mflops_of": mflops_of,
     }
-    paths = list(PATHS)
-    t0, j0 = time.perf_counter(), cpu_jiffies()
-    for w in range(args.warmup):
-        run_repeat(b, 10_000 + w, paths, None)
-    for r in range(args.repeats):
-        run_repeat(b, r, rotation(paths, r), rec)
-    seconds = time.perf_counter() - t0
-    foreign = foreign_load(j0, cpu_jiffies(), seconds)
+    with ForeignLoad() as meter:
+        for r, order, timed in schedule(PATHS, args.warmup, args.repeats):
+            run_repeat(b, r if timed else 10_000 + r, order, rec if timed else None)
+    seconds, foreign = meter.seconds, meter.load
     del rec["mflops_of"]
 
     med = {
@@ -421,12 +458,11 @@ def bench_space(space_name: str, args) -> dict:
     }
     upd = med["update"]["total"]
     amort = {n: upd / n for n in (UPDATE_EVERY, UPDATE_EVERY_MIN)}
-    gen = med["shift"]["gen_fwd"] + med["shift"]["gen_bwd"]
     res = {
         "space": space_name,
         "batch": batch,
         "input": list(x.shape),
-        "amp": "off" if tr.amp_dtype is None else str(tr.amp_dtype).replace("torch.", ""),
+        "amp": "off" if tr.amp_dtype is None else dtype_name(tr.amp_dtype),
         "n_decisions": len(space.decisions),
         "supernet_params_m": round(sum(p.numel() for p in b.net_params) / 1e6, 4),
         "generator_params": sum(p.numel() for p in b.gen_params),
@@ -435,33 +471,14 @@ def bench_space(space_name: str, args) -> dict:
         "same_arch_as_uniform": {k: f"{v}/{args.repeats}" for k, v in rec["same_arch"].items()},
         "split_check": check,
         "times": {
-            g: {k: summary(v) for k, v in rec[g].items()}
+            g: {k: stats(v) for k, v in rec[g].items()}
             for g in ("shift", "shift_full", "uniform", "trainer", "update")
         },
         "amortised_shift_ms": {f"every_{n}": round(v, 3) for n, v in amort.items()},
         "foreign_cpu_load": foreign,
         "bench_seconds": round(seconds, 1),
     }
-    derived = {}
-    for n, a in amort.items():
-        total = med["shift"]["step"] + a
-        paired = [(s + a) / u - 1 for s, u in zip(rec["shift"]["step"], rec["uniform"]["step"])]
-        derived[f"every_{n}"] = {
-            "total_ms": round(total, 3),
-            "generator_ms": round(gen, 3),
-            "overhead_pct": round(100 * (gen + a) / total, 2),
-            "generator_pct": round(100 * gen / total, 2),
-            "shift_update_pct": round(100 * a / total, 2),
-            "vs_uniform_pct": round(
-                100 * (total - med["uniform"]["step"]) / med["uniform"]["step"], 2
-            ),
-            "vs_uniform_pct_paired_median": round(100 * quantile(paired, 0.5), 2),
-            "full_vs_uniform_pct_paired_median": round(100 * quantile(
-                [(s + a) / u - 1 for s, u in zip(rec["shift_full"]["step"], rec["uniform"]["step"])], 0.5), 2),
-            "trainer_total_ms": round(med["trainer"]["step"] + a, 3),
-            "target_met": (gen + a) / total <= 0.10,
-        }
-    res["derived"] = derived
+    res["derived"] = derive(rec, med, amort)
     res["mask_overhead_pct"] = round(
         100 * (med["shift"]["supernet_fwd_bwd"] / med["uniform"]["fwd_bwd"] - 1), 2
     )
@@ -598,26 +615,17 @@ def main(argv=None) -> None:
     for s in args.spaces:
         shiftnas.get_space(s)  # fail early on a typo
     torch.set_num_threads(args.threads)
-    machine_start = machine()
+    result = new_doc("bench/bench_train_step.py")
     rows = [bench_space(s, args) for s in args.spaces]
-
-    result = {
-        "benchmark": "bench/bench_train_step.py",
+    result.update({
         "what": (
             "one ShiftNAS training step (Trainer.train_step, shift sampler) split into generator "
             "fwd/bwd, supernet fwd+bwd, optimizer, and the amortised probability-shift update; "
             "vs. the uniform-sampler step on the same subnets"
         ),
         "quick": args.quick,
-        "date": utc_date(),
-        "git_commit": git_commit(),
-        "git_dirty": git_dirty(),
-        "machine": machine_start,
-        "loadavg_at_end": loadavg(),
-        "environment": environment(),
-        "torch": torch.__version__,
+        "backends": backends("cpu", (torch.float32, torch.bfloat16)),
         "timm": timm.__version__,
-        "threads": torch.get_num_threads(),
         "amp": args.amp,
         "repeats": args.repeats,
         "warmup": args.warmup,
@@ -633,46 +641,12 @@ def main(argv=None) -> None:
             "inputs": "synthetic randn images / randint labels, fixed seed; minival batch = a "
             "second synthetic batch of the same size",
         },
-        "method": (
-            "per repeat: a fresh arch (sampler RNG reseeded per repeat; every path starts from "
-            "that state); paths shift (split), uniform, trainer, update run once each, "
-            "interleaved, the starting path rotating; time.perf_counter; median and p20/p80 over "
-            "the repeats after warm-up. Generator backward split off via a leaf copy of the "
-            "one-hots (see the module docstring); checked against the fused backward "
-            "(split_check)."
-        ),
-        "definitions": {
-            "shift.gen_fwd": "sampler.next(step) + sample.hard() + sampler.extra_loss(sample)",
-            "shift.gen_bwd": (
-                "autograd.backward([L_RC, *onehots], [None, *dL/d(onehots) from the supernet]) "
-                "through the LSTM + clip_grad_norm_ of the generator"
-            ),
-            "shift.supernet_fwd_bwd": (
-                "autocast model(x, leaf ArchSample) + label-smoothed CE + backward (weights and "
-                "masks, stopping at the one-hots)"
-            ),
-            "shift.optim": "clip_grad_norm_(supernet) + AdamW step + zero_grad + scheduler step",
-            "shift.step": "per-repeat sum of the four",
-            "uniform": "the same step on sample.hard() (ArchConfig): no generator, masks or L_RC",
-            "trainer.step": (
-                "Trainer.train_step(x, y) unmodified at a non-update step (includes its "
-                "bookkeeping: loss stats, count_flops, bin counts)"
-            ),
-            "update": "ProbabilityShift.snapshot(net) + sampler.update_shift(...) under autocast",
-            "amortised_shift_ms": "median(update.total) / update_every",
-            "derived.total_ms": "median(shift.step) + amortised shift update",
-            "derived.overhead_pct": "(median gen_fwd + median gen_bwd + amortised) / total_ms",
-            "derived.vs_uniform_pct": "(total_ms - median uniform.step) / median uniform.step",
-            "mask_overhead_pct": "median shift.supernet_fwd_bwd / median uniform.fwd_bwd - 1",
-            "same_arch_as_uniform": (
-                "repeats whose regenerated arch equalled the one the uniform path trained "
-                "(trainer: compared by MACs)"
-            ),
-        },
+        "method": METHOD,
+        "definitions": DEFINITIONS,
         "targets": {"overhead_pct": "<= 10 (generator + amortised shift update, per step)"},
         "results": rows,
-    }
-    write_json(args.out, result, indent=1)
+    })
+    write_result(args.out, result)
     for r in rows:
         print_space(r)
     print_summary(rows)

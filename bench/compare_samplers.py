@@ -33,11 +33,10 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "bench"))
-from _common import git_commit, git_dirty, machine, write_json
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import RESULTS_DIR as RESULTS
+from harness import ROOT, new_doc, write_json, write_result
 
-RESULTS = ROOT / "bench" / "results"
 SAMPLERS = ("uniform", "bin_uniform", "shift", "sandwich", "attentive")
 # Variants: a label -> (sampler, config overrides). shift_full: Eq. 9 at full width (the task
 # loss reaches every candidate); shift_m1: see below; *_warm: in-place distillation after a
@@ -253,9 +252,7 @@ def main(argv=None) -> int:
     import torch
 
     torch.set_num_threads(2)
-    doc = {"benchmark": "compare_samplers", "git": {"commit": git_commit(), "dirty": git_dirty()},
-           "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine(),
-           "cpu_capability": torch.backends.cpu.get_cpu_capability(), "settings": vars(args), "spaces": {}}
+    doc = new_doc("compare_samplers", settings=vars(args), spaces={})
     for space in args.spaces:
         runs = {s: {} for s in samplers}
         for seed in args.seeds:  # seed-major: an interrupted sweep leaves whole seeds
@@ -274,7 +271,7 @@ def main(argv=None) -> int:
             "evals": {s: {str(k): v for k, v in r.items()} for s, r in evals.items()},
             "verdict": ver,
         }
-        write_json(args.out, doc)
+        write_result(args.out, doc)
     if args.phase == "all":
         plot(doc, Path(args.out).with_suffix(".png"))
         print(f"wrote {args.out} and {Path(args.out).with_suffix('.png')}")

@@ -44,12 +44,12 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(Path(__file__).resolve().parent), str(ROOT / "tests"), str(ROOT / "tests" / "reliability")]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import RESULTS_DIR, ROOT, new_doc, write_result
 
-from _common import git_commit, git_dirty, machine, utc_date, write_json
+sys.path[1:1] = [str(ROOT / "tests"), str(ROOT / "tests" / "reliability")]
 
-DEFAULT_OUT = ROOT / "bench" / "results" / "fault_injection.json"
+DEFAULT_OUT = RESULTS_DIR / "fault_injection.json"
 SCENARIOS = ("crash", "restart", "rank_kill", "byte_flip", "numeric", "streak")
 GRAD_SPECS = ("nan:3,9", "inf:5,6", "-inf:7:generator", "nan:4,11:generator")
 
@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="fault-injection-"))
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
-    load_before = machine()["loadavg_1_5_15"]
+    doc = new_doc("fault_injection", command=" ".join([Path(sys.executable).name, *sys.argv]))
     try:
         try:
             root = make_tiny_root(work / "fmnist-tiny") if not (work / "fmnist-tiny").is_dir() else work / "fmnist-tiny"
@@ -185,14 +185,12 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
-    doc = {
-        "bench": "fault_injection", "date": utc_date(), "commit": git_commit(), "dirty": git_dirty(),
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "machine": {**machine(), "loadavg_before": load_before}, "wall_s": round(time.monotonic() - t0, 1),
-        "table": [{k: v for k, v in r.items() if k != "detail"} for r in rows],
-        "scenarios": {r["row"]: r["detail"] for r in rows},
-    }
-    write_json(args.out, doc)
+    doc.update(
+        wall_s=round(time.monotonic() - t0, 1),
+        table=[{k: v for k, v in r.items() if k != "detail"} for r in rows],
+        scenarios={r["row"]: r["detail"] for r in rows},
+    )
+    write_result(args.out, doc)
     print_table(rows)
     print(f"\nwrote {args.out}")
     return 0

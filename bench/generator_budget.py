@@ -61,7 +61,7 @@ def measure(space: str, seed: int, n_bins: int, samples: int, budgets: int) -> d
 
 
 def main() -> None:
-    from _common import git_commit, machine, utc_date, write_json
+    from harness import new_doc, write_result
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--spaces", nargs="+", default=["vit-fmnist", "cnn-fmnist", "autoformer-t", "cnn-bignas"])
@@ -74,7 +74,8 @@ def main() -> None:
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "generator_budget.json"))
     a = ap.parse_args()
     torch.set_num_threads(1)
-    rows = []
+    doc = new_doc("generator_budget", args=vars(a), rows=[])
+    rows = doc["rows"]
     for space in a.spaces:
         for seed in (a.seeds if space in a.small_spaces else a.seeds[:1]):
             row = measure(space, seed, a.n_bins, a.samples, a.budgets)
@@ -85,9 +86,7 @@ def main() -> None:
                   f"rel. error {row['rel_error']['min']:+.3f}..{row['rel_error']['max']:+.3f}; "
                   f"{row['ms_per_decode']['budgets']:.1f} ms/decode", flush=True)
         # after every space: a long run that is stopped keeps what it measured
-        write_json(a.out, {"date": utc_date(), "commit": git_commit(), "machine": machine(),
-                           "cpu_capability": torch.backends.cpu.get_cpu_capability(), "torch": torch.__version__,
-                           "args": vars(a), "rows": rows})
+        write_result(a.out, doc)
     print(f"wrote {a.out}")
 
 

@@ -26,11 +26,10 @@ import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "bench"))
-from _common import git_commit, git_dirty, machine, utc_date, write_json
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import RESULTS_DIR as RESULTS
+from harness import ROOT, gpu_info, new_doc, write_result
 
-RESULTS = ROOT / "bench" / "results"
 PHASES = ("build", "tests", "bench")
 # Every test file that runs CUDA code when torch.cuda.is_available() (Triton kernels on the
 # device instead of the interpreter, the CUDA ops of shiftnas._C, GPU data decode, fp16 scaling).
@@ -117,11 +116,7 @@ def device_info() -> dict:
         info["triton"] = triton.__version__
     except ImportError:
         info["triton"] = None
-    if info["cuda_available"]:
-        p = torch.cuda.get_device_properties(0)
-        info.update(name=p.name, capability=f"{p.major}.{p.minor}", memory_gib=round(p.total_memory / 2**30, 1),
-                    multiprocessors=p.multi_processor_count)
-    return info
+    return {**info, **(gpu_info() or {})}
 
 
 def cuda_ops_built(python: str = sys.executable) -> bool | None:
@@ -137,9 +132,8 @@ def check(args) -> dict:
         raise SystemExit(f"gpu-check needs a CUDA device: torch.cuda.is_available() is False "
                          f"(torch {dev['torch']}, built for CUDA {dev['cuda']}); --dry-run shows the plan")
     deadline = time.monotonic() + args.budget_s
-    doc = {"benchmark": "gpu_check", "git": {"commit": git_commit(), "dirty": git_dirty()},
-           "timestamp": utc_date(), "machine": machine(), "device": dev, "budget_s": args.budget_s,
-           "phases": [], "tests": None, "ok": False}
+    doc = new_doc("gpu_check", gpu=True, budget_s=args.budget_s, phases=[], tests=None, ok=False)
+    doc["device"] = dev
     junit = RESULTS / "gpu_check_tests.xml"
     junit.unlink(missing_ok=True)
     for step in plan(args.phases, args.budget_s):
@@ -151,10 +145,10 @@ def check(args) -> dict:
         if step["name"] == "tests" and junit.is_file():
             doc["tests"] = parse_junit(junit)
         doc["phases"].append(res)
-        write_json(args.out, doc)  # a killed check still leaves the phases done so far
+        write_result(args.out, doc)  # a killed check still leaves the phases done so far
         print(f"[gpu-check] {step['name']}: {'ok' if res['ok'] else 'FAILED'} in {res['wall_s']:.0f} s", flush=True)
     doc["ok"] = all(p["ok"] for p in doc["phases"])
-    write_json(args.out, doc)
+    write_result(args.out, doc)
     return doc
 
 

@@ -118,7 +118,7 @@ def run_mechanism(
 
 
 def main() -> None:
-    from _common import git_commit, machine, utc_date, write_json
+    from harness import new_doc, write_result
 
     from shiftnas.data.prepare import default_data_root
 
@@ -135,9 +135,10 @@ def main() -> None:
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "shift_mechanism.json"))
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
+    doc = new_doc("shift_mechanism", args=vars(a), runs=[])
     root = Path(a.root)
     train, minival = load_images(root, "train", 20000), load_images(root, "minival", 256, seed=1)
-    runs = []
+    runs = doc["runs"]
     for est in a.estimators:
         for half in a.halves:
             for seed in a.seeds:
@@ -146,10 +147,7 @@ def main() -> None:
                 runs.append(r)
                 print(f"{est:8s} {half:5s} seed {seed}: mass on the untrained half {r['mass_untrained_half']:.3f} "
                       f"({r['seconds']['phase1']:.0f}+{r['seconds']['phase2']:.0f} s)", flush=True)
-    doc = {"date": utc_date(), "commit": git_commit(), "machine": machine(),
-           "cpu_capability": torch.backends.cpu.get_cpu_capability(), "torch": torch.__version__,
-           "threads": a.threads, "args": vars(a), "runs": runs}
-    write_json(a.out, doc)
+    write_result(a.out, doc)
     print(f"wrote {a.out}")
 
 
