@@ -74,7 +74,8 @@ def run_mechanism(
     sampler = ShiftSampler(
         space, seed=seed, n_bins=n_bins, total_steps=phase2, tau_start=1.0, tau_end=0.5, lam=1.0,
         warmup_steps=0, update_every=update_every, estimator=estimator,
-        shift_lr=shift_lr(None, movement, 0, update_every, phase2),
+        # the whole movement over phase 2's few updates, uncapped (the recorded results used it)
+        shift_lr=shift_lr(None, movement, 0, update_every, phase2, max_lr=float("inf")),
     )
     first = list(range(n_bins // 2)) if half == "lower" else list(range(n_bins // 2, n_bins))
     x_all, y_all = train

@@ -166,7 +166,20 @@ def test_shift_lr_spreads_the_movement_over_the_updates():
     assert shift_lr(None, 5.6, 250, 10, 1000) == pytest.approx(5.6 / 75)
     shift = ProbabilityShift(torch.arange(3.0), warmup_steps=250, update_every=10)
     assert sum(shift.should_update(s) for s in range(1000)) == 75
-    assert shift_lr(None, 5.6, 0, 100, 50) == 5.6  # no update at all: any value
+    assert shift_lr(None, 5.6, 0, 100, 50, max_lr=10.0) == 5.6  # no update at all: any value
+
+
+def test_shift_lr_caps_the_step_of_a_short_run():
+    """A 200-step run with 15 updates: the paper's movement would be 0.37 per update (measured to
+    collapse softmax(B)); the derived lr stops at max_lr, an explicit lr is never capped."""
+    from shiftnas.sampling.shift import MAX_DERIVED_LR, shift_lr
+
+    assert shift_lr(None, 5.6, 50, 10, 200) == MAX_DERIVED_LR == 0.075
+    assert shift_lr(None, 5.6, 50, 10, 200, max_lr=1.0) == pytest.approx(5.6 / 15)
+    assert shift_lr(None, 1.1, 50, 10, 200) == pytest.approx(1.1 / 15)  # under the cap: kept
+    assert shift_lr(0.5, 5.6, 50, 10, 200) == 0.5
+    # 5,600 updates (the paper's run): 1e-3, the cap does not bind
+    assert shift_lr(None, 5.6, 0, 100, 560_001) == pytest.approx(1e-3)
 
 
 def test_delta_estimator_uses_the_same_archs_and_batch_across_the_interval():

@@ -43,16 +43,25 @@ __all__ = ["ESTIMATORS", "PAPER_MOVEMENT", "ProbabilityShift", "shift_lr", "val_
 # The paper updates B every 100 of ~1250 iterations per epoch for 450 epochs after a 50-epoch
 # warm-up: ~5,600 Adam steps at lr 1e-3, so each logit can move by about 5.6 in all.
 PAPER_MOVEMENT = 5.6
+# The largest Adam step on B a derived lr may take (Adam's first steps move each logit by about
+# lr). Measured (bench/compare_samplers.py, 200-step runs with 15 updates of B, seeds 0-2): the
+# paper's movement over 15 updates (0.37 per update) collapsed softmax(B) onto 1-2 bins on
+# cnn-fmnist (all-bin top-1 -3.35 +- 4.50 points vs uniform), 0.073 per update kept every bin at
+# 0.05-0.20 (-0.03 +- 0.98) and matched 0.37 on vit-fmnist (+5.44 +- 3.55 vs +5.34 +- 2.81).
+MAX_DERIVED_LR = 0.075
 
 
-def shift_lr(lr: float | None, movement: float, warmup_steps: int, update_every: int, steps: int) -> float:
-    """B's learning rate: `lr` when given, else `movement` / (the number of updates of B in the
-    run), so a short run has the same total movement budget as the paper's long one."""
+def shift_lr(lr: float | None, movement: float, warmup_steps: int, update_every: int, steps: int,
+             max_lr: float = MAX_DERIVED_LR) -> float:
+    """B's learning rate: `lr` when given; else `movement` / (the number of updates of B in the
+    run), so a run gets the paper's total movement budget, but at most `max_lr` per update: a
+    short run (fewer than movement / max_lr = 75 updates at the defaults) moves B less in all
+    rather than take steps larger than one minival batch's noise supports."""
     if lr is not None:
         return float(lr)
     first = max(warmup_steps, 1)
     n = max(0, (steps - 1) // update_every - (first - 1) // update_every)
-    return float(movement) / max(1, n)
+    return min(float(movement) / max(1, n), float(max_lr))
 
 ESTIMATORS = ("delta", "literal")
 

@@ -137,8 +137,9 @@ class ShiftConfig:
     warmup_frac: float = 0.25  # B stays uniform for this fraction of the steps
     update_every: int = 100  # steps between updates of B (paper: 100)
     estimator: str = "delta"  # delta: per-bin loss change over the interval | literal: PAPER Eq. 7-8
-    lr: float | None = None  # Adam on B; None: movement / (number of updates in the run)
+    lr: float | None = None  # Adam on B; None: min(movement / (number of updates in the run), max_lr)
     movement: float = 5.6  # total movement budget of B's logits (paper: ~5,600 updates x lr 1e-3)
+    max_lr: float = 0.075  # the derived lr's cap: short runs move B less (sampling/shift.py MAX_DERIVED_LR)
 
 
 @dataclass(frozen=True)
@@ -318,6 +319,7 @@ _RULES: dict[str, tuple[Any, str]] = {
     "shift.update_every": (lambda v: v >= 1, ">= 1"),
     "shift.lr": (lambda v: v is None or v > 0, "null (movement / updates) or > 0"),
     "shift.movement": (lambda v: v > 0, "> 0"),
+    "shift.max_lr": (lambda v: v > 0, "> 0"),
     "shift.estimator": (lambda v: v in ESTIMATORS, f"one of {list(ESTIMATORS)}"),
     "generator.pretrain_steps": (lambda v: v >= 0, ">= 0 (0: off)"),
     "generator.pretrain_lr": (lambda v: v > 0, "> 0"),

@@ -196,7 +196,8 @@ class Trainer:
                 n_bins=c.sampler.n_bins, total_steps=c.optim.steps, hidden=c.generator.hidden,
                 tau_start=c.generator.tau_start, tau_end=c.generator.tau_end, lam=c.generator.lam,
                 warmup_steps=warm, update_every=c.shift.update_every,
-                shift_lr=shift_lr(c.shift.lr, c.shift.movement, warm, c.shift.update_every, c.optim.steps),
+                shift_lr=shift_lr(c.shift.lr, c.shift.movement, warm, c.shift.update_every, c.optim.steps,
+                                  c.shift.max_lr),
                 estimator=c.shift.estimator, pretrain_steps=c.generator.pretrain_steps,
                 pretrain_lr=c.generator.pretrain_lr, grad_path=c.generator.grad_path,
             )
