@@ -139,7 +139,7 @@ def test_released_autoformer_t_through_a_space_variant():
         released("T", "autoformer-t")
     sp = vit_variant("autoformer-t", "autoformer-t-mlp3", mlp_ratio=(3.0, 3.5, 4.0))
     arch = released("T", sp.name)
-    assert (count_params(sp, arch), count_flops(sp, arch)) == (5_867_944, 1_481_938_432) == measured(arch)[::-1]
+    assert (count_params(sp, arch), count_flops(sp, arch)) == (5_867_944, 1_343_754_752) == measured(arch)[::-1]
     off = vit_variant(sp.name, "autoformer-t-mlp3-no-rel-pos", rel_pos=0)
     assert (count_params(off, released("T", off.name)), count_flops(off, released("T", off.name))) == (5_768_104, 1_283_236_352)
     with torch.device("meta"):

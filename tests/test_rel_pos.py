@@ -34,9 +34,12 @@ def test_index_cls_clipping_and_sign():
 
 def test_attention_relpos_is_the_formula():
     g = torch.Generator().manual_seed(0)
-    B, H, N, d = 2, 3, 5, 4
+    B, H, grid, m, d = 2, 3, 3, 1, 4  # N = 10 tokens, 2 * 1 + 2 = 4 table entries
+    N = grid * grid + 1
     q, k, v = (torch.randn(B, H, N, d, generator=g, dtype=torch.double) for _ in range(3))
-    rk, rv = (torch.randn(N, N, d, generator=g, dtype=torch.double) for _ in range(2))
+    tk, tv = (tuple(torch.randn(4, d, generator=g, dtype=torch.double) for _ in range(2)) for _ in range(2))
+    index = rel_pos_index(grid, m)
+    rk, rv = (t[0][index[0]] + t[1][index[1]] for t in (tk, tv))  # the embeddings, as RelPos2D defines them
     mask = torch.tensor([1.0, 0.5, 0.0], dtype=torch.double)
     want = torch.empty(B, H, N, d, dtype=torch.double)
     for b in range(B):
@@ -45,7 +48,28 @@ def test_attention_relpos_is_the_formula():
                 s = torch.stack([q[b, h, i] @ (k[b, h, j] + rk[i, j]) for j in range(N)]) / d**0.5
                 p = s.softmax(0)
                 want[b, h, i] = sum(p[j] * (v[b, h, j] + rv[i, j]) for j in range(N)) * mask[h]
-    torch.testing.assert_close(ref.attention_relpos(q, k, v, rk, rv, mask), want, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(ref.attention_relpos(q, k, v, tk, tv, index, mask), want, rtol=1e-12, atol=1e-12)
+
+
+def test_attention_relpos_gradients_equal_the_built_embeddings_form():
+    """The factored op (gather / scatter-add on the tables) against attention with the [N, N, d]
+    embeddings built and multiplied in, forward and backward, odd sizes (grid 4, max distance 2)."""
+    g = torch.Generator().manual_seed(1)
+    B, H, grid, m, d = 3, 2, 4, 2, 5
+    N, T = grid * grid + 1, 2 * m + 2
+    leaves = [torch.randn(B, H, N, d, generator=g, dtype=torch.double, requires_grad=True) for _ in range(3)]
+    leaves += [torch.randn(T, d, generator=g, dtype=torch.double, requires_grad=True) for _ in range(4)]
+    q, k, v, kr, kc, vr, vc = leaves
+    index = rel_pos_index(grid, m)
+    rk, rv = kr[index[0]] + kc[index[1]], vr[index[0]] + vc[index[1]]
+    qs = q / d**0.5
+    p = (qs @ k.transpose(-2, -1) + torch.einsum("bhid,ijd->bhij", qs, rk)).softmax(-1)
+    want = p @ v + torch.einsum("bhij,ijd->bhid", p, rv)
+    got = ref.attention_relpos(q, k, v, (kr, kc), (vr, vc), index)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    gy = torch.randn(want.shape, generator=g, dtype=torch.double)
+    for a, b in zip(torch.autograd.grad(got, leaves, gy), torch.autograd.grad(want, leaves, gy)):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
 
 
 def test_supernet_paths_export_and_cost():
@@ -79,10 +103,10 @@ def test_rel_pos_tables_train_and_cost_what_they_should():
             assert (t.grad is not None and t.grad.abs().sum() > 0) == (i < 4), i
     plain = vit_variant(SMALL.name, "vit-fmnist-relpos-off", rel_pos=0)
     plain_arch = shiftnas.ArchConfig.from_dict(plain.name, arch.to_dict())
-    # params: 2 encodings x 2 tables x 6 x 32 per active layer; FLOPs: q.r_k and attn.r_v, N*N*h*d each
+    # params: 2 encodings x 2 tables x 6 x 32 per active layer; FLOPs: four N x T x h*d matmuls (T = 6)
     assert count_params(SMALL, arch) - count_params(plain, plain_arch) == 4 * 768
     heads = sum(arch[f"layers.{i}.num_heads"] for i in range(4))
-    assert count_flops(SMALL, arch) - count_flops(plain, plain_arch) == 2 * 50 * 50 * 32 * heads
+    assert count_flops(SMALL, arch) - count_flops(plain, plain_arch) == 4 * 50 * 6 * 32 * heads
 
 
 def test_vit_fmnist_is_unchanged():

@@ -70,7 +70,9 @@ def test_update_changes_only_B(parts):
     net_before = {n: p.clone() for n, p in net.state_dict().items()}
     B_before = shift.B.detach().clone()
     x, y = _batch()
-    rec = shift.update(net, gen, prev, x, y, step=1)
+    # gen_tau 5: the generator's softmax far from saturation (at the default tau_end the
+    # hypergradient of this draw is ~1e-11, below what the mask taps' exact sums keep)
+    rec = shift.update(net, gen, prev, x, y, step=1, gen_tau=5.0)
     assert rec["grad_norm"] > 0
     assert not torch.equal(shift.B.detach(), B_before)
     assert rec["loss_t"] != rec["loss_prev"]

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from timm.models import register_model
 from torch import nn
 
+from ..ops import ref
 from ..ops.batch_norm import ElasticBatchNorm2d
 from ..ops.conv import ElasticConv2d, ElasticDWConv2d
 from ..ops.linear import ElasticLinear
@@ -45,12 +46,10 @@ def resize_to(x: torch.Tensor, resolution: int) -> torch.Tensor:
     )
 
 
-def _scale(x: torch.Tensor, s: torch.Tensor | None) -> torch.Tensor:
-    """x * s over channels (s: [C] mask) or as a scalar gate; identity when s is None."""
-    if s is None:
-        return x
-    s = s.to(x.dtype)
-    return x * (s.view(1, -1, 1, 1) if s.dim() == 1 and x.dim() == 4 else s)
+def _scale(x: torch.Tensor, s: torch.Tensor | None, tap: bool) -> torch.Tensor:
+    """x * s over channels (s: [C] mask) or as a scalar gate; identity when s is None. `tap`: the
+    prefix path, where s's value is 1 (`ref.mask_tap`: no multiply, the same gradients)."""
+    return x if s is None else ref.apply_mask(x, s, None if s.dim() == 0 else 1, tap)
 
 
 class ElasticMBConvBlock(nn.Module):
@@ -90,7 +89,8 @@ class ElasticMBConvBlock(nn.Module):
             self.shortcut_conv = ElasticConv2d(max_in, max_out, 1, **kw)
 
     def shortcut(
-        self, x: torch.Tensor, width: int, scale: torch.Tensor | None, same_width: bool | None
+        self, x: torch.Tensor, width: int, scale: torch.Tensor | None, same_width: bool | None,
+        tap: bool = False,
     ) -> torch.Tensor:
         """The residual at `width` channels; `scale` multiplies the shortcut conv's output.
         `same_width`: whether the subnet keeps its width, given on the full-width path, where x
@@ -105,7 +105,7 @@ class ElasticMBConvBlock(nn.Module):
                 f"ElasticMBConvBlock: a shortcut from {x.shape[1]} to {width} channels needs a "
                 "shortcut conv, and this block has none (its space never changes the width here)"
             )
-        return _scale(self.shortcut_conv(x, width), scale)
+        return _scale(self.shortcut_conv(x, width), scale, tap)
 
     def forward(
         self,
@@ -119,19 +119,21 @@ class ElasticMBConvBlock(nn.Module):
         se_mid: int | None = None,
         shortcut_scale: torch.Tensor | None = None,
         same_width: bool | None = None,
+        tap: bool = False,
     ) -> torch.Tensor:
         """`hidden_scale` multiplies the dw output ([hidden] or scalar), `out_scale` the branch,
-        `shortcut_scale` the shortcut conv's output. `hidden` / `se_mid` / `same_width` override
-        what is derived from x (the full-width Eq. 9 path)."""
+        `shortcut_scale` the shortcut conv's output (`tap`: the scales' value is 1, the prefix
+        path). `hidden` / `se_mid` / `same_width` override what is derived from x (the
+        full-width Eq. 9 path)."""
         h = x
         if expand != 1:
             hidden = hidden_width(x.shape[1], expand) if hidden is None else hidden
             h = F.silu(self.expand_bn(self.expand_conv(x, hidden)))
-        h = _scale(F.silu(self.dw_bn(self.dw_conv(h, kernel))), hidden_scale)
+        h = _scale(F.silu(self.dw_bn(self.dw_conv(h, kernel))), hidden_scale, tap)
         if self.se is not None:
             h = self.se(h, se_mid)
-        h = _scale(self.project_bn(self.project_conv(h, width)), out_scale)
-        return self.shortcut(x, width, shortcut_scale, same_width) + h if self.residual else h
+        h = _scale(self.project_bn(self.project_conv(h, width)), out_scale, tap)
+        return self.shortcut(x, width, shortcut_scale, same_width, tap) + h if self.residual else h
 
 
 class MBConvSupernet(nn.Module):
@@ -242,7 +244,7 @@ class MBConvSupernet(nn.Module):
         stem_scale = None
         if sample is not None:  # resolution gate after the stem BN: train-mode BN cancels it on x
             stem_scale = width_mask("stem.width", w) * sample.gate("resolution", idx["resolution"])
-        x = _scale(F.silu(self.stem_bn(self.stem_conv(x, w))), stem_scale)
+        x = _scale(F.silu(self.stem_bn(self.stem_conv(x, w))), stem_scale, True)
         for s, stage in enumerate(self.stages):
             w, d = arch[f"stage{s}.width"], arch[f"stage{s}.depth"]
             wmask = width_mask(f"stage{s}.width", w)
@@ -258,16 +260,17 @@ class MBConvSupernet(nn.Module):
                     emask = sample.prefix_mask(ename, widths)[: hidden_width(x.shape[1], t)]
                     hidden_scale = emask * sample.gate(kname, idx[kname])
                     out_scale = wmask * dmask[j]  # j == 0 too: every depth one-hot gets a gradient
-                x = stage[j](x, w, k, t, hidden_scale, out_scale, shortcut_scale=wmask)
-        return self._head(x, arch["stage%d.width" % (len(self.stages) - 1)], arch["head.width"], width_mask)
+                x = stage[j](x, w, k, t, hidden_scale, out_scale, shortcut_scale=wmask, tap=True)
+        last = arch["stage%d.width" % (len(self.stages) - 1)]
+        return self._head(x, last, arch["head.width"], width_mask, True)
 
-    def _head(self, x: torch.Tensor, last_width: int, hw: int, width_mask) -> torch.Tensor:
+    def _head(self, x: torch.Tensor, last_width: int, hw: int, width_mask, tap: bool) -> torch.Tensor:
         last = f"stage{len(self.stages) - 1}.width"
         c = self.final_expand * last_width
         x = _scale(
-            F.silu(self.final_bn(self.final_conv(x, c))), width_mask(last, c, self.final_expand)
+            F.silu(self.final_bn(self.final_conv(x, c))), width_mask(last, c, self.final_expand), tap
         )
-        x = _scale(F.silu(self.feature_mix(x.mean((2, 3)), hw)), width_mask("head.width", hw))
+        x = _scale(F.silu(self.feature_mix(x.mean((2, 3)), hw)), width_mask("head.width", hw), tap)
         x = F.dropout(x, self.drop_rate, self.training)
         return self.classifier(x, self.num_classes)
 
@@ -286,7 +289,7 @@ class MBConvSupernet(nn.Module):
             return max(widths), sample.prefix_mask(name, widths, length)
 
         w, m = mask("stem.width", choices("stem.width"))
-        x = _scale(F.silu(self.stem_bn(self.stem_conv(x, w))), m * sample.gate("resolution", idx["resolution"]))
+        x = _scale(F.silu(self.stem_bn(self.stem_conv(x, w))), m * sample.gate("resolution", idx["resolution"]), False)
         cin = arch["stem.width"]  # the hard subnet's input width of the next block
         for s, stage in enumerate(self.stages):
             w, wmask = mask(f"stage{s}.width", choices(f"stage{s}.width"))
@@ -304,7 +307,7 @@ class MBConvSupernet(nn.Module):
         full_mask = lambda name, active, scale=1: sample.prefix_mask(  # noqa: E731
             name, [scale * c for c in choices(name)])[:active]
         hw = max(choices("head.width"))
-        return self._head(x, max(sp.decision(last).choices), hw, full_mask)
+        return self._head(x, max(sp.decision(last).choices), hw, full_mask, False)
 
     # -- export ------------------------------------------------------------------------------------
     @torch.no_grad()

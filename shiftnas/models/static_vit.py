@@ -40,7 +40,7 @@ class Attention(nn.Module):
         h, d = self.num_heads, self.head_dim
         q, k, v = self.qkv(x).view(B, N, h, 3, d).permute(3, 0, 2, 1, 4)
         if self.rel_pos_k is not None:
-            o = ref.attention_relpos(q, k, v, self.rel_pos_k(), self.rel_pos_v())
+            o = ref.attention_relpos(q, k, v, self.rel_pos_k.tables(), self.rel_pos_v.tables(), self.rel_pos_k.index())
         elif self.fused:
             o = F.scaled_dot_product_attention(q, k, v)
         else:

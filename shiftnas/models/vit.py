@@ -17,7 +17,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..ops import ElasticAttention, ElasticLayerNorm, ElasticLinear, ElasticMLP, ElasticPatchEmbed
+from ..ops import (
+    ElasticAttention,
+    ElasticLayerNorm,
+    ElasticLinear,
+    ElasticMLP,
+    ElasticPatchEmbed,
+    ref,
+)
 from ..spaces import ArchConfig, SearchSpace, get_space
 from ..spaces.arch_sample import ArchSample
 from ..spaces.vit import mlp_hidden
@@ -48,14 +55,21 @@ class ViTBlock(nn.Module):
         embed_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """`embed_mask` (full-width path): x is at full embed width with the channels beyond the
-        subnet's zero; norms weigh channels by the mask and outputs are masked back to zero."""
-        out_scale = layer_gate if embed_mask is None else (embed_mask if layer_gate is None else layer_gate * embed_mask)
-        norm1 = self.norm1(x) if embed_mask is None else self.norm1.masked(x, embed_mask)
-        a = self.attn(norm1, heads, head_mask)
-        x = x + (a if out_scale is None else a * out_scale)
-        norm2 = self.norm2(x) if embed_mask is None else self.norm2.masked(x, embed_mask)
-        m = self.mlp(norm2, hidden, hidden_mask)
-        return x + (m if out_scale is None else m * out_scale)
+        subnet's zero; norms weigh channels by the mask and outputs are masked back to zero.
+        Without it (the prefix path) every mask's value is 1: the masks are taps (`ref.mask_tap`)."""
+        full = embed_mask is not None
+        out_scale = layer_gate if not full else (embed_mask if layer_gate is None else layer_gate * embed_mask)
+        norm1 = self.norm1(x) if not full else self.norm1.masked(x, embed_mask)
+        a = self.attn(norm1, heads, head_mask, tap=not full)
+        x = x + _scaled(a, out_scale, not full)
+        norm2 = self.norm2(x) if not full else self.norm2.masked(x, embed_mask)
+        m = self.mlp(norm2, hidden, hidden_mask, tap=not full)
+        return x + _scaled(m, out_scale, not full)
+
+
+def _scaled(y: torch.Tensor, scale: torch.Tensor | None, tap: bool) -> torch.Tensor:
+    """y times a 0-d gate or an embed-channel mask (identity when None)."""
+    return y if scale is None else ref.apply_mask(y, scale, None if scale.dim() == 0 else -1, tap)
 
 
 class ViTSupernet(nn.Module):
@@ -134,7 +148,7 @@ class ViTSupernet(nn.Module):
         embed_mask = sample.prefix_mask("embed_dim", dec("embed_dim").choices)[:E]
         depth_choices = dec("depth").choices
         layer_gates = sample.prefix_mask("depth", depth_choices, length=max(depth_choices))
-        t = self._embed(x, E) * embed_mask
+        t = ref.apply_mask(self._embed(x, E), embed_mask, -1, tap=not full)
         heads_choices, ratio_choices = dec("layers.0.num_heads").choices, dec("layers.0.mlp_ratio").choices
         widths = [mlp_hidden(arch["embed_dim"], c) for c in ratio_choices]
         for i in range(max(depth_choices) if full else arch["depth"]):

@@ -4,11 +4,14 @@ MACs of one image, as FlopCounterMode / 2 counts them on `StaticViT` with explic
 patch conv N*E*C*p*p; per layer qkv N*E*3hd, QK^T and AV 2*N*N*hd, proj N*hd*E, fc1 and fc2
 2*N*E*hidden (N tokens including cls); head E*classes on the pooled token.
 
-Relative position encodings (the space's `rel_pos` > 0, AutoFormer's): per layer the two rel-pos
-matmuls, q.r_k and attn.r_v, N*N*hd each (the same shapes as QK^T and AV), so 2*N*N*hd more
-MACs; the table gathers and the adds that build r_k, r_v [N, N, d] and add them in are not counted
-(FlopCounterMode counts matmuls and convolutions only, as for the bias, position-embedding and
-residual adds). Params: 2 encodings x 2 tables x (2*rel_pos + 2) x head_dim per active layer,
+Relative position encodings (the space's `rel_pos` > 0, AutoFormer's), as `ops.ref.attention_relpos`
+computes them (factored, never building the [N, N, d] embeddings): per layer four matmuls of
+N x T x hd, T = 2 * rel_pos + 2 table entries (q against the key encoding's row and column
+tables; the attention summed per table entry against the value encoding's two tables), so
+4*N*T*hd more MACs; the gathers, scatter-adds and adds are not counted (FlopCounterMode counts
+matmuls and convolutions only, as for the bias, position-embedding and residual adds). AutoFormer
+builds the [N, N, d] embeddings and multiplies by them (2*N*N*hd); its published FLOPs leave
+most of that out. Params: 2 encodings x 2 tables x (2*rel_pos + 2) x head_dim per active layer,
 independent of the subnet (ops/rel_pos.py). Mean pooling (`pool`) adds no MACs and no params.
 """
 from __future__ import annotations
@@ -26,12 +29,12 @@ def vit_cost_terms(space: SearchSpace, num_classes: int) -> tuple[list[CostTerm]
     n_patch = (hp["img_size"] // p) ** 2
     N = n_patch + 1
     rel = hp["rel_pos"]
-    attn_mm = 4 if rel else 2  # QK^T, AV (+ q.r_k, attn.r_v)
+    rel_mm = 4 * (2 * rel + 2) if rel else 0  # N x T x hd, four times
     rel_params = 2 * 2 * (2 * rel + 2) * d if rel else 0
 
     def layer_flops(E: int, h: int, r: float) -> int:
         hd, hid = h * d, mlp_hidden(E, r)
-        return N * E * 3 * hd + attn_mm * N * N * hd + N * hd * E + 2 * N * E * hid
+        return N * E * 3 * hd + 2 * N * N * hd + rel_mm * N * hd + N * hd * E + 2 * N * E * hid
 
     def layer_params(E: int, h: int, r: float) -> int:
         hd, hid = h * d, mlp_hidden(E, r)

@@ -32,18 +32,21 @@ class ElasticAttention(nn.Module):
             self.rel_pos_k = RelPos2D(grid, rel_pos, head_dim, device=device, dtype=dtype)
             self.rel_pos_v = RelPos2D(grid, rel_pos, head_dim, device=device, dtype=dtype)
 
-    def forward(self, x: torch.Tensor, heads: int, head_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """x[B, N, E] -> [B, N, E] with `heads` active heads; `head_mask` [heads] scales each head."""
+    def forward(self, x: torch.Tensor, heads: int, head_mask: torch.Tensor | None = None,
+                tap: bool = False) -> torch.Tensor:
+        """x[B, N, E] -> [B, N, E] with `heads` active heads; `head_mask` [heads] scales each head
+        (`tap`: its value is 1, the prefix path's; `ref.mask_tap`)."""
         B, N, E = x.shape
         d = self.head_dim
         # unbind, not qkv[0..2]: indexing makes backward zero-fill and add three full-size
         # qkv gradients (vit-fmnist min step: supernet/exported 1.097 -> 1.029, 1 thread).
         q, k, v = self.qkv(x, 3 * heads * d).view(B, N, heads, 3, d).permute(3, 0, 2, 1, 4).unbind(0)
         if self.rel_pos_k is not None:
-            o = dispatch.call("attention_relpos", q, k, v, self.rel_pos_k(), self.rel_pos_v(), head_mask)
+            o = dispatch.call("attention_relpos", q, k, v, self.rel_pos_k.tables(), self.rel_pos_v.tables(),
+                              self.rel_pos_k.index(), head_mask, tap)
         elif head_mask is None:
             o = dispatch.call("attention", q, k, v)  # [B, heads, N, d]
         else:  # the mask multiply fused into the kernel where a backend has one
-            o = dispatch.call("attention_masked", q, k, v, head_mask)
+            o = dispatch.call("attention_masked", q, k, v, head_mask, tap)
         o = o.transpose(1, 2).reshape(B, N, heads * d)
         return self.proj(o, E)

@@ -69,6 +69,20 @@ def _triton_dwconv(x, weight, bias, stride: int, padding: int):
     return _t_dwconv(x, weight, bias, stride)
 
 
+_t_mlp = _kernel("mlp", "mlp")
+_t_attention_masked = _kernel("attention", "elastic_attention_masked")
+
+
+# The Triton mlp and masked attention fuse the mask multiply into the kernel and return the mask's
+# gradient, so `tap` (the mask's value is 1: ref.mask_tap) changes nothing there: it is dropped.
+def _triton_mlp(x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, hidden: int, hidden_mask=None, tap: bool = False):
+    return _t_mlp(x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, hidden, hidden_mask)
+
+
+def _triton_attention_masked(q, k, v, head_mask, tap: bool = False):
+    return _t_attention_masked(q, k, v, head_mask)
+
+
 register(
     Backend(
         "ref",
@@ -129,10 +143,10 @@ register(
         available=_triton_reason,
         ops={
             "linear": _kernel("linear", "linear"),
-            "mlp": _kernel("mlp", "mlp"),
+            "mlp": _triton_mlp,
             "layer_norm": _kernel("layer_norm", "layer_norm"),
             "attention": _kernel("attention", "elastic_attention"),
-            "attention_masked": _kernel("attention", "elastic_attention_masked"),
+            "attention_masked": _triton_attention_masked,
             "dwconv": _triton_dwconv,
         },
     )

@@ -2,14 +2,85 @@
 
 Each op reads the *active prefix* of max-size parameters: slicing a leading prefix gives a
 strided view (no copy), and BLAS takes the leading dimension as is.
+
+Masks (docs/method.md Eq. 9): `mask_mul` multiplies an op's output by a mask (the full-width
+path, where the mask has zeros past the subnet). On the prefix path (`ArchSample`,
+`full_width=False`) the mask's forward value is 1, so the multiply exists only for the mask's
+gradient: `mask_tap` returns y itself (a view: no multiply, no copy) and, in the backward, passes
+dy through and gives the mask sum(y * dy) over the non-channel dims, what `mask_mul` gives it.
+The ops that take a mask (`mlp`, `attention_masked`, `attention_relpos`) take `tap` to choose.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ["attention", "attention_masked", "attention_relpos", "batch_norm", "conv2d", "dwconv", "layer_norm",
-           "linear", "mlp"]
+__all__ = ["apply_mask", "attention", "attention_masked", "attention_relpos", "batch_norm", "conv2d", "dwconv",
+           "layer_norm", "linear", "mask_mul", "mask_tap", "mlp"]
+
+
+def _mask_shape(y: torch.Tensor, mask: torch.Tensor, dim: int | None) -> list[int] | None:
+    """Broadcast shape of `mask` against y: None for a 0-d mask (a gate), else y.shape[dim]
+    entries along `dim`."""
+    if dim is None:
+        if mask.dim() != 0:
+            raise ValueError(f"a gate (dim=None) must be a 0-d tensor, got shape {tuple(mask.shape)}")
+        return None
+    if mask.shape != (y.shape[dim],):
+        raise ValueError(f"mask shape {tuple(mask.shape)} does not match y.shape[{dim}] = {y.shape[dim]}")
+    shape = [1] * y.dim()
+    shape[dim] = -1
+    return shape
+
+
+def mask_mul(y: torch.Tensor, mask: torch.Tensor, dim: int | None) -> torch.Tensor:
+    """y times `mask` along `dim` (a [y.shape[dim]] vector), or times a 0-d gate (dim=None)."""
+    shape = _mask_shape(y, mask, dim)
+    m = mask.to(y.dtype)
+    return y * (m if shape is None else m.view(shape))
+
+
+_DOT_DTYPES = (torch.float32, torch.float64)
+
+
+class _MaskTap(torch.autograd.Function):
+    """Forward: y (a view). Backward: dy for y, sum(y * dy) over the non-`dim` dims for the mask.
+    Saves y, which the next op usually saves anyway (no extra memory then)."""
+
+    @staticmethod
+    def forward(ctx, y, mask, dim):
+        ctx.save_for_backward(y)
+        ctx.dim, ctx.mask_dtype = dim, mask.dtype
+        return y.view_as(y)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dy):
+        (y,) = ctx.saved_tensors
+        dot = y.dtype == dy.dtype and y.dtype in _DOT_DTYPES and y.is_contiguous() and dy.is_contiguous()
+        if ctx.dim is None and dot:
+            # no [y]-sized temporary: 2.2x mul + sum in fp32 (CPU, 1 thread); bf16 dot is 30x slower
+            dmask = torch.dot(y.view(-1), dy.view(-1))
+        elif ctx.dim is None:
+            dmask = (y * dy).sum()
+        else:
+            d = ctx.dim % y.dim()
+            dmask = (y * dy).sum([i for i in range(y.dim()) if i != d])
+        return dy, dmask.to(ctx.mask_dtype), None
+
+
+def mask_tap(y: torch.Tensor, mask: torch.Tensor, dim: int | None) -> torch.Tensor:
+    """`mask_mul` for a mask whose value is 1 (the prefix path's): y unchanged, the same gradients
+    (d y = dy, d mask = sum(y * dy)). Only the mask's value is assumed: it is never read."""
+    _mask_shape(y, mask, dim)
+    if not (torch.is_grad_enabled() and mask.requires_grad):
+        return y
+    return _MaskTap.apply(y, mask, dim)
+
+
+def apply_mask(y: torch.Tensor, mask: torch.Tensor, dim: int | None, tap: bool) -> torch.Tensor:
+    """`mask_tap` (the prefix path: the mask's value is 1) or `mask_mul` (the full-width path)."""
+    return mask_tap(y, mask, dim) if tap else mask_mul(y, mask, dim)
 
 
 def linear(x, weight, bias, out_features: int, activation: str | None = None):
@@ -23,11 +94,12 @@ def linear(x, weight, bias, out_features: int, activation: str | None = None):
     return y
 
 
-def mlp(x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, hidden: int, hidden_mask=None):
-    """fc2(GELU(fc1(x)) * hidden_mask) over `hidden` active hidden channels; output width x's."""
+def mlp(x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, hidden: int, hidden_mask=None, tap: bool = False):
+    """fc2(GELU(fc1(x)) * hidden_mask) over `hidden` active hidden channels; output width x's.
+    `tap`: the mask's value is 1 (`mask_tap`)."""
     h = linear(x, fc1_weight, fc1_bias, hidden, "gelu")
     if hidden_mask is not None:
-        h = h * hidden_mask.to(h.dtype)
+        h = apply_mask(h, hidden_mask, -1, tap)
     return linear(h, fc2_weight, fc2_bias, x.shape[-1])
 
 
@@ -43,27 +115,35 @@ def attention(q, k, v):
     return F.scaled_dot_product_attention(q, k, v)
 
 
-def attention_masked(q, k, v, head_mask):
-    """attention(q, k, v) with head h's output times head_mask[h] (the generator's head mask)."""
-    o = attention(q, k, v)
-    return o * head_mask[: q.shape[1]].view(1, -1, 1, 1).to(o.dtype)
+def attention_masked(q, k, v, head_mask, tap: bool = False):
+    """attention(q, k, v) with head h's output times head_mask[h] (the generator's head mask);
+    `tap`: the mask's value is 1 (`mask_tap`)."""
+    return apply_mask(attention(q, k, v), head_mask[: q.shape[1]], 1, tap)
 
 
-def attention_relpos(q, k, v, rel_k, rel_v, head_mask=None):
+def attention_relpos(q, k, v, k_tables, v_tables, index, head_mask=None, tap: bool = False):
     """Attention with relative position encodings (AutoFormer's, `shiftnas.ops.rel_pos`) over
-    [B, heads, N, d] tensors; rel_k, rel_v [N, N, d] are shared by the heads:
+    [B, heads, N, d] tensors. The encodings are factored, as `RelPos2D` defines them: r[i, j] =
+    rows[index[0][i, j]] + cols[index[1][i, j]], with `k_tables` / `v_tables` = (rows, cols),
+    each [T, d], shared by the heads, and `index` the two [N, N] int64 maps (`rel_pos_index`):
 
-        p_ij = softmax_j((q_i . k_j + q_i . rel_k[i, j]) / sqrt(d)),  o_i = sum_j p_ij (v_j + rel_v[i, j])
+        p_ij = softmax_j((q_i . k_j + q_i . r_k[i, j]) / sqrt(d)),  o_i = sum_j p_ij (v_j + r_v[i, j])
 
-    then head h's output times head_mask[h] when a mask is given. Explicit (not SDPA: the value term
-    needs p), four matmuls of N x N x d per head; FlopCounterMode counts all four.
+    then head h's output times head_mask[h] when a mask is given (`tap`: as in
+    `attention_masked`). Computed without building r [N, N, d]: q_i . r_k[i, j] is q against
+    each table ([N, T]) gathered at (i, index[i, j]); sum_j p_ij r_v[i, j] is p summed into the
+    T table entries (scatter-add) times each table. Matmuls: QK^T, AV (N x N x d each) and four
+    of N x T x d per head; explicit softmax (not SDPA: the value term needs p).
     """
     qs = q * q.shape[-1] ** -0.5
-    logits = qs @ k.transpose(-2, -1) + torch.einsum("bhid,ijd->bhij", qs, rel_k.to(q.dtype))
+    r, c = (i.expand(*q.shape[:2], *i.shape) for i in index)
+    (kr, kc), (vr, vc) = k_tables, v_tables
+    logits = qs @ k.transpose(-2, -1) + (qs @ kr.to(q.dtype).t()).gather(-1, r) + (qs @ kc.to(q.dtype).t()).gather(-1, c)
     p = logits.softmax(dim=-1)
-    o = p @ v + torch.einsum("bhij,ijd->bhid", p, rel_v.to(p.dtype))
+    bins = p.shape[:-1] + (vr.shape[0],)
+    o = p @ v + p.new_zeros(bins).scatter_add(-1, r, p) @ vr.to(p.dtype) + p.new_zeros(bins).scatter_add(-1, c, p) @ vc.to(p.dtype)
     if head_mask is not None:
-        o = o * head_mask[: q.shape[1]].view(1, -1, 1, 1).to(o.dtype)
+        o = apply_mask(o, head_mask[: q.shape[1]], 1, tap)
     return o
 
 

@@ -6,8 +6,9 @@ The matrix mapping turns a one-hot p into a prefix mask p' = sum_j p_j m_j over 
 heads or layers. Two gradient paths, both with the hard subnet's forward value:
 
 - prefix (`full_width=False`, the default): the supernet computes only the hard (arg-max)
-  subnet and multiplies each op's output by the first `active` entries of its mask. Cheap (the
-  subnet's own cost), but d(loss)/d(one-hot) is the same for every candidate above the chosen
+  subnet and multiplies each op's output by the first `active` entries of its mask, whose value
+  is 1: the multiply is a tap (`shiftnas.ops.ref.mask_tap`: no forward work, the backward gives
+  the mask sum(y * dy)). Cheap (the subnet's own cost), but d(loss)/d(one-hot) is the same for every candidate above the chosen
   one and zero when the smallest is chosen: the task loss can only ask for smaller subnets.
 - full width (`full_width=True`, Eq. 9 as written): every op runs at its widest candidate and
   its whole output is multiplied by the mask, so channels, heads and layers beyond the chosen
@@ -16,7 +17,8 @@ heads or layers. Two gradient paths, both with the hard subnet's forward value:
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import functools
+from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
 import torch
@@ -31,6 +33,8 @@ class ArchSample:
     space: str
     onehots: Mapping[str, torch.Tensor]  # decision name -> [n_choices], one-hot in value
     full_width: bool = False  # Eq. 9 at full width (see the module docstring)
+    # indices(), read once: the trainer's hard() and the supernet's forward share one host sync
+    _indices: dict | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         sp = get_space(self.space)
@@ -59,10 +63,13 @@ class ArchSample:
         return cls(arch.space, onehots)
 
     def indices(self) -> dict[str, int]:
-        """Arg-max candidate of every decision (one host sync for all of them)."""
-        names = list(self.onehots)
-        flat = torch.stack([self.onehots[n].detach().argmax() for n in names]).tolist()
-        return dict(zip(names, flat))
+        """Arg-max candidate of every decision (one host sync for all of them, at the first call:
+        the one-hots are not to be changed in place after it)."""
+        if self._indices is None:
+            names = list(self.onehots)
+            flat = torch.stack([self.onehots[n].detach().argmax() for n in names]).tolist()
+            object.__setattr__(self, "_indices", dict(zip(names, flat)))
+        return dict(self._indices)
 
     def hard(self) -> ArchConfig:
         """The subnet this sample selects (arg-max of every active decision)."""
@@ -72,9 +79,7 @@ class ArchSample:
         """Matrix mapping: sum_j p_j * [c < widths[j]] for c in range(length)."""
         p = self.onehots[name]
         length = length if length is not None else max(widths)
-        w = torch.as_tensor(list(widths), device=p.device)
-        m = (torch.arange(length, device=p.device)[None, :] < w[:, None]).to(p.dtype)
-        return p @ m
+        return p @ _prefix_matrix(tuple(widths), length, p.device, p.dtype)
 
     def gate(self, name: str, index: int) -> torch.Tensor:
         """Straight-through scalar for a non-prefix decision (kernel size, resolution): p[index]."""
@@ -82,3 +87,12 @@ class ArchSample:
 
     def to(self, device) -> "ArchSample":
         return ArchSample(self.space, {k: v.to(device) for k, v in self.onehots.items()}, self.full_width)
+
+
+@functools.lru_cache(maxsize=4096)
+def _prefix_matrix(widths: tuple[int, ...], length: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """[len(widths), length]: row j is [c < widths[j]]; built once per shape (never written to),
+    outside inference mode (the mask's matmul saves it for the backward)."""
+    with torch.inference_mode(False):
+        w = torch.as_tensor(widths, device=device)
+        return (torch.arange(length, device=device)[None, :] < w[:, None]).to(dtype)

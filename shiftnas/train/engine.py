@@ -439,11 +439,14 @@ class Trainer:
         stop = torch.tensor(float(self._signals.signum is not None), device=loss_sum.device)
         stats = torch.stack([loss_sum, (~torch.isfinite(loss_sum)).float(), stop]).double()  # + a rank's Ctrl-C
         all_reduce_sum(stats, self.info)
+        if extras:  # the rank's own resource loss, read with the stats: one host sync for all
+            stats = torch.cat([stats, torch.stack(extras).sum().double().reshape(1)])
+        host = stats.tolist()
         all_reduce_mean_grads(self.extra_params, self.info)
         if self._faults is not None:
             self._faults.corrupt_grads(step, self.net.parameters(), self.extra_params)
-        mean_loss = float(stats[0]) / (self.info.world_size * n)
-        loss_ok = not bool(stats[1] > 0) and math.isfinite(mean_loss)
+        mean_loss = host[0] / (self.info.world_size * n)
+        loss_ok = not host[1] > 0 and math.isfinite(mean_loss)
         lr = self.optimizer.param_groups[0]["lr"]
         res = optimizer_step(  # the generator's gradient too: the resource loss reaches only it
             self.optimizer, [self.net.parameters(), self.extra_params], clip=self.cfg.optim.grad_clip,
@@ -464,12 +467,12 @@ class Trainer:
         shown = self.sampler.display_index
         out = {
             "loss": mean_loss, "lr": lr, "grad_norm": res.grad_norm, "skipped": not res.stepped,
-            "overflow": res.overflow, "stop": bool(stats[2] > 0),
+            "overflow": res.overflow, "stop": host[2] > 0,
             "mflops": flops[shown] / 1e6, "bin": bins[shown], "bins": bins, "n_subnets": n,
             **self.sampler.step_metrics(step),
         }
         if extras:
-            out["resource_loss"] = float(torch.stack(extras).sum())
+            out["resource_loss"] = host[3]
         return out
 
     # ------------------------------------------------------------------ the loop
