@@ -176,29 +176,12 @@ def _sha256(path: Path) -> str:
 def load_supernet(path: str | os.PathLike, device: str = "cpu", verify: bool = True):
     """The supernet a conversion wrote to `path` (safetensors: no code runs), in eval mode, its
     digests checked (`verify=False` skips that)."""
-    from safetensors import safe_open
-
     from ..integrity import content_digest
     from ..models import build_supernet
+    from ..models.export import read_weights_dir
 
     path = Path(path).expanduser()
-    meta_file, weights = path / META, path / WEIGHTS
-    for f in (meta_file, weights):
-        if not f.is_file():
-            raise ValueError(f"{str(f)!r} not found: expected a directory written by `shiftnas convert`")
-    meta_bytes = meta_file.read_bytes()
-    try:
-        meta = json.loads(meta_bytes.decode("utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
-        raise ValueError(f"{str(meta_file)!r} is not valid JSON: {e}") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise ValueError(f"{str(meta_file)!r}: not a converted supernet (expected format {FORMAT!r})")
-    try:
-        with safe_open(str(weights), framework="pt", device="cpu") as f:
-            digests = f.metadata() or {}
-            state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open has no __iter__
-    except Exception as e:  # noqa: BLE001 - SafetensorError: truncated or foreign file
-        raise ValueError(f"{str(weights)!r} is not a safetensors file ({str(e).splitlines()[0][:200] if str(e) else type(e).__name__})") from None
+    _, meta, meta_bytes, weights, state, digests = read_weights_dir(path, META, WEIGHTS, FORMAT, "`shiftnas convert`")
     if verify and (digests.get("sha256") != content_digest(state)
                    or digests.get("meta_sha256") != hashlib.sha256(meta_bytes).hexdigest()):
         raise ValueError(f"{str(path)!r} is corrupt: {WEIGHTS} or {META} does not match the sha256 digests "

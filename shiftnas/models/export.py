@@ -82,30 +82,24 @@ def save_subnet(model: nn.Module, arch: ArchConfig, path: str | os.PathLike, ext
     return path
 
 
-def load_subnet(path: str | os.PathLike, device: str | torch.device = "cpu", verify: bool = True) -> nn.Module:
-    """Rebuild a model written by `save_subnet` (safetensors: no code runs while loading), its
-    digests checked (`verify=False` skips that)."""
+def read_weights_dir(path: Path, meta_name: str, weights_name: str, fmt: str, writer: str):
+    """(meta file, meta dict, its bytes, weights file, state, safetensors metadata) of a directory
+    holding a JSON description and safetensors weights (`save_subnet`, `shiftnas convert`); a
+    ValueError names the file when either is missing, the JSON is bad, its format is not `fmt`
+    or the weights are not safetensors (nothing is ever unpickled)."""
     from safetensors import safe_open
 
-    path = Path(path)
-    meta_file, weights = path / META, path / WEIGHTS
+    meta_file, weights = path / meta_name, path / weights_name
     for f in (meta_file, weights):
         if not f.is_file():
-            raise ValueError(f"{f} not found: expected a directory written by save_subnet")
+            raise ValueError(f"{f} not found: expected a directory written by {writer}")
     meta_bytes = meta_file.read_bytes()
     try:
         meta = json.loads(meta_bytes.decode("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
         raise ValueError(f"{meta_file} is not valid JSON: {e}") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise ValueError(f"{meta_file}: unknown format {meta.get('format') if isinstance(meta, dict) else meta!r}; expected {FORMAT!r}")
-    num_classes = meta.get("num_classes")
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-        raise ValueError(f"{meta_file}: num_classes must be an integer >= 1, got {repr(num_classes)[:40]}")
-    try:  # the same checks as an arch file: space name, decision names and values
-        arch = ArchConfig._from_obj({"space": meta.get("space"), "arch": meta.get("arch")})
-    except ValueError as e:
-        raise ValueError(f"{meta_file}: {e}") from None
+    if not isinstance(meta, dict) or meta.get("format") != fmt:
+        raise ValueError(f"{meta_file}: unknown format {meta.get('format') if isinstance(meta, dict) else meta!r}; expected {fmt!r}")
     try:
         with safe_open(str(weights), framework="pt", device="cpu") as f:
             file_meta = f.metadata() or {}
@@ -113,8 +107,23 @@ def load_subnet(path: str | os.PathLike, device: str | torch.device = "cpu", ver
     except Exception as e:  # noqa: BLE001 - SafetensorError: a pickle, a truncated or foreign file
         raise ValueError(
             f"{weights} is not a safetensors file ({(str(e).splitlines() or [type(e).__name__])[0][:200]}); "
-            "load_subnet reads only safetensors (it never unpickles)"
+            f"{writer}'s reader reads only safetensors (it never unpickles)"
         ) from None
+    return meta_file, meta, meta_bytes, weights, state, file_meta
+
+
+def load_subnet(path: str | os.PathLike, device: str | torch.device = "cpu", verify: bool = True) -> nn.Module:
+    """Rebuild a model written by `save_subnet` (safetensors: no code runs while loading), its
+    digests checked (`verify=False` skips that)."""
+    meta_file, meta, meta_bytes, weights, state, file_meta = read_weights_dir(
+        Path(path), META, WEIGHTS, FORMAT, "save_subnet")
+    num_classes = meta.get("num_classes")
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"{meta_file}: num_classes must be an integer >= 1, got {repr(num_classes)[:40]}")
+    try:  # the same checks as an arch file: space name, decision names and values
+        arch = ArchConfig._from_obj({"space": meta.get("space"), "arch": meta.get("arch")})
+    except ValueError as e:
+        raise ValueError(f"{meta_file}: {e}") from None
     with torch.device("meta"):  # shapes without memory: a bad num_classes allocates nothing
         want = {k: tuple(v.shape) for k, v in build_static(arch, num_classes).state_dict().items()}
     got = {k: tuple(v.shape) for k, v in state.items()}
