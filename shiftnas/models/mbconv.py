@@ -342,9 +342,22 @@ class MBConvSupernet(nn.Module):
 
 
 def _create_mbconv(space: str, pretrained: bool, **kwargs) -> MBConvSupernet:
-    from .registry import timm_kwargs
+    from .registry import timm_kwargs, timm_model
 
-    return MBConvSupernet(space, **timm_kwargs(space, pretrained, kwargs))
+    name = f"shiftnas_{space.replace('-', '_')}_supernet"
+    return timm_model(MBConvSupernet(space, **timm_kwargs(space, pretrained, kwargs)), name)
+
+
+def _default_cfgs():
+    from timm.models import generate_default_cfgs
+
+    from .registry import timm_default_cfg
+
+    return generate_default_cfgs({f"shiftnas_{s.replace('-', '_')}_supernet": timm_default_cfg(s)
+                                  for s in ("cnn-bignas", "cnn-fmnist")})
+
+
+default_cfgs = _default_cfgs()  # read by timm's register_model, before the entrypoints below
 
 
 @register_model
