@@ -35,7 +35,13 @@ def timm_default_cfg(space: str) -> dict:
     input is the space's largest (a CNN space's largest resolution); ImageNet's mean/std,
     bicubic and crop 0.875 for the 3-channel spaces, Fashion-MNIST's mean/std and no crop for
     the 1-channel ones (shiftnas.data.recipe)."""
-    from ..data.recipe import DEFAULT_CROP_PCT, FASHION_MNIST_MEAN, FASHION_MNIST_STD, IMAGENET_MEAN, IMAGENET_STD
+    from ..data.recipe import (
+        DEFAULT_CROP_PCT,
+        FASHION_MNIST_MEAN,
+        FASHION_MNIST_STD,
+        IMAGENET_MEAN,
+        IMAGENET_STD,
+    )
 
     sp = get_space(space)
     hp = sp.hparams
