@@ -4,6 +4,7 @@ fractions, peak memory, the fit), never the timing numbers."""
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -17,8 +18,12 @@ from test_harness import check_provenance  # noqa: E402
 
 @pytest.fixture(scope="module")
 def quick_doc(tmp_path_factory):
+    """A subprocess, as the script runs: its memory measurement starts a multiprocessing
+    forkserver and resource tracker, which must not live on in the test worker (DataLoader
+    workers forked later in a worker that had them hung twice in Trainer.evaluate)."""
     out = tmp_path_factory.mktemp("supernet") / "quick.json"
-    bench_supernet.main(["--quick", "--threads", "1", "--out", str(out)])
+    subprocess.run([sys.executable, str(ROOT / "bench" / "bench_supernet.py"), "--quick", "--threads", "1",
+                    "--out", str(out)], check=True, cwd=ROOT, timeout=600)
     return json.loads(out.read_text())
 
 
