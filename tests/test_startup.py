@@ -77,3 +77,12 @@ def test_models_package_names_resolve_lazily():
     from shiftnas import models
 
     assert models.ViTSupernet.__name__ == "ViTSupernet" and models.build_supernet is shiftnas.build_supernet
+
+
+@pytest.mark.parametrize("first", ["shiftnas.train.engine", "shiftnas.models.registry", "shiftnas.models.mbconv"])
+def test_the_model_modules_import_first_in_a_fresh_interpreter(first):
+    """Importing a module that imports timm triggers the timm registrations (shiftnas/__init__.py)
+    while that module is still half-initialised: no import cycle may run through it."""
+    out = _python(f"import {first}, timm\n"
+                  "print(timm.create_model('shiftnas_cnn_fmnist_supernet').pretrained_cfg['input_size'])\n")
+    assert out.strip() == "(1, 28, 28)"

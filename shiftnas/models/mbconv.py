@@ -342,7 +342,7 @@ class MBConvSupernet(nn.Module):
 
 
 def _create_mbconv(space: str, pretrained: bool, **kwargs) -> MBConvSupernet:
-    from .registry import timm_kwargs, timm_model
+    from .timm_cfg import timm_kwargs, timm_model
 
     name = f"shiftnas_{space.replace('-', '_')}_supernet"
     return timm_model(MBConvSupernet(space, **timm_kwargs(space, pretrained, kwargs)), name)
@@ -351,7 +351,7 @@ def _create_mbconv(space: str, pretrained: bool, **kwargs) -> MBConvSupernet:
 def _default_cfgs():
     from timm.models import generate_default_cfgs
 
-    from .registry import timm_default_cfg
+    from .timm_cfg import timm_default_cfg
 
     return generate_default_cfgs({f"shiftnas_{s.replace('-', '_')}_supernet": timm_default_cfg(s)
                                   for s in ("cnn-bignas", "cnn-fmnist")})
