@@ -29,6 +29,7 @@ from ..spaces import ArchConfig, SearchSpace, get_space
 from ..spaces.arch_sample import ArchSample
 from ..spaces.cnn import has_residual
 from .static_mbconv import StaticMBConv, hidden_width, pool_shortcut
+from .timm_cfg import timm_create, timm_default_cfgs
 
 __all__ = ["ElasticMBConvBlock", "MBConvSupernet", "resize_to"]
 
@@ -342,22 +343,11 @@ class MBConvSupernet(nn.Module):
 
 
 def _create_mbconv(space: str, pretrained: bool, **kwargs) -> MBConvSupernet:
-    from .timm_cfg import timm_kwargs, timm_model
-
-    name = f"shiftnas_{space.replace('-', '_')}_supernet"
-    return timm_model(MBConvSupernet(space, **timm_kwargs(space, pretrained, kwargs)), name)
+    return timm_create(MBConvSupernet, space, pretrained, kwargs)
 
 
-def _default_cfgs():
-    from timm.models import generate_default_cfgs
-
-    from .timm_cfg import timm_default_cfg
-
-    return generate_default_cfgs({f"shiftnas_{s.replace('-', '_')}_supernet": timm_default_cfg(s)
-                                  for s in ("cnn-bignas", "cnn-fmnist")})
-
-
-default_cfgs = _default_cfgs()  # read by timm's register_model, before the entrypoints below
+# Read by timm's register_model (the entrypoint's module `default_cfgs`), keyed by model name.
+default_cfgs = timm_default_cfgs(("cnn-bignas", "cnn-fmnist"))
 
 
 @register_model

@@ -5,11 +5,11 @@ default cfgs and the create_model keywords.
 """
 from __future__ import annotations
 
-from timm.models import generate_default_cfgs, register_model
+from timm.models import register_model
 from torch import nn
 
 from ..spaces import get_space
-from .timm_cfg import timm_default_cfg, timm_kwargs, timm_model
+from .timm_cfg import timm_create, timm_default_cfgs
 from .vit import ViTSupernet
 
 __all__ = ["build_supernet"]
@@ -26,15 +26,11 @@ def build_supernet(space: str, num_classes: int | None = None, **kwargs) -> nn.M
 
 
 def _vit(space: str, pretrained: bool, kwargs: dict) -> ViTSupernet:
-    name = f"shiftnas_{space.replace('-', '_')}_supernet"
-    return timm_model(ViTSupernet(space, **timm_kwargs(space, pretrained, kwargs)), name)
+    return timm_create(ViTSupernet, space, pretrained, kwargs)
 
 
 # Read by timm's register_model (the entrypoint's module `default_cfgs`), keyed by model name.
-default_cfgs = generate_default_cfgs({
-    f"shiftnas_{s.replace('-', '_')}_supernet": timm_default_cfg(s)
-    for s in ("autoformer-t", "autoformer-s", "autoformer-b", "vit-fmnist")
-})
+default_cfgs = timm_default_cfgs(("autoformer-t", "autoformer-s", "autoformer-b", "vit-fmnist"))
 
 
 @register_model

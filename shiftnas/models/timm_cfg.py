@@ -13,7 +13,7 @@ from torch import nn
 
 from ..spaces import get_space
 
-__all__ = ["timm_default_cfg", "timm_kwargs", "timm_model"]
+__all__ = ["timm_create", "timm_default_cfg", "timm_default_cfgs", "timm_kwargs", "timm_name"]
 
 
 # Keys timm's create_model adds for its weight loader; a supernet has no pretrained weights.
@@ -48,11 +48,25 @@ def timm_default_cfg(space: str) -> dict:
     }
 
 
-def timm_model(model: nn.Module, name: str) -> nn.Module:
-    """`model` with timm's `pretrained_cfg` / `default_cfg` attributes set from the registry."""
+def timm_name(space: str) -> str:
+    """The timm model name of a space's supernet: autoformer-t -> shiftnas_autoformer_t_supernet."""
+    return f"shiftnas_{space.replace('-', '_')}_supernet"
+
+
+def timm_default_cfgs(spaces) -> dict:
+    """The `default_cfgs` a registering module holds for timm's register_model, keyed by name."""
+    from timm.models import generate_default_cfgs
+
+    return generate_default_cfgs({timm_name(s): timm_default_cfg(s) for s in spaces})
+
+
+def timm_create(cls, space: str, pretrained: bool, kwargs: dict) -> nn.Module:
+    """A timm entrypoint's model: `cls(space, ...)` from the create_model keywords, with timm's
+    `pretrained_cfg` / `default_cfg` attributes set from the registry."""
     from timm.models import get_pretrained_cfg
 
-    cfg = get_pretrained_cfg(name)
+    model = cls(space, **timm_kwargs(space, pretrained, kwargs))
+    cfg = get_pretrained_cfg(timm_name(space))
     if cfg is not None:
         model.pretrained_cfg = cfg.to_dict()
         model.default_cfg = model.pretrained_cfg
