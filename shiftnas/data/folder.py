@@ -9,6 +9,8 @@ both libraries).
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import os
 import warnings
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
@@ -22,6 +24,7 @@ __all__ = [
     "SplitIndex",
     "check_image",
     "find_corrupt",
+    "fork_safe",
     "scan_split",
 ]
 
@@ -214,6 +217,26 @@ def check_image(path: str, full: bool = False) -> str | None:
     return None
 
 
+@contextlib.contextmanager
+def fork_safe():
+    """Start worker processes inside this block: they will not finalize what the caller dropped.
+
+    A forked child inherits every object of its parent, including garbage that only the cycle
+    collector frees, and its own collector then runs those objects' finalizers. For a DALI
+    pipeline (the DALI backend, or any DALI use earlier in the process) the finalizer destroys an
+    executor whose condition variables wait on threads that a child does not have: the worker
+    hangs for ever, and the DataLoader waiting on it with it (seen in the test suite, where both
+    backends run in one process). ``gc.freeze()`` moves the parent's objects out of the child's
+    reach for the fork; the parent gets them back, and collects them itself, on exit. Fork stays
+    the start method: a forkserver or spawn start would require every user script to guard its
+    main module (the multiprocessing "safe importing" rule)."""
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+
+
 def _check_chunk(args) -> list[tuple[str, str]]:
     files, full = args
     out = []
@@ -236,7 +259,9 @@ def find_corrupt(files, full: bool = False, workers: int | None = None) -> dict[
     # threads hide cold-storage latency without pickling the file list.
     pool = ProcessPoolExecutor(workers) if full else ThreadPoolExecutor(workers)
     with pool:
-        return {f: why for found in pool.map(_check_chunk, chunks) for f, why in found}
+        with fork_safe():  # the processes start when the chunks are submitted
+            results = pool.map(_check_chunk, chunks)
+        return {f: why for found in results for f, why in found}
 
 
 def corrupt_message(bad: dict[str, str], where: Path, hint: str) -> str:

@@ -12,23 +12,27 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ._base import ImageLoader, shard_bounds
-from .folder import CorruptImageError, SplitIndex
+from .folder import CorruptImageError, SplitIndex, fork_safe
 from .recipe import RRC_RATIO, RRC_SCALE, Recipe
 
 __all__ = ["TorchImageLoader"]
 
 
-def _centre_crop(size: int):
-    from torchvision.transforms.v2 import functional as F
+class _CentreCrop:
+    """A ``size`` x ``size`` centre crop at DALI's crop_pos 0.5 anchor, rounded half up
+    (torchvision's CenterCrop rounds half to even: a 1px shift that costs ~9 grey levels of mean
+    difference on a 120x90 JPEG). A class, not a closure, so the dataset pickles: a spawn or
+    forkserver start (Python 3.14's default on Linux) sends it to the workers."""
 
-    def crop(img):
+    def __init__(self, size: int):
+        self.size = size
+
+    def __call__(self, img):
+        from torchvision.transforms.v2 import functional as F
+
         w, h = img.size
-        # DALI's crop_pos 0.5 anchor, rounded half up (torchvision's CenterCrop rounds half
-        # to even: a 1px shift that costs ~9 grey levels of mean difference on a 120x90 JPEG)
-        top, left = int((h - size) / 2 + 0.5), int((w - size) / 2 + 0.5)
-        return F.crop(img, top, left, size, size)
-
-    return crop
+        top, left = int((h - self.size) / 2 + 0.5), int((w - self.size) / 2 + 0.5)
+        return F.crop(img, top, left, self.size, self.size)
 
 
 def _transform(recipe: Recipe):
@@ -42,7 +46,7 @@ def _transform(recipe: Recipe):
             v2.RandomHorizontalFlip(),
         ]
     else:
-        geometry = [v2.Resize(recipe.resize_size, antialias=True), _centre_crop(recipe.image_size)]
+        geometry = [v2.Resize(recipe.resize_size, antialias=True), _CentreCrop(recipe.image_size)]
     return v2.Compose([*geometry, v2.PILToTensor()])
 
 
@@ -169,7 +173,9 @@ class TorchImageLoader(ImageLoader):
         epoch = self._begin_pass()
         self._sampler.epoch = epoch
         try:
-            for images, labels in self._dl:
+            with fork_safe():  # workers fork here (the first pass only: they are persistent)
+                batches = iter(self._dl)
+            for images, labels in batches:
                 yield self._normalize(images), labels.to(self.device, non_blocking=True)
         except CorruptImageError as e:
             raise _own_message(e) from None

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import collections
 import functools
+import gc
 import operator
+import os
 
 import numpy as np
 import pytest
@@ -292,3 +294,39 @@ def test_gpu_output(small_tree, backend):
     x, y = next(iter(ld))
     assert x.is_cuda and y.is_cuda and y.dtype == torch.int64 and x.shape == (8, 1, 28, 28)
     assert collect(ld, truth["val"])
+
+
+class _Finalized:
+    """Writes the pid of the process that finalizes it: garbage only the cycle collector frees."""
+
+    def __init__(self, path):
+        self.path, self.me = path, self
+
+    def __del__(self):
+        with open(self.path, "a") as f:
+            f.write(f"{os.getpid()}\n")
+
+
+def test_workers_do_not_finalize_the_callers_garbage(fmnist_root, tmp_path, monkeypatch):
+    """A forked worker inherits the caller's uncollected garbage; if its collector finalized it,
+    a DALI pipeline among it would hang the worker (its executor waits on threads a child does
+    not have). Here each worker runs a full collection before its first image; the garbage must
+    be finalized once, by the caller."""
+    from shiftnas.data import torch_backend
+
+    decode = torch_backend._FolderDataset.__getitem__
+
+    def collect_first(self, key):
+        gc.collect()
+        return decode(self, key)
+
+    monkeypatch.setattr(torch_backend._FolderDataset, "__getitem__", collect_first)
+    marker = tmp_path / "finalized"
+    ld = build_loader(fmnist_root, "val", 8, 28, train=False, backend="torch", num_threads=2, device="cpu")
+    old = _Finalized(marker)
+    gc.collect()  # now in the oldest generation, which only a full collection examines
+    del old  # garbage that the caller's collector would free at its next full collection
+    assert next(iter(ld))[0].shape == (8, 1, 28, 28)  # the workers fork here
+    del ld
+    gc.collect()
+    assert marker.read_text().split() == [str(os.getpid())]
