@@ -424,7 +424,7 @@ def bench_space(space_name: str, args) -> dict:
     import shiftnas
 
     space = shiftnas.get_space(space_name)
-    batch = BATCH.get(space_name, 8)
+    batch = args.batch or BATCH.get(space_name, 8)
     with tempfile.TemporaryDirectory(prefix="bench_train_step_") as run_dir:
         tr = build_trainer(space_name, batch, args.amp, run_dir)
     x, y = make_batch(space, batch, seed=SEED)
@@ -581,6 +581,8 @@ def main(argv=None) -> None:
         default="auto",
         help="the trainer's optim.amp (default auto: bf16 only where the CPU has native bf16)",
     )
+    p.add_argument("--batch", type=int, default=None,
+                   help="the batch of every space (default per space: " + ", ".join(f"{k} {v}" for k, v in BATCH.items()) + ")")
     p.add_argument("--repeats", type=int, default=None, help="timed repeats (>= 10; default 20)")
     p.add_argument("--warmup", type=int, default=None, help="untimed repeats first (default 5)")
     # Fixed, as in bench_supernet.py: on a loaded 2-core machine 2 threads can be several times
@@ -595,6 +597,8 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
     sys.stdout.reconfigure(line_buffering=True)  # keep the table and the stderr progress in order
 
+    if args.batch is not None and args.batch < 1:
+        p.error(f"--batch {args.batch}: must be >= 1")
     if args.repeats is None:
         args.repeats = 3 if args.quick else 20
     if args.warmup is None:
