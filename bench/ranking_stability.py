@@ -8,7 +8,7 @@ reports, per run length: every sampler's all-bin paired difference from uniform 
 seeds), the order of the samplers by it, and in how many seeds that order holds. Between each
 pair of lengths, for the samplers both ran (matched by name; `--same A=B` pairs two names, e.g.
 a variant at one length with the default at the other): whether their order agrees, and
-Kendall's tau of the per-arch mean differences (the same panel archs at both lengths: does the
+Kendall's tau-b (`shiftnas.search.ranking.kendall_tau`) of the per-arch mean differences (the same panel archs at both lengths: does the
 sampler help the same archs?). A verdict is called stable when the order of the samplers is the
 same at the two longest lengths.
 """
@@ -24,16 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import RESULTS_DIR, new_doc, write_json
 
-
-def kendall_tau(a: list[float], b: list[float]) -> float:
-    """Kendall's tau-a of two equally long lists (ties count as neither agreeing nor not)."""
-    if len(a) != len(b) or len(a) < 2:
-        raise ValueError(f"kendall_tau: lists of {len(a)} and {len(b)} values; need two equal lists of >= 2")
-    def sign(v: float) -> int:
-        return (v > 0) - (v < 0)
-
-    total = sum(sign(a[i] - a[j]) * sign(b[i] - b[j]) for i, j in itertools.combinations(range(len(a)), 2))
-    return total / (len(a) * (len(a) - 1) / 2)
+from shiftnas.search.ranking import kendall_tau
 
 
 def length_summary(doc: dict, space: str) -> dict:
