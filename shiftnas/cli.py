@@ -109,6 +109,8 @@ MODULE_COMMANDS = {
     "export": ("shiftnas.search.export", "add_export_parser", "write a subnet of a trained run as a standalone model"),
     "rank": ("shiftnas.search.ranking", "add_rank_parser",
              "Kendall tau / Spearman between inherited and fine-tuned top-1"),
+    "latency": ("shiftnas.latency.cli", "add_latency_parser",
+                "measured latency tables: build one for this device, check its predictions"),
 }
 
 

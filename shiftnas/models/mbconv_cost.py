@@ -14,7 +14,16 @@ from ..cost import CostTerm, tabulate
 from ..spaces import SearchSpace
 from ..spaces.cnn import conv_out, has_residual, hidden_width, se_mid
 
-__all__ = ["block_cost", "mbconv_cost_terms"]
+__all__ = ["block_cost", "mbconv_cost_terms", "stage_input_size"]
+
+
+def stage_input_size(hp: dict, resolution: int, s: int) -> int:
+    """Spatial size entering stage `s` of a cnn space with hparams `hp` at `resolution`
+    (s == the number of stages: after the last stage)."""
+    size = conv_out(resolution, hp["stem_stride"])
+    for st in hp["stages"][:s]:
+        size = conv_out(size, st["stride"])
+    return size
 
 
 def block_cost(
@@ -54,16 +63,12 @@ def mbconv_cost_terms(
 ) -> tuple[list[CostTerm], list[CostTerm]]:
     """(flops_terms, params_terms) whose sums at an arch's indices are its MACs and params."""
     hp = space.hparams
-    stem_stride, in_chans, fe = hp["stem_stride"], hp["in_chans"], hp["final_expand"]
+    in_chans, fe = hp["in_chans"], hp["final_expand"]
     shortcut = hp.get("shortcut", "ofa")
     n_stages = len(hp["stages"])
 
     def size_at(resolution: int, s: int) -> int:
-        """Spatial size entering stage s (s == n_stages: after the last stage)."""
-        size = conv_out(resolution, stem_stride)
-        for st in hp["stages"][:s]:
-            size = conv_out(size, st["stride"])
-        return size
+        return stage_input_size(hp, resolution, s)
 
     def term(names: list[str], fn) -> CostTerm:
         names = list(dict.fromkeys(names))  # j > 0: the in-width is the stage width itself

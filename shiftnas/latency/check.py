@@ -1,0 +1,70 @@
+"""How well a latency table predicts: random exported subnets timed end to end vs predicted."""
+from __future__ import annotations
+
+import random
+import statistics
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from ..search.ranking import kendall_tau
+from ..spaces import get_space
+from .table import LatencyTable, measure_arch
+
+__all__ = ["check_table", "plot_check"]
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def check_table(table: LatencyTable, n: int = 50, seed: int = 1, device: str | None = None,
+                warmup: int = 3, repeats: int = 15, progress: Callable[[str], None] | None = None) -> dict:
+    """Time `n` uniformly random subnets (seed `seed`: other archs than the table's calibration,
+    which uses seed 0) at the table's batch and dtype; compare with `table.predict`.
+
+    Returns {"mape_pct", "kendall_tau", "max_abs_pct", "rows": [{arch, predicted_ms, measured_ms}]}.
+    """
+    if n < 2:
+        raise ValueError(f"n={n!r}: need at least 2 subnets to compare")
+    space = get_space(table.space)
+    dev = torch.device(device or table.machine["device"])
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"the table was built on {table.machine['device']!r}; no CUDA device is visible here")
+    torch.set_num_threads(table.machine["threads"])
+    rng, rows = random.Random(seed), []
+    say = progress or (lambda s: None)
+    for i in range(n):
+        arch = space.sample(rng)
+        ms = measure_arch(space, arch, table.batch, dev, DTYPES[table.dtype], warmup, repeats)
+        rows.append({"arch": arch.to_dict(), "predicted_ms": table.predict(arch), "measured_ms": ms})
+        say(f"[{i + 1}/{n}] measured {ms:.3f} ms, predicted {rows[-1]['predicted_ms']:.3f} ms")
+    err = [abs(r["predicted_ms"] - r["measured_ms"]) / r["measured_ms"] * 100 for r in rows]
+    return {"space": table.space, "batch": table.batch, "dtype": table.dtype, "n": n, "seed": seed,
+            "mape_pct": statistics.fmean(err), "max_abs_pct": max(err),
+            "kendall_tau": kendall_tau([r["predicted_ms"] for r in rows], [r["measured_ms"] for r in rows]),
+            "rows": rows}
+
+
+def plot_check(result: dict, path: str | Path) -> Path:
+    """Predicted vs measured scatter with the y = x line, MAPE and tau in the title."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ..atomic import atomic_write
+
+    p = [r["predicted_ms"] for r in result["rows"]]
+    m = [r["measured_ms"] for r in result["rows"]]
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.scatter(m, p, s=14)
+    lo, hi = min(p + m) * 0.95, max(p + m) * 1.05
+    ax.plot([lo, hi], [lo, hi], "k--", lw=0.8)
+    ax.set(xlim=(lo, hi), ylim=(lo, hi), xlabel="measured ms (exported subnet)", ylabel="predicted ms (table)",
+           title=f"{result['space']} batch {result['batch']}: MAPE {result['mape_pct']:.1f}%, "
+                 f"tau {result['kendall_tau']:.3f}")
+    fig.tight_layout()
+    path = Path(path)
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
+    plt.close(fig)
+    return path

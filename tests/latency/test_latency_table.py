@@ -1,0 +1,134 @@
+"""Latency tables: probes time exactly what each FLOPs term counts, tables are monotone, sum to
+predictions, round-trip, resume, and refuse what does not fit; the CLI's build and check."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from shiftnas.cli import main as cli
+from shiftnas.cost import cost_terms
+from shiftnas.latency import LatencyTable, build_table, check_table
+from shiftnas.latency import table as table_mod
+from shiftnas.latency.probes import build_probe, term_probes
+from shiftnas.models.static_vit import set_fused_attention
+from shiftnas.spaces import get_space
+
+SPACES = ["vit-fmnist", "cnn-fmnist"]
+
+
+@pytest.mark.parametrize("space", SPACES)
+def test_probes_cover_the_flops_terms_and_are_none_exactly_where_a_term_is_zero(space):
+    layout, flops = term_probes(space), cost_terms(space, "flops")
+    assert [(n, s) for n, s, _ in layout] == [(t.names, t.shape) for t in flops]
+    for (_, _, probes), t in zip(layout, flops):
+        assert len(probes) == len(t.values)
+        assert all((p is None) == (v == 0) for p, v in zip(probes, t.values))
+
+
+@pytest.mark.parametrize("space", SPACES)
+def test_each_probe_module_does_the_macs_its_entry_counts(space):
+    """FlopCounterMode / 2 of the probe's module at batch 1 equals the FLOPs entry: the table
+    times the part of the network the cost model counts (24 random entries per space)."""
+    rng = random.Random(0)
+    layout, flops = term_probes(space), cost_terms(space, "flops")
+    entries = [(p, v) for (_, _, ps), t in zip(layout, flops) for p, v in zip(ps, t.values) if p is not None]
+    for probe, want in [entries[0], entries[-1], *rng.sample(entries, 22)]:
+        m, x = build_probe(space, probe, batch=1)
+        set_fused_attention(m, False)
+        with FlopCounterMode(display=False) as fc, torch.no_grad():
+            m(x)
+        assert fc.get_total_flops() / 2 == want, probe
+
+
+@pytest.fixture(scope="module")
+def vit_table(tmp_path_factory):
+    torch.manual_seed(0)
+    partial = tmp_path_factory.mktemp("lat") / "vit.json.partial"
+    return build_table("vit-fmnist", threads=1, repeats=3, warmup=1, calibrate=2, resume=partial), partial
+
+
+def test_table_is_monotone_where_flops_are_and_predicts_overhead_plus_entries(vit_table):
+    table, _ = vit_table
+    space = get_space("vit-fmnist")
+    for t, f in zip(table.terms, cost_terms(space, "flops")):
+        for axis, (size, stride) in enumerate(zip(t.shape, t.strides)):
+            for i in range(len(t.values)):
+                if (i // stride) % size < size - 1 and f.values[i + stride] >= f.values[i]:
+                    assert t.values[i + stride] >= t.values[i]
+    arch = space.sample(random.Random(3))
+    idx = space.indices(arch)
+    assert table.predict(arch) == pytest.approx(table.overhead_ms + sum(t.at(idx) for t in table.terms))
+    assert table.predict(space.max()) > table.predict(space.min()) > 0
+    assert len(table.notes["calibration"]) == 2 and table.machine["threads"] == 1
+    with pytest.raises(ValueError, match="cnn-fmnist"):
+        table.predict(get_space("cnn-fmnist").min())
+
+
+def test_save_load_round_trip_and_refusals(vit_table, tmp_path):
+    table, _ = vit_table
+    path = table.save(tmp_path / "t.json")
+    back = LatencyTable.load(path)
+    arch = get_space("vit-fmnist").sample(random.Random(5))
+    assert back.predict(arch) == pytest.approx(table.predict(arch))
+    assert back.differences("cpu", 1) == []
+    assert any(d.startswith("threads") for d in back.differences("cpu", 7))
+    doc = json.loads(path.read_text())
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({**doc, "format": "other/9"}))
+    with pytest.raises(ValueError, match="format 'other/9'"):
+        LatencyTable.load(bad)
+    doc["terms"][1]["shape"] = [1, 1, 1, 1]
+    bad.write_text(json.dumps(doc))
+    with pytest.raises(ValueError, match="term 1 .* rebuild the table"):
+        LatencyTable.load(bad)
+
+
+def test_resume_times_only_what_the_partial_file_lacks(vit_table, monkeypatch):
+    table, partial = vit_table
+    assert set(json.loads(partial.read_text())["entries"]) == set(table.entries)
+    calls = []
+    real = table_mod.time_call
+    monkeypatch.setattr(table_mod, "time_call", lambda *a, **k: calls.append(1) or real(*a, **k))
+    again = build_table("vit-fmnist", threads=1, repeats=3, warmup=1, calibrate=0, resume=partial)
+    assert calls == [] and again.entries == table.entries
+    with pytest.raises(ValueError, match="other settings .*batch"):
+        build_table("vit-fmnist", threads=1, batch=2, repeats=3, calibrate=0, resume=partial)
+
+
+def test_check_reports_mape_and_tau(vit_table):
+    res = check_table(vit_table[0], n=3, repeats=3, warmup=1)
+    assert res["n"] == 3 and len(res["rows"]) == 3 and res["mape_pct"] >= 0
+    assert -1 <= res["kendall_tau"] <= 1 or res["kendall_tau"] != res["kendall_tau"]
+    with pytest.raises(ValueError, match="n=1"):
+        check_table(vit_table[0], n=1)
+
+
+def test_bad_arguments_are_refused_with_the_allowed_values():
+    with pytest.raises(ValueError, match="batch=0"):
+        build_table("vit-fmnist", batch=0)
+    with pytest.raises(ValueError, match="dtype='int8'"):
+        build_table("vit-fmnist", dtype="int8")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA device"):
+            build_table("vit-fmnist", device="cuda")
+    with pytest.raises(ValueError, match="repeats=2"):
+        table_mod.time_call(lambda: None, repeats=2)
+
+
+def test_cli_build_then_check(tmp_path, capsys):
+    out = tmp_path / "vit.json"
+    args = ["latency", "build", "--space", "vit-fmnist", "--threads", "1", "--repeats", "3", "--warmup", "1",
+            "--calibrate", "1", "--out", str(out)]
+    assert cli(args) == 0 and out.exists() and not (tmp_path / "vit.json.partial").exists()
+    assert cli(args) == 2 and "exists; give --force" in capsys.readouterr().err
+    res, png = tmp_path / "check.json", tmp_path / "check.png"
+    assert cli(["latency", "check", "--table", str(out), "-n", "2", "--repeats", "3", "--json", str(res),
+                "--plot", str(png)]) == 0
+    assert json.loads(res.read_text())["n"] == 2 and png.read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(SystemExit):
+        cli(["latency", "check", "--table", str(out), "-n", "0"])
