@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import RESULTS_DIR, new_doc, write_json
+from harness import RESULTS_DIR, new_doc, write_result
 
 from shiftnas.search.ranking import kendall_tau
 
@@ -88,7 +88,7 @@ def main(argv=None) -> int:
     for p in pairs:
         print(f"{p['steps'][0]} -> {p['steps'][1]} steps: order agrees: {p['order_agrees']}; "
               f"per-arch Kendall tau {p['per_arch_kendall_tau']}")
-    write_json(args.out, doc)
+    write_result(args.out, doc)
     print(f"wrote {args.out}")
     return 0
 

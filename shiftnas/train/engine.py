@@ -22,7 +22,7 @@ EMA, sampler incl. generator and B, every rank's RNG state, counters, w_{t-1} wh
 step updates B). The data position is derived from the step (epoch, batch within it) with
 `drop_last=True`, so `Trainer(cfg, resume="auto").fit()` continues where the run stopped: in
 fp32 on CPU, a run interrupted at step s and resumed ends with the same weights, B and AG as an
-uninterrupted run (tests/test_train_engine.py).
+uninterrupted run (tests/train/test_train_engine.py).
 
 Fault injection for the reliability tests (off unless SHIFTNAS_FAULT_* is set; see faults.py):
 a crash before a given step on one rank, nan/inf written into the gradients of given steps.
@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import math
 import signal
+import sys
 import time
 import warnings
 from collections.abc import Iterator
@@ -501,6 +502,10 @@ class Trainer:
                 self._output(name)
             write_text_atomic(self._output("config.yaml"), cfg.to_yaml())  # a kill never leaves half a config
         barrier(self.info)
+        if self._resume_path is not None and self.info.is_main:
+            # Before RunLog rewrites metrics.jsonl: whoever sees the rewrite (a fault harness, a
+            # kill at that moment) can also read where the run resumed from.
+            print(f"resumed from {self._resume_path} at step {self.step}", file=sys.stderr, flush=True)
         self.log = RunLog(
             self.run_dir, self.step, cfg.optim.steps, enabled=self.info.is_main,
             progress=cfg.run.progress, tensorboard=cfg.run.tensorboard,
@@ -509,8 +514,6 @@ class Trainer:
         if cfg.optim.effective_warmup != cfg.optim.warmup_steps:
             self.log.write(f"optim.warmup_steps={cfg.optim.warmup_steps} >= optim.steps={cfg.optim.steps}: "
                            f"warm-up clipped to steps // 10 = {cfg.optim.effective_warmup}")
-        if self._resume_path is not None:
-            self.log.write(f"resumed from {self._resume_path} at step {self.step}")
 
     def fit(self) -> dict[str, Any]:
         """Train to optim.steps, save, evaluate. Ctrl-C / SIGTERM: the checkpoint of the step, then
