@@ -1,10 +1,8 @@
-"""Benchmark: compiled elastic depthwise conv and fused bias + GELU (shiftnas._C) vs PyTorch, CPU.
+"""Benchmark: compiled elastic depthwise conv (shiftnas._C) vs PyTorch, CPU.
 
-References (what the `ref` backend runs today):
-  * dwconv:    ``F.conv2d(x, w[:C], None, stride, k // 2, 1, C)`` (mkldnn on x86) + autograd;
-               ``w`` is the [Cmax, 1, k, k] supernet buffer, so backward includes slice_backward.
-  * bias_gelu: ``F.gelu(x + b[:N])`` + autograd.
-Ours goes through the autograd wrappers a model uses (`dwconv_cpu`, `bias_gelu_cpu`).
+Reference (what the `ref` backend runs): ``F.conv2d(x, w[:C], None, stride, k // 2, 1, C)``
+(mkldnn on x86) + autograd; ``w`` is the [Cmax, 1, k, k] supernet buffer, so backward includes
+slice_backward. Ours goes through the autograd wrapper a model uses (`dwconv_cpu`).
 Two timings per case: ``fwd`` (no autograd on either side) and ``fwd_bwd`` (forward + backward
 with x and the parameters requiring grad; ``.grad = None`` before each iteration, as with
 ``zero_grad(set_to_none=True)``).
@@ -15,7 +13,7 @@ meanwhile (on a 2-core machine anything above ~0.1 makes 2-thread numbers suspec
 under more than ``--max-foreign-load`` waits for a quiet machine and is retried, and the
 least-disturbed try is kept. Writes ``bench/results/cpu_ops.json``.
 
-Usage: python bench/bench_cpu_ops.py [--threads 2] [--repeats 20] [--only dwconv|bias_gelu]
+Usage: python bench/bench_cpu_ops.py [--threads 2] [--repeats 20] [--dtype float32|bfloat16]
 """
 
 from __future__ import annotations
@@ -55,8 +53,6 @@ DWCONV_CASES = (
     + [(8, 240, 28, k, 1) for k in (3, 5)]
 )
 CMAX_EXTRA = 8  # the supernet buffer is wider than the active channels
-# (M, N, Nmax): ViT MLP hidden layers (64 x 50 tokens, 8 x 197), active width <= Nmax.
-BIAS_GELU_CASES = [(3200, 768, 960), (3200, 960, 960), (1576, 672, 960), (3200, 384, 512)]
 
 
 def _dwconv_case(b, c, h, k, s, repeats, warmup, dtype):
@@ -88,36 +84,6 @@ def _dwconv_case(b, c, h, k, s, repeats, warmup, dtype):
         dwconv_cpu(xr, wr, None, s, p).backward(gy)
 
     row = {"op": "dwconv", "B": b, "C": c, "Cmax": c + CMAX_EXTRA, "H": h, "k": k, "stride": s}
-    return _time_case(row, ((fwd_ref, fwd_ours), (fb_ref, fb_ours)), repeats, warmup)
-
-
-def _bias_gelu_case(m, n, nmax, repeats, warmup, dtype):
-    from shiftnas.ops.bias_gelu_ext import bias_gelu_cpu
-
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(m, n, generator=g).to(dtype)
-    b = torch.randn(nmax, generator=g).to(dtype)
-    gy = torch.randn(m, n, generator=g).to(dtype)
-
-    def fwd_ref():
-        with torch.no_grad():
-            F.gelu(x + b[:n])
-
-    def fwd_ours():
-        with torch.no_grad():
-            bias_gelu_cpu(x, b)
-
-    xr, br = x.clone().requires_grad_(True), b.clone().requires_grad_(True)
-
-    def fb_ref():
-        xr.grad = br.grad = None
-        F.gelu(xr + br[:n]).backward(gy)
-
-    def fb_ours():
-        xr.grad = br.grad = None
-        bias_gelu_cpu(xr, br).backward(gy)
-
-    row = {"op": "bias_gelu", "M": m, "N": n, "Nmax": nmax}
     return _time_case(row, ((fwd_ref, fwd_ours), (fb_ref, fb_ours)), repeats, warmup)
 
 
@@ -166,10 +132,7 @@ def _measure(case_fn, args) -> dict:
 
 
 def _print_row(r):
-    if r["op"] == "dwconv":
-        shape = f"B{r['B']:<3} C{r['C']:<4} {r['H']:>3}px k{r['k']} s{r['stride']}"
-    else:
-        shape = f"M{r['M']:<5} N{r['N']:<4}/{r['Nmax']:<4}      "
+    shape = f"B{r['B']:<3} C{r['C']:<4} {r['H']:>3}px k{r['k']} s{r['stride']}"
     f, fb = r["fwd"], r["fwd_bwd"]
     print(
         f"{r['op']:<9} {shape:<28} | {f['ref_ms']:>8.3f} {f['ext_ms']:>8.3f} {f['speedup']:>5.2f}x"
@@ -184,7 +147,6 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    ap.add_argument("--only", choices=["dwconv", "bias_gelu"])
     ap.add_argument(
         "--max-foreign-load",
         type=float,
@@ -214,11 +176,8 @@ def main() -> int:
 
     result = new_doc(
         "cpu_ops",
-        reference={
-            "dwconv": "F.conv2d(x, w[:C], None, stride, k // 2, 1, C) + autograd",
-            "bias_gelu": "F.gelu(x + b[:N]) + autograd",
-        },
-        ours="shiftnas.ops.dwconv_ext.dwconv_cpu / bias_gelu_ext.bias_gelu_cpu (autograd wrappers)",
+        reference={"dwconv": "F.conv2d(x, w[:C], None, stride, k // 2, 1, C) + autograd"},
+        ours="shiftnas.ops.dwconv_ext.dwconv_cpu (autograd wrapper)",
         mkldnn=torch.backends.mkldnn.is_available(),
         malloc_tuned=malloc_tuned,
         dtype=args.dtype,
@@ -230,18 +189,11 @@ def main() -> int:
     print(
         f"{'op':<9} {'shape':<28} | {'fwd ref':>8} {'ours':>8} {'':>6} | {'f+b ref':>8} {'ours':>8} {'':>6} | other-load  (ms, median)"
     )
-    if args.only in (None, "dwconv"):
-        for case in DWCONV_CASES:
-            rows.append(
-                _measure(lambda c=case: _dwconv_case(*c, args.repeats, args.warmup, dtype), args)
-            )
-            _print_row(rows[-1])
-    if args.only in (None, "bias_gelu"):
-        for case in BIAS_GELU_CASES:
-            rows.append(
-                _measure(lambda c=case: _bias_gelu_case(*c, args.repeats, args.warmup, dtype), args)
-            )
-            _print_row(rows[-1])
+    for case in DWCONV_CASES:
+        rows.append(
+            _measure(lambda c=case: _dwconv_case(*c, args.repeats, args.warmup, dtype), args)
+        )
+        _print_row(rows[-1])
 
     result["results"] = rows
     write_result(args.out, result, indent=2)

@@ -25,7 +25,7 @@ Suites (`--device`, default cuda when available, else cpu):
          estimate and caps itself at `--budget-s` (default 270 s from process start, so
          `make bench-gpu` ends within 5 minutes); what does not fit is listed as skipped, and a
          watchdog ends the process `--grace-s` after the budget whatever hangs.
-  cpu    the `cpu` backend ops (layer_norm_cpu, dwconv_cpu, bias_gelu_cpu) vs ref_slice and dense,
+  cpu    the `cpu` backend ops (layer_norm_cpu, dwconv_cpu) vs ref_slice and dense,
          float32 and bfloat16, `--threads` 2; per case all implementations run interleaved (one
          call of each per repeat, the starting one rotating), median and p20/p80 of
          `--repeats` (>= 10 asked) after `--warmup`, time.perf_counter; each case records the
@@ -77,7 +77,7 @@ SMOKE_DIR = Path("/tmp/shiftnas_bench_kernels_smoke")
 VIT_SPACES = ("autoformer-t", "autoformer-s", "autoformer-b")
 DEFINITIONS = {
     "triton": "shiftnas.kernels.* (layer_norm, linear, mlp, elastic_attention, elastic_dwconv) on the max-size weights",
-    "cuda / cpu": "the shiftnas._C backend ops (layer_norm_cuda/dwconv_cuda; layer_norm_cpu/dwconv_cpu/bias_gelu_cpu)",
+    "cuda / cpu": "the shiftnas._C backend ops (layer_norm_cuda/dwconv_cuda; layer_norm_cpu/dwconv_cpu)",
     "ref_slice": "AutoFormer-style slicing, the ref backend: views of the max-size weights into F.linear / "
     "F.layer_norm / SDPA / F.conv2d (attention: SDPA on the model's q/k/v views of the [B, N, H, 3, d] qkv output)",
     "full_mask": "DNAS-style: the op at the full max width (input at max width too) times a 0/1 prefix mask",
@@ -123,7 +123,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     p.add_argument("--spaces", default=",".join(VIT_SPACES), help="ViT spaces of the GPU suite")
     p.add_argument(
-        "--ops", default="layer_norm,linear_qkv,linear_proj,mlp,attention,dwconv,bias_gelu"
+        "--ops", default="layer_norm,linear_qkv,linear_proj,mlp,attention,dwconv"
     )
     p.add_argument(
         "--budget-s",

@@ -35,11 +35,10 @@ PHASES = ("build", "tests", "bench")
 # device instead of the interpreter, the CUDA ops of shiftnas._C, GPU data decode, fp16 scaling).
 GPU_TESTS = (
     "tests/kernels",
-    "tests/test_ext_dwconv.py",
-    "tests/test_ext_layer_norm.py",
-    "tests/test_ext_bias_gelu.py",
-    "tests/test_dispatch.py",
-    "tests/test_precision.py",
+    "tests/ops/test_ext_dwconv.py",
+    "tests/ops/test_ext_layer_norm.py",
+    "tests/ops/test_dispatch.py",
+    "tests/train/test_precision.py",
     "tests/data/test_data_loader.py",
     "tests/reliability/test_numerical_faults.py",
 )

@@ -1,5 +1,5 @@
-"""bench_kernels: the CPU suite. The `cpu` backend ops of `shiftnas._C` (layer_norm_cpu, dwconv_cpu,
-bias_gelu_cpu) vs ref_slice and dense, per dtype of `--cpu-dtypes`, interleaved by `harness.time_cpu`."""
+"""bench_kernels: the CPU suite. The `cpu` backend ops of `shiftnas._C` (layer_norm_cpu, dwconv_cpu)
+vs ref_slice and dense, per dtype of `--cpu-dtypes`, interleaved by `harness.time_cpu`."""
 
 from __future__ import annotations
 
@@ -9,10 +9,7 @@ from kernel_cases import (
     OpCase,
     build_dw_case,
     build_vit_case,
-    dense_copy,
     dw_layers,
-    leaf,
-    tensor_kw,
     vit_dims,
 )
 from kernel_run import Ctx, Report, try_case
@@ -29,45 +26,6 @@ def build_cpu_ln_case(space: str, width: str, dims: dict, dtype, impls: Impls) -
     return no_mask(build_vit_case("layer_norm", space, width, dims, dtype, "cpu", impls, ("cpu",)))
 
 
-def build_bias_gelu_case(space: str, width: str, dims: dict, dtype, impls: Impls) -> OpCase:
-    import torch.nn.functional as F
-
-    kw = tensor_kw(dtype, "cpu")
-    M, n, nm = dims["B"] * dims["N"], dims["Dh"], dims["Dhm"]
-    case = OpCase("bias_gelu", space, width, dict(M=M, N=n, N_max=nm), f"[{M}, {n}/{nm}]")
-    x, xf = leaf(M, n, **kw), leaf(M, nm, **kw)
-    b = leaf(nm, scale=0.1, **kw)
-    bd = dense_copy(b, slice(n))
-    case.leaves = [x, xf, b, bd]
-    impls.attach(case, "cpu", "ext:bias_gelu_ext.bias_gelu_cpu", lambda f: f(x, b))
-    case.impls["ref_slice"] = lambda: F.gelu(x + b[:n])
-    case.impls["dense"] = lambda: F.gelu(x + bd)
-    return case
-
-
-def build_linear_gelu_case(space: str, width: str, dims: dict, dtype, impls: Impls) -> OpCase:
-    """fc1 + bias + GELU as a cpu-backend `linear` would run it (F.linear without bias, then the
-    C++ bias+GELU reading the full bias buffer) vs ref.linear (sliced F.linear with bias, F.gelu)."""
-    import torch.nn.functional as F
-
-    kw = tensor_kw(dtype, "cpu")
-    M, E, n, nm, em = dims["B"] * dims["N"], dims["E"], dims["Dh"], dims["Dhm"], dims["Em"]
-    case = OpCase(
-        "linear_gelu", space, width, dict(M=M, E=E, N=n, N_max=nm), f"[{M}, {E}] -> {n}/{nm}"
-    )
-    x = leaf(M, E, **kw)
-    w, b = leaf(nm, em, scale=0.05, **kw), leaf(nm, scale=0.1, **kw)
-    wd, bd = dense_copy(w, slice(n), slice(E)), dense_copy(b, slice(n))
-    case.leaves = [x, w, b, wd, bd]
-    impls.attach(
-        case, "cpu", "ext:bias_gelu_ext.bias_gelu_cpu", lambda f: f(F.linear(x, w[:n, :E]), b)
-    )
-    ref_linear = impls.get("shiftnas.ops.ref", "linear")
-    case.impls["ref_slice"] = lambda: ref_linear(x, w, b, n, "gelu")
-    case.impls["dense"] = lambda: F.gelu(F.linear(x, wd, bd))
-    return case
-
-
 def cpu_plan(ctx: Ctx) -> list[tuple[str, object]]:
     """(label, thunk building the case) per CPU case."""
     import torch
@@ -80,8 +38,6 @@ def cpu_plan(ctx: Ctx) -> list[tuple[str, object]]:
     builders = []
     if "layer_norm" in ops:
         builders.append(("layer_norm", build_cpu_ln_case))
-    if "bias_gelu" in ops or "mlp" in ops:
-        builders += [("bias_gelu", build_bias_gelu_case), ("linear_gelu", build_linear_gelu_case)]
     cases = []
     for dt in [getattr(torch, d) for d in args.cpu_dtypes.split(",") if d]:
         for s, w in CPU_SHAPES:

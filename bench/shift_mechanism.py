@@ -10,8 +10,8 @@ mass to the half phase 1 left out; an estimator without signal leaves it near 1/
     python bench/shift_mechanism.py --seeds 0 --estimators delta --phase1 100 --phase2 100
 
 Writes bench/results/shift_mechanism.json (per run: softmax(B) after every update, the mass on
-the half phase 1 left out, seconds). `run_mechanism` is also what tests/test_shift_mechanism.py
-runs at a small scale.
+the half phase 1 left out, seconds). `run_mechanism` is also what
+tests/sampling/test_shift_mechanism.py runs at a small scale.
 """
 
 from __future__ import annotations

@@ -5,7 +5,6 @@
 
 #include <cmath>
 
-#include "bias_gelu.h"
 #include "elastic_dwconv.h"
 #include "elastic_layer_norm.h"
 
@@ -143,7 +142,7 @@ past active) and dtype.
 
 }  // namespace
 
-// --- elastic depthwise conv and fused bias + GELU ----------------------------
+// --- elastic depthwise conv --------------------------------------------------
 
 namespace {
 
@@ -236,41 +235,6 @@ Result dwconv_backward_checked(const at::Tensor& grad_y_in, const at::Tensor& x_
                                                output_mask);
 }
 
-void check_bias_gelu_args(const at::Tensor& x, const at::Tensor& bias, const char* fn) {
-  TORCH_CHECK(x.dim() == 2, fn, ": x must be a 2-D tensor [M, N], got a ", x.dim(),
-              "-D tensor of shape ", x.sizes());
-  TORCH_CHECK(is_supported_dtype(x.scalar_type()), fn,
-              ": x must be float32, float64, bfloat16 or float16, got ", x.scalar_type());
-  TORCH_CHECK(bias.dim() == 1, fn, ": bias must be a 1-D tensor [Nmax], got shape ", bias.sizes());
-  TORCH_CHECK(bias.size(0) >= x.size(1), fn, ": bias must have at least N=", x.size(1),
-              " elements (x.size(1)), got shape ", bias.sizes());
-  TORCH_CHECK(bias.scalar_type() == x.scalar_type(), fn, ": bias must have the same dtype as x (",
-              x.scalar_type(), "), got ", bias.scalar_type());
-  check_device(bias, "bias", x, false, fn);
-  check_device(x, "x", x, false, fn);
-}
-
-at::Tensor bias_gelu_forward_checked(const at::Tensor& x_in, const at::Tensor& bias_in) {
-  const char* fn = "bias_gelu_forward";
-  check_bias_gelu_args(x_in, bias_in, fn);
-  return shiftnas::bias_gelu_forward_cpu(with_unit_col_stride(x_in), bias_in.contiguous());
-}
-
-std::tuple<at::Tensor, at::Tensor> bias_gelu_backward_checked(const at::Tensor& grad_y_in,
-                                                              const at::Tensor& x_in,
-                                                              const at::Tensor& bias_in) {
-  const char* fn = "bias_gelu_backward";
-  check_bias_gelu_args(x_in, bias_in, fn);
-  TORCH_CHECK(grad_y_in.sizes() == x_in.sizes(), fn, ": grad_y must have x's shape ",
-              x_in.sizes(), ", got ", grad_y_in.sizes());
-  TORCH_CHECK(grad_y_in.scalar_type() == x_in.scalar_type(), fn,
-              ": grad_y must have the same dtype as x (", x_in.scalar_type(), "), got ",
-              grad_y_in.scalar_type());
-  check_device(grad_y_in, "grad_y", x_in, false, fn);
-  return shiftnas::bias_gelu_backward_cpu(with_unit_col_stride(grad_y_in),
-                                          with_unit_col_stride(x_in), bias_in.contiguous());
-}
-
 constexpr const char* kDwconvForwardDoc = R"doc(
 elastic_dwconv_forward(x, weight, bias, stride, padding) -> y
 
@@ -289,19 +253,6 @@ Gradients of elastic_dwconv_forward; output_mask = (grad_x, grad_weight,
 grad_bias) says which to compute, the others are None. grad_weight has
 weight's full shape [Cmax, 1, k, k] and grad_bias is [bias_size], both zero
 past C (weight's / x's dtype). Deterministic for any thread count.
-)doc";
-
-constexpr const char* kBiasGeluForwardDoc = R"doc(
-bias_gelu_forward(x, bias) -> y
-
-y = gelu(x + bias[:N]) (exact erf GELU) for x [M, N] and bias [Nmax >= N]
-of x's dtype; y is a fresh contiguous [M, N]. x may have padded rows.
-)doc";
-
-constexpr const char* kBiasGeluBackwardDoc = R"doc(
-bias_gelu_backward(grad_y, x, bias) -> (grad_x, grad_bias)
-
-Gradients of bias_gelu_forward: grad_x [M, N]; grad_bias [Nmax], zero past N.
 )doc";
 
 }  // namespace
@@ -363,10 +314,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       },
       py::arg("grad_y"), py::arg("x"), py::arg("weight"), py::arg("stride"), py::arg("padding"),
       py::arg("bias_size"), py::arg("output_mask"), kDwconvBackwardDoc, release);
-  m.def("bias_gelu_forward", &bias_gelu_forward_checked, py::arg("x"), py::arg("bias"),
-        kBiasGeluForwardDoc, release);
-  m.def("bias_gelu_backward", &bias_gelu_backward_checked, py::arg("grad_y"), py::arg("x"),
-        py::arg("bias"), kBiasGeluBackwardDoc, release);
 #ifdef WITH_CUDA
   m.def(
       "elastic_dwconv_forward_cuda",

@@ -14,8 +14,6 @@ Functions exposed by ``shiftnas._C`` (all take/return ``torch.Tensor``)::
     elastic_dwconv_forward(x, weight, bias, stride, padding) -> y
     elastic_dwconv_backward(grad_y, x, weight, stride, padding, bias_size, output_mask)
         -> (grad_x, grad_weight, grad_bias)
-    bias_gelu_forward(x, bias) -> y
-    bias_gelu_backward(grad_y, x, bias) -> (grad_x, grad_bias)
     # only when built with CUDA (see has_cuda_ops()):
     elastic_layer_norm_forward_cuda(...), elastic_layer_norm_backward_cuda(...)
     elastic_dwconv_forward_cuda(...), elastic_dwconv_backward_cuda(...)
@@ -66,11 +64,3 @@ def has_cuda_ops() -> bool:
     """True if ``shiftnas._C`` loaded and was compiled with its CUDA kernels."""
     mod = load()
     return mod is not None and bool(getattr(mod, "with_cuda", False))
-
-
-def require() -> ModuleType:
-    """Like :func:`load`, but raise RuntimeError with the reason when unavailable."""
-    mod = load()
-    if mod is None:
-        raise RuntimeError(_error)
-    return mod

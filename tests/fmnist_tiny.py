@@ -1,6 +1,7 @@
 """A small ImageFolder tree cut from the real Fashion-MNIST (64 train / 16 minival / 20 val
-images per class) and the overrides of a tiny training run: shared by tests/engine and
-tests/search (their conftests wrap `make_tiny_root` in a session fixture)."""
+images per class) and the overrides of a tiny training run: shared by tests/train, tests/search
+and tests/reliability (the conftests of tests/train and tests/search wrap `make_tiny_root` in a
+session fixture)."""
 from __future__ import annotations
 
 import os

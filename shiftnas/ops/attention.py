@@ -24,7 +24,7 @@ class ElasticAttention(nn.Module):
     def __init__(self, embed_dim: int, num_heads: int, head_dim: int, qkv_bias: bool = True, rel_pos: int = 0,
                  grid: int = 0, device=None, dtype=None):
         super().__init__()
-        self.max_heads, self.head_dim = num_heads, head_dim
+        self.head_dim = head_dim
         self.qkv = ElasticLinear(embed_dim, 3 * num_heads * head_dim, bias=qkv_bias, device=device, dtype=dtype)
         self.proj = ElasticLinear(num_heads * head_dim, embed_dim, device=device, dtype=dtype)
         self.rel_pos_k = self.rel_pos_v = None

@@ -109,10 +109,10 @@ register(
 # The cpu backend serves an op only where it measured >= 1.0x ref (bench/bench_kernels.py
 # --device cpu --repeats 20, bench/results/kernels_cpu.json, 2 threads). Depthwise conv: fp32
 # 1.04-6.78x, bf16 1.20-7.87x over forward and forward+backward (the weight gradient lands in
-# the full-size buffer: no slice_backward); fp16 was not measured, so it stays on ref. The fused
-# bias+GELU (`bias_gelu_ext`) beats F.gelu(x + b[:n]) alone (fp32 1.08-2.95x, bf16 0.98-1.25x),
-# but inside a linear it has to replace addmm's fused bias: F.linear without bias + bias+GELU
-# measured 0.95-1.04x of ref.linear(..., "gelu") (case linear_gelu), so it is not dispatched.
+# the full-size buffer: no slice_backward); fp16 was not measured, so it stays on ref. A C++ fused
+# bias+GELU was measured and removed: it beat F.gelu(x + b[:n]) alone (fp32 1.08-2.95x, bf16
+# 0.98-1.25x), but inside a linear it has to replace addmm's fused bias, and F.linear without bias
+# + bias+GELU measured 0.95-1.04x of ref.linear(..., "gelu").
 register(
     Backend(
         "cpu",

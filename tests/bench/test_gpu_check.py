@@ -20,6 +20,7 @@ NOT_GPU_TESTS = {
     "tests/conftest.py": "sets TRITON_INTERPRET when there is no GPU",
     "tests/reliability/test_bad_input_config.py": "checks the refusal of run.device=cuda where no GPU is; skips on a GPU",
     "tests/data/test_data_bad_input.py": "checks the refusal of device=cuda where no GPU is",
+    "tests/latency/test_latency_table.py": "checks the refusal of device=cuda where no GPU is; CPU tables",
     "tests/bench/test_gpu_check.py": "this file",
     "tests/test_wheel.py": "builds a wheel with the CUDA sources off (SHIFTNAS_BUILD_CUDA=0), CPU training",
 }

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tolerance import assert_rel_close
 
 from shiftnas import build_supernet, get_space
 from shiftnas.ops import dispatch
@@ -38,12 +39,6 @@ def _run(monkeypatch, backend: str, net, x, arch):
         dispatch.refresh()
 
 
-def _close(a, b, what):
-    err = (a - b).abs().max().item()
-    scale = b.abs().max().item() + 1e-6
-    assert err <= 1e-4 * scale + 1e-5, f"{what}: max |triton - ref| = {err:.3e} (scale {scale:.3e})"
-
-
 @pytest.mark.parametrize("as_sample", [False, True], ids=["arch", "generator-sample"])
 def test_vit_supernet_triton_equals_ref(monkeypatch, as_sample):
     torch.manual_seed(0)
@@ -55,10 +50,10 @@ def test_vit_supernet_triton_equals_ref(monkeypatch, as_sample):
     out_r, g_r, used_r = _run(monkeypatch, "ref", net, x, fed)
     out_t, g_t, used_t = _run(monkeypatch, "triton", net, x, fed)
     assert used_r == {"ref"} and used_t == {"triton"}
-    _close(out_t, out_r, "logits")
+    assert_rel_close("logits", out_t, out_r)
     assert g_t.keys() == g_r.keys()
     for k in g_r:
-        _close(g_t[k], g_r[k], f"grad {k}")
+        assert_rel_close(f"grad {k}", g_t[k], g_r[k])
 
 
 def test_cnn_supernet_dwconv_triton_equals_ref(monkeypatch):
@@ -69,9 +64,9 @@ def test_cnn_supernet_dwconv_triton_equals_ref(monkeypatch):
     x = torch.randn(2, 1, arch["resolution"], arch["resolution"])
     out_r, g_r, _ = _run(monkeypatch, "ref", net, x, arch)
     out_t, g_t, _ = _run(monkeypatch, "triton", net, x, arch)
-    _close(out_t, out_r, "logits")
+    assert_rel_close("logits", out_t, out_r)
     for k in g_r:
-        _close(g_t[k], g_r[k], f"grad {k}")
+        assert_rel_close(f"grad {k}", g_t[k], g_r[k])
 
 
 def test_vit_supernet_with_rel_pos_runs_its_attention_on_ref(monkeypatch):
@@ -90,7 +85,7 @@ def test_vit_supernet_with_rel_pos_runs_its_attention_on_ref(monkeypatch):
     assert dispatch.select("linear", x.device, x.dtype)[0] == "triton"
     out_t, g_t, used_t = _run(monkeypatch, "triton", net, x, space.min())
     assert used_t == {"triton"}  # linear, mlp, layer_norm (and plain attention) on triton
-    _close(out_t, out_r, "logits")
+    assert_rel_close("logits", out_t, out_r)
     assert g_t.keys() == g_r.keys() and any("rel_pos" in k for k in g_r)
     for k in g_r:
-        _close(g_t[k], g_r[k], f"grad {k}")
+        assert_rel_close(f"grad {k}", g_t[k], g_r[k])

@@ -1,6 +1,5 @@
-"""Shared by the bad-input and safe-loading tests (issue 7, items 3 and 4): run `shiftnas` /
-`train.py` in-process or as a subprocess, check that an error is one clear line, and a tiny
-self-made image tree to train on.
+"""Shared by the bad-input and safe-loading tests: run `shiftnas` / `train.py` in-process or as a
+subprocess, check that an error is one clear line, and a tiny self-made image tree to train on.
 
 The rule for a failed command: exit code 2, no "Traceback" anywhere, and stderr is one line
 `PROG...: error: ...` - or, for argparse's own usage errors, the usage block followed by that

@@ -1,6 +1,6 @@
-"""Issue 7, item 3 (arch files): random and broken arch JSON/YAML documents and raw bytes end
-in a ValueError from `ArchConfig.from_json`/`from_yaml` and in one clear error line (exit 2)
-from `shiftnas cost --arch FILE`; never another exception, a traceback or a hang.
+"""Arch files: random and broken arch JSON/YAML documents and raw bytes end in a ValueError from
+`ArchConfig.from_json`/`from_yaml` and in one clear error line (exit 2) from
+`shiftnas cost --arch FILE`; never another exception, a traceback or a hang.
 """
 from __future__ import annotations
 

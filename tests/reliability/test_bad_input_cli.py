@@ -1,8 +1,8 @@
-"""Issue 7, item 3 (command-line arguments): random argv for every `shiftnas` subcommand -
-options taken from the parser itself, values drawn from hostile strings, numbers and a pool
-of broken run directories, checkpoints and arch files - ends in success or in one clear
-`shiftnas CMD: error: ...` line with exit code 2 (argparse's usage errors: usage + one line);
-never a traceback, a hang, or code from a crafted file being run.
+"""Command-line arguments: random argv for every `shiftnas` subcommand - options taken from the
+parser itself, values drawn from hostile strings, numbers and a pool of broken run directories,
+checkpoints and arch files - ends in success or in one clear `shiftnas CMD: error: ...` line with
+exit code 2 (argparse's usage errors: usage + one line); never a traceback, a hang, or code from a
+crafted file being run.
 
 The bulk runs `shiftnas.cli.main` in-process; a sample runs as real processes.
 """

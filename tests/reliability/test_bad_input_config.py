@@ -1,7 +1,7 @@
-"""Issue 7, item 3 (config YAML and train.py arguments): random YAML documents, broken configs,
-unknown keys, wrong types and Python YAML tags end in a ValueError naming the problem from
-`load_config`, and in one clear `train.py: error: ...` line (exit 2) from train.py; YAML tags
-that would build Python objects are refused without running anything.
+"""Config YAML and train.py arguments: random YAML documents, broken configs, unknown keys, wrong
+types and Python YAML tags end in a ValueError naming the problem from `load_config`, and in one
+clear `train.py: error: ...` line (exit 2) from train.py; YAML tags that would build Python objects
+are refused without running anything.
 
 train.py runs in-process with `Trainer` replaced by a stub: a config that passes validation
 stops there (these tests never train).

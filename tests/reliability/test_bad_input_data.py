@@ -1,4 +1,5 @@
-"""Issue 7, item 3 (data): what tests/data/test_data_bad_input.py does not cover yet.
+"""Bad data folders and images beyond tests/data/test_data_bad_input.py: each ends in one
+clear error naming the file, or is skipped and counted where asked, or loads when it is valid.
 
 - class folders with no file at all, or only empty sub-folders;
 - files with an image extension that are no image (GIF, PDF, HTML, ZIP, AVI, a dangling

@@ -1,7 +1,7 @@
-"""Issue 7, item 1: a `train.py --resume auto` run SIGKILLed at seeded random moments (some inside
-a checkpoint write, through SHIFTNAS_FAULT_CKPT_DELAY_S) resumes each time from its newest
-complete checkpoint, never leaves a checkpoint that does not load, and ends bit-identical to an
-uninterrupted run (fp32, CPU). 5 kills here for CI time; `bench/fault_injection.py` does 20.
+"""A `train.py --resume auto` run SIGKILLed at seeded random moments (some inside a checkpoint
+write, through SHIFTNAS_FAULT_CKPT_DELAY_S) resumes each time from its newest complete checkpoint,
+never leaves a checkpoint that does not load, and ends bit-identical to an uninterrupted run (fp32,
+CPU). 5 kills here for CI time; `bench/fault_injection.py` does 20.
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Issue 7, item 6: the same seed and config give the same run on CPU.
+"""The same seed and config give the same run on CPU.
 
 Two tiny ShiftNAS runs (fp32, torch loader, no augmentation, one loader thread) with one seed
 end with bit-identical supernet weights, optimizer moments, generator, B (and its Adam

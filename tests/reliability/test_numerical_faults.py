@@ -1,8 +1,8 @@
-"""Issue 7, item 5: nan/inf written into the gradients (SHIFTNAS_FAULT_GRAD) are skipped and
-counted, in the supernet and in the generator; MAX_BAD_STEPS in a row stop `train.py` with exit 3
-and one clear line, leaving a finite checkpoint that resumes to the uninterrupted result.
-GradScaler overflow steps are counted apart and never stop a run (a real GradScaler on CPU; the
-fp16 run itself needs a GPU, where the engine allows fp16: that test skips here)."""
+"""NaN/inf written into the gradients (SHIFTNAS_FAULT_GRAD) are skipped and counted, in the supernet
+and in the generator; MAX_BAD_STEPS in a row stop `train.py` with exit 3 and one clear line, leaving
+a finite checkpoint that resumes to the uninterrupted result. GradScaler overflow steps are counted
+apart and never stop a run (a real GradScaler on CPU; the fp16 run itself needs a GPU, where the
+engine allows fp16: that test skips here)."""
 from __future__ import annotations
 
 import json

@@ -1,7 +1,7 @@
-"""Issue 7, item 2: under `torchrun --nproc_per_node=2 --max-restarts=2 train.py` (gloo, CPU) a rank
-that raises or is SIGKILLed mid-epoch makes torchrun restart the job, train.py resumes from the newest
-checkpoint by itself (TORCHELASTIC_RESTART_COUNT > 0), and the job ends bit-identical to an
-uninterrupted 2-process run. A restart never takes over another run's checkpoints."""
+"""Under `torchrun --nproc_per_node=2 --max-restarts=2 train.py` (gloo, CPU) a rank that raises or
+is SIGKILLed mid-epoch makes torchrun restart the job, train.py resumes from the newest checkpoint
+by itself (TORCHELASTIC_RESTART_COUNT > 0), and the job ends bit-identical to an uninterrupted
+2-process run. A restart never takes over another run's checkpoints."""
 from __future__ import annotations
 
 import importlib.util

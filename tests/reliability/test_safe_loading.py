@@ -1,4 +1,4 @@
-"""Issue 7, item 4: no file a user is handed runs code, and outputs stay in the run directory.
+"""No file a user is handed runs code, and outputs stay in the run directory.
 
 - every `torch.load` in the code is `weights_only=True` (read from the source, and seen at run
   time); nothing else unpickles or loads YAML unsafely;

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import tiny_overrides
+from fmnist_tiny import tiny_overrides
 
 from shiftnas.train.checkpoint import list_checkpoints, load_checkpoint
 

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from shiftnas.train.config import TrainConfig, load_config
 
-CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"))
 
 
 def test_defaults_valid():

@@ -16,7 +16,7 @@ from shiftnas.train import config as config_module
 from shiftnas.train.cli import config_names, field_meanings, resolve_config
 from shiftnas.train.config import load_config
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_bundled_configs_are_the_repositorys():

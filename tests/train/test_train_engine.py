@@ -242,7 +242,7 @@ def test_demo_trains_prints_the_table_and_three_budgets(tiny_root, tmp_path):
     import subprocess
     import sys
 
-    from conftest import tiny_overrides
+    from fmnist_tiny import tiny_overrides
 
     ov = [o for o in tiny_overrides(tiny_root, tmp_path, "x") if not o.startswith(("run.name", "run.out_dir", "eval.max_images", "optim.steps"))]
     cmd = [sys.executable, "-m", "shiftnas.demo", "--out", str(tmp_path), "--steps", "4", "--eval-images", "20", *ov]

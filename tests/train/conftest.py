@@ -1,4 +1,4 @@
-"""Fixtures for the training-engine tests: the tiny real Fashion-MNIST tree (`fmnist_tiny`) and
+"""Fixtures for the tests of `shiftnas.train`: the tiny real Fashion-MNIST tree (`fmnist_tiny`) and
 a tiny-run config."""
 from __future__ import annotations
 
@@ -8,8 +8,6 @@ import pytest
 from fmnist_tiny import make_tiny_root, tiny_overrides
 
 from shiftnas.train.config import load_config
-
-__all__ = ["tiny_overrides"]  # test_train_ddp / test_train_engine import it from here
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 import yaml
-from conftest import tiny_overrides
+from fmnist_tiny import tiny_overrides
 
 from shiftnas.train.checkpoint import list_checkpoints, load_checkpoint
 from shiftnas.train.cli import main

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import tiny_overrides
+from fmnist_tiny import tiny_overrides
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
