@@ -6,7 +6,7 @@
 A table holds, for every entry of every FLOPs cost term of a space (shiftnas/cost.py), the
 measured milliseconds of the module that term counts (`probes.py`), plus a fixed overhead fitted
 on a few whole subnets; `LatencyTable.predict(arch)` sums them. See `table.py` for how entries
-are timed and corrected (monotone envelope).
+are timed.
 """
 from .check import check_table, plot_check
 from .table import FORMAT, LatencyTable, build_table, measure_arch, time_call

@@ -23,7 +23,7 @@ def _build(args) -> int:
     n = len(table.entries)
     print(f"\n{out}: {table.space} on {table.machine['device_name']} ({table.machine['threads']} threads), "
           f"batch {table.batch}, {n} entries, overhead {table.overhead_ms:.3f} ms, "
-          f"largest monotone-envelope raise {table.notes['envelope_max_raise_ms']:.4f} ms")
+          f"largest drop where FLOPs rise {table.notes['monotone_violation_max_ms']:.4f} ms")
     return 0
 
 

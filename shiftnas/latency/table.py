@@ -3,14 +3,15 @@
 `build_table(space, device=..., batch=..., threads=...)` times every distinct probe of
 `probes.term_probes` (warm-up, then repeats; each sample runs the module enough times to last
 >= 1 ms; samples further than 5 median absolute deviations from the median are rejected; the
-entry is the median of the rest). Two corrections make the sum of entries a latency model:
-
-- monotone envelope: on every axis along which the FLOPs term never decreases, the entries are
-  replaced by their running maximum, so latency, like FLOPs, never falls when a choice grows (the
-  feasibility masks of budget.py rely on it); the largest raise is recorded;
-- fixed overhead: the median over a few random exported subnets of (measured end to end - sum of
-  their entries): what the modules' isolated timings miss (the model's own Python, the residual
-  stream's first touch of memory).
+sample median is the pass's value). The process is warmed up on the largest probe first, and
+every entry is timed in two passes, the second in reverse order; the entry is the smaller of
+the two values (the first entries timed in a cold process came out 1.5x slow otherwise, and a
+transient slowdown hits one pass, not both). Measured latency is not always monotone in a
+choice the way FLOPs are (e.g. fewer heads can be slower): the table keeps what was measured,
+and `notes["monotone_violation_max_ms"]` says by how much it falls where FLOPs rise. A fixed
+overhead completes the model: the median over a few random exported subnets of (measured end
+to end - sum of their entries): what the modules' isolated timings miss (the model's own
+Python, the residual stream's first touch of memory).
 
 `predict(arch)` = overhead + the sum of the entries at the arch's indices.
 """
@@ -105,7 +106,7 @@ class LatencyTable:
     terms: list[CostTerm]
     overhead_ms: float
     entries: dict = field(default_factory=dict)  # probe key -> timing record
-    notes: dict = field(default_factory=dict)  # envelope raise, calibration archs
+    notes: dict = field(default_factory=dict)  # monotone violation, calibration archs
 
     def predict(self, arch: ArchConfig) -> float:
         """Predicted milliseconds of one forward pass of the exported subnet at the table's batch."""
@@ -171,6 +172,11 @@ def _key(probe: Probe) -> str:
     return json.dumps(list(probe))
 
 
+def _entry_ms(rec: dict) -> float:
+    """An entry's value: the smaller of its two passes' medians."""
+    return min(rec["ms"], rec.get("ms2", rec["ms"]))
+
+
 def measure_arch(space: SearchSpace, arch: ArchConfig, batch: int, device: torch.device, dtype: torch.dtype,
                  warmup: int = 3, repeats: int = 15) -> float:
     """Milliseconds of one forward pass of the exported subnet `arch` (random weights) at `batch`."""
@@ -184,21 +190,14 @@ def measure_arch(space: SearchSpace, arch: ArchConfig, batch: int, device: torch
         return time_call(lambda: m(x), device, warmup, repeats)["ms"]
 
 
-def _envelope(term: CostTerm, flops: CostTerm) -> tuple[CostTerm, float]:
-    """The running maximum along every axis on which the FLOPs term never decreases."""
-    vals, raise_ = list(term.values), 0.0
-    fv = flops.values
-    for axis, (size, stride) in enumerate(zip(term.shape, term.strides)):
-        starts = [i for i in range(len(vals)) if (i // stride) % size == 0]
-        if not all(fv[i + (k + 1) * stride] >= fv[i + k * stride] for i in starts for k in range(size - 1)):
-            continue
-        for i in starts:
-            for k in range(1, size):
-                j = i + k * stride
-                if vals[j] < vals[j - stride]:
-                    raise_ = max(raise_, vals[j - stride] - vals[j])
-                    vals[j] = vals[j - stride]
-    return CostTerm(term.names, term.shape, tuple(vals)), raise_
+def _monotone_violation(term: CostTerm, flops: CostTerm) -> float:
+    """The largest drop of the latency term along an axis on which the FLOPs term never decreases."""
+    worst, v, fv = 0.0, term.values, flops.values
+    for size, stride in zip(term.shape, term.strides):
+        steps = [(i, i + stride) for i in range(len(v)) if (i // stride) % size < size - 1]
+        if all(fv[j] >= fv[i] for i, j in steps):
+            worst = max([worst] + [v[i] - v[j] for i, j in steps])
+    return worst
 
 
 def build_table(space: SearchSpace | str, device: str = "cpu", batch: int = 1, threads: int | None = None,
@@ -229,24 +228,34 @@ def build_table(space: SearchSpace | str, device: str = "cpu", batch: int = 1, t
     settings = {"space": space.name, "batch": batch, "dtype": dtype, "machine": machine}
     entries = _read_partial(resume, settings)
     layout = term_probes(space)
-    todo = sorted({_key(p) for _, _, ps in layout for p in ps if p is not None} - set(entries))
+    keys = sorted({_key(p) for _, _, ps in layout for p in ps if p is not None})
     say = progress or (lambda s: None)
-    n_all = len(todo) + len(entries)
-    for i, key in enumerate(todo, start=len(entries) + 1):
+    todo = [(1, k) for k in keys if "ms" not in entries.get(k, {})]
+    todo += [(2, k) for k in reversed(keys) if "ms2" not in entries.get(k, {})]
+    if todo:  # warm the process (thread pool, allocator, kernel caches) on the largest probe
+        m, x = build_probe(space, tuple(json.loads(keys[-1])), batch, dev, tdtype)
+        with torch.inference_mode():
+            time_call(functools.partial(m, x), dev, warmup, repeats)
+    done = 2 * len(keys) - len(todo)
+    for n, (pass_, key) in enumerate(todo, start=done + 1):
         m, x = build_probe(space, tuple(json.loads(key)), batch, dev, tdtype)
         with torch.inference_mode():
-            entries[key] = time_call(functools.partial(m, x), dev, warmup, repeats)
-        say(f"[{i}/{n_all}] {key} {entries[key]['ms']:.4f} ms")
+            rec = time_call(functools.partial(m, x), dev, warmup, repeats)
+        if pass_ == 1:
+            entries[key] = rec
+        else:
+            entries[key]["ms2"] = rec["ms"]
+        say(f"[{n}/{2 * len(keys)}] pass {pass_} {key} {rec['ms']:.4f} ms")
         if resume is not None:
             _write_partial(resume, settings, entries)
     flops = cost_terms(space, "flops")
-    terms, most = [], 0.0
+    terms, worst = [], 0.0
     for (names, shape, probes), f in zip(layout, flops):
-        raw = CostTerm(names, shape, tuple(0.0 if p is None else entries[_key(p)]["ms"] for p in probes))
-        t, r = _envelope(raw, f)
+        t = CostTerm(names, shape, tuple(0.0 if p is None else _entry_ms(entries[_key(p)]) for p in probes))
         terms.append(t)
-        most = max(most, r)
-    table = LatencyTable(space.name, batch, dtype, machine, terms, 0.0, entries, {"envelope_max_raise_ms": most})
+        worst = max(worst, _monotone_violation(t, f))
+    table = LatencyTable(space.name, batch, dtype, machine, terms, 0.0, entries,
+                         {"monotone_violation_max_ms": worst})
     rng, calib = random.Random(seed), []
     for _ in range(calibrate):
         arch = space.sample(rng)

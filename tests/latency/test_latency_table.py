@@ -52,14 +52,18 @@ def vit_table(tmp_path_factory):
     return build_table("vit-fmnist", threads=1, repeats=3, warmup=1, calibrate=2, resume=partial), partial
 
 
-def test_table_is_monotone_where_flops_are_and_predicts_overhead_plus_entries(vit_table):
+def test_table_predicts_overhead_plus_entries_and_records_where_latency_is_not_monotone(vit_table):
+    """Entries are the smaller of two passes; the table keeps measured values as they are and
+    records the largest drop along an axis where FLOPs rise (what an envelope would have hidden)."""
     table, _ = vit_table
     space = get_space("vit-fmnist")
-    for t, f in zip(table.terms, cost_terms(space, "flops")):
-        for axis, (size, stride) in enumerate(zip(t.shape, t.strides)):
-            for i in range(len(t.values)):
-                if (i // stride) % size < size - 1 and f.values[i + stride] >= f.values[i]:
-                    assert t.values[i + stride] >= t.values[i]
+    assert all({"ms", "ms2"} <= set(rec) for rec in table.entries.values())
+    drops = [t.values[i] - t.values[i + st]
+             for t, f in zip(table.terms, cost_terms(space, "flops"))
+             for size, st in zip(t.shape, t.strides)
+             if all(f.values[i + st] >= f.values[i] for i in range(len(t.values)) if (i // st) % size < size - 1)
+             for i in range(len(t.values)) if (i // st) % size < size - 1]
+    assert table.notes["monotone_violation_max_ms"] == pytest.approx(max([0.0, *drops]))
     arch = space.sample(random.Random(3))
     idx = space.indices(arch)
     assert table.predict(arch) == pytest.approx(table.overhead_ms + sum(t.at(idx) for t in table.terms))
