@@ -7,7 +7,8 @@ Reads two or more compare_samplers results (the same space, run at different `--
 reports, per run length: every sampler's all-bin paired difference from uniform (mean +- std over
 seeds), the order of the samplers by it, and in how many seeds that order holds. Between each
 pair of lengths, for the samplers both ran (matched by name; `--same A=B` pairs two names, e.g.
-a variant at one length with the default at the other): whether their order agrees, and
+a variant at one length with the default at the other; the shorter run's own B is then left
+out): whether their order agrees, and
 Kendall's tau-b (`shiftnas.search.ranking.kendall_tau`) of the per-arch mean differences (the same panel archs at both lengths: does the
 sampler help the same archs?). A verdict is called stable when the order of the samplers is the
 same at the two longest lengths.
@@ -50,7 +51,9 @@ def length_summary(doc: dict, space: str) -> dict:
 
 
 def compare(a: dict, b: dict, same: dict[str, str]) -> dict:
-    names = [(s, same.get(s, s)) for s in a["all_bins"] if same.get(s, s) in b["all_bins"]]
+    replaced = set(same.values())  # --same A=B: the shorter run's own B is not the longer run's B
+    names = [(s, same.get(s, s)) for s in a["all_bins"]
+             if same.get(s, s) in b["all_bins"] and (s in same or s not in replaced)]
     a_of_b = {y: x for x, y in names}
     order_a = [s for s in a["order"] if s in dict(names) or s == "uniform"]
     mapped_b = [a_of_b.get(s, s) for s in b["order"] if s in a_of_b or s == "uniform"]

@@ -56,7 +56,7 @@ def test_a_verdict_that_flips_between_lengths_is_not_stable(tmp_path):
 
 
 def test_same_pairs_a_variant_with_the_default_of_another_length(tmp_path):
-    short = fake_doc(200, {"a_m1": [1, 1, 2, 2, 2, 2]})
+    short = fake_doc(200, {"a_m1": [1, 1, 2, 2, 2, 2], "a": [-1, -1, -2, -2, -2, -2]})
     long = fake_doc(600, {"a": [1, 1, 2, 2, 3, 3]})
     for name, doc in (("s", short), ("l", long)):
         (tmp_path / f"{name}.json").write_text(json.dumps(doc))
