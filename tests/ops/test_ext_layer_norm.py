@@ -269,7 +269,13 @@ if given is not None:
         y, gx, gw, gb, _, _ = _ours(x, w, b, gy, active)
         ry, rgx, rgw, rgb = _reference(x.double(), w.double(), b.double(), gy.double(), active)
         torch.testing.assert_close(y.double(), ry, atol=1e-5, rtol=1e-5)
-        torch.testing.assert_close(gx.double(), rgx, atol=1e-4, rtol=1e-4)
+        # grad_x sums terms of size |gy| |w| rstd: with one active channel (variance 0, rstd =
+        # 1/sqrt(eps) = 316) their float32 rounding alone is ~1e-4, so its slack grows with that
+        # scale (8 float32 epsilons of it); for ordinary rows (rstd ~ 0.5) the term is < 1e-6.
+        xs = x[:, :active].double()
+        rstd = (xs.var(dim=1, unbiased=False) + EPS).rsqrt().max().item()
+        scale = rstd * gy.abs().max().item() * w[:active].abs().max().item()
+        torch.testing.assert_close(gx.double(), rgx, atol=1e-4 + 8 * 2**-23 * scale, rtol=1e-4)
         torch.testing.assert_close(gw.double(), rgw, atol=1e-4, rtol=1e-4)
         torch.testing.assert_close(gb.double(), rgb, atol=1e-4, rtol=1e-4)
 
