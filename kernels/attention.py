@@ -27,7 +27,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from ._common import KERNEL_DTYPES
+from ._common import KERNEL_DTYPES, dot_precision
 
 __all__ = [
     "DTYPES",
@@ -366,18 +366,13 @@ def _empty_bhnd(like: torch.Tensor) -> torch.Tensor:
     return like.new_empty((B, N, H, d)).transpose(1, 2)
 
 
-def _dot_precision(dtype: torch.dtype) -> str:
-    # fp32 inputs: full-precision dots; tf32 would put 1e-3 errors into an fp32 op.
-    return "ieee" if dtype == torch.float32 else "tf32"
-
-
 def _flash_args(q, head_mask, num_heads, dummy):
     """(head-mask pointer, num-heads pointer, head-mask stride, meta-parameters) of the flash
     kernels; `dummy` stands in for an absent tensor (never read: its HAS_* flag is False)."""
     has_mask, has_nh = head_mask is not None, num_heads is not None
     meta = {
         "HEAD_DIM": q.shape[-1], "BLOCK_M": _BLOCK_M, "BLOCK_N": _BLOCK_N, "HAS_MASK": has_mask,
-        "HAS_NUM_HEADS": has_nh, "DOT_PRECISION": _dot_precision(q.dtype),
+        "HAS_NUM_HEADS": has_nh, "DOT_PRECISION": dot_precision(q.dtype),
         "num_warps": _NUM_WARPS, "num_stages": _NUM_STAGES,
     }
     return (
