@@ -63,10 +63,19 @@ _t_dwconv = _kernel("dwconv", "elastic_dwconv")
 
 
 def _triton_dwconv(x, weight, bias, stride: int, padding: int):
-    k = weight.shape[-1]
-    if padding != k // 2:
-        raise ValueError(f"triton dwconv pads k // 2 = {k // 2}; got padding={padding}")
     return _t_dwconv(x, weight, bias, stride)
+
+
+def _triton_dwconv_args(x, weight, bias, stride: int, padding: int) -> str | None:
+    k = weight.shape[-1]
+    return None if padding == k // 2 else f"triton dwconv pads k // 2 = {k // 2}, got padding={padding}"
+
+
+def _triton_attention_args(q, *args, **kwargs) -> str | None:
+    from shiftnas.kernels.attention import HEAD_DIMS
+
+    d = q.shape[-1]
+    return None if d in HEAD_DIMS else f"triton attention is built for head_dim {list(HEAD_DIMS)}, got {d}"
 
 
 _t_mlp = _kernel("mlp", "mlp")
@@ -148,6 +157,11 @@ register(
             "attention": _kernel("attention", "elastic_attention"),
             "attention_masked": _triton_attention_masked,
             "dwconv": _triton_dwconv,
+        },
+        op_args={
+            "attention": _triton_attention_args,
+            "attention_masked": _triton_attention_args,
+            "dwconv": _triton_dwconv_args,
         },
     )
 )

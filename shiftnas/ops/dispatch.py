@@ -13,12 +13,12 @@ shows the resulting table). The variable is read once, when the backends registe
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 
-__all__ = ["Backend", "register", "call", "select", "backends", "report", "refresh", "BACKEND_ORDER"]
+__all__ = ["BACKEND_ORDER", "Backend", "backends", "call", "refresh", "register", "report", "select"]
 
 BACKEND_ORDER = ("triton", "cuda", "cpu", "ref")
 
@@ -38,6 +38,11 @@ class Backend:
     # Per-op dtype limits where an op is served for fewer dtypes than the backend's `dtypes`
     # (op -> (dtypes, why)), e.g. a CPU kernel that loses to ref in bf16.
     op_dtypes: dict[str, tuple[tuple[torch.dtype, ...], str]] = field(default_factory=dict)
+    # Per-op limits on the arguments themselves (op -> check(x, *args, **kwargs) giving why not,
+    # or None), e.g. a kernel built for some head dims only. Checked on every call of that op on
+    # this backend; a refused call runs on the next backend that can take it (an error when the
+    # backend is forced), so such inputs never reach the kernel.
+    op_args: dict[str, Callable[..., str | None]] = field(default_factory=dict)
 
     def reasons(self, op: str, device: torch.device, dtype: torch.dtype, forced: bool = False) -> list[str]:
         out = []
@@ -66,12 +71,16 @@ _BACKENDS: dict[str, Backend] = {}
 # (op, device type, dtype) -> (backend name, fn). `call` is on every layer's hot path: one
 # dict lookup, no environment read (os.environ per call was ~7% of a CNN forward's Python time).
 _CACHE: dict[tuple, tuple[str, Callable]] = {}
+_ARG_CHECKS: dict[tuple[str, str], Callable[..., str | None]] = {}  # (backend, op) -> check
 
 
 def register(backend: Backend) -> Backend:
     if backend.name not in BACKEND_ORDER:
         raise ValueError(f"unknown backend {backend.name!r}; allowed: {list(BACKEND_ORDER)}")
     _BACKENDS[backend.name] = backend
+    for key in [k for k in _ARG_CHECKS if k[0] == backend.name]:
+        del _ARG_CHECKS[key]
+    _ARG_CHECKS.update({(backend.name, op): check for op, check in backend.op_args.items()})
     _CACHE.clear()
     return backend
 
@@ -130,11 +139,34 @@ def select(op: str, device: torch.device, dtype: torch.dtype) -> tuple[str, Call
 
 
 def call(op: str, x: torch.Tensor, *args, **kwargs):
-    """Run `op` with the first backend able to take `x`'s device and dtype."""
+    """Run `op` with the first backend able to take `x`'s device and dtype (and, where a
+    backend limits them, these arguments)."""
     hit = _CACHE.get((op, x.device.type, x.dtype))
     if hit is None:
         hit = select(op, x.device, x.dtype)
+    check = _ARG_CHECKS.get((hit[0], op))
+    if check is not None:
+        why = check(x, *args, **kwargs)
+        if why is not None:
+            return _fallback(op, hit[0], why, x, *args, **kwargs)
     return hit[1](x, *args, **kwargs)
+
+
+def _fallback(op: str, refused_by: str, why: str, x: torch.Tensor, *args, **kwargs):
+    """`op` on the first backend after `refused_by` whose limits admit these arguments."""
+    if _forced() == refused_by:
+        raise RuntimeError(f"SHIFTNAS_BACKEND={refused_by} cannot run {op} on these inputs: {why}")
+    reasons = {refused_by: why}
+    for name in BACKEND_ORDER[BACKEND_ORDER.index(refused_by) + 1:]:
+        b = _BACKENDS.get(name)
+        if b is None or b.reasons(op, x.device, x.dtype):
+            continue
+        check = _ARG_CHECKS.get((name, op))
+        why_not = None if check is None else check(x, *args, **kwargs)
+        if why_not is None:
+            return b.ops[op](x, *args, **kwargs)
+        reasons[name] = why_not
+    raise RuntimeError(f"no backend can run {op} on these inputs: {reasons}")
 
 
 def report(device: str = "cpu", dtype: torch.dtype = torch.float32) -> list[tuple[str, str, str]]:

@@ -101,3 +101,55 @@ def test_relpos_attention_falls_back_to_ref_with_a_stated_reason(monkeypatch):
     if dispatch.backends()["triton"].reasons("attention", torch.device("cpu"), torch.float32, forced=True):
         return  # no triton here: the contrast below needs it
     assert dispatch.select("attention", torch.device("cpu"), torch.float32)[0] == "triton"
+
+
+@pytest.fixture
+def cpu_refuses_odd_widths():
+    """The cpu backend with an argument limit on layer_norm (odd widths refused), and a count of
+    the calls that reached its kernel; the registered backend is restored afterwards."""
+    import dataclasses
+
+    if _ext.load() is None:
+        pytest.skip(str(_ext.unavailable_reason()))
+    original = dispatch.backends()["cpu"]
+    calls = []
+    kernel = original.ops["layer_norm"]
+
+    def counted(*a, **k):
+        calls.append(1)
+        return kernel(*a, **k)
+
+    limited = dataclasses.replace(
+        original, ops={**original.ops, "layer_norm": counted},
+        op_args={"layer_norm": lambda x, *a, **k: f"odd width {x.shape[-1]}" if x.shape[-1] % 2 else None})
+    dispatch.register(limited)
+    yield calls
+    dispatch.register(original)
+
+
+def test_a_refused_argument_runs_on_the_next_backend(cpu_refuses_odd_widths):
+    w, b = torch.randn(40), torch.randn(40)
+    for width in (32, 33):
+        x = torch.randn(4, width)
+        got = dispatch.call("layer_norm", x, w, b, 20, 1e-5)
+        torch.testing.assert_close(got, ref.layer_norm(x, w, b, 20, 1e-5), rtol=1e-5, atol=1e-5)
+    assert len(cpu_refuses_odd_widths) == 1  # only the even width reached the cpu kernel
+
+
+def test_a_forced_backend_refusing_the_arguments_is_an_error(cpu_refuses_odd_widths, monkeypatch):
+    monkeypatch.setenv("SHIFTNAS_BACKEND", "cpu")
+    dispatch.refresh()
+    with pytest.raises(RuntimeError, match="SHIFTNAS_BACKEND=cpu cannot run layer_norm on these inputs: odd width 33"):
+        dispatch.call("layer_norm", torch.randn(4, 33), torch.randn(40), torch.randn(40), 20, 1e-5)
+    assert cpu_refuses_odd_widths == []
+
+
+def test_triton_attention_states_its_head_dims():
+    pytest.importorskip("triton")
+    triton = dispatch.backends()["triton"]
+    q = torch.randn(1, 2, 5, 48)
+    assert triton.op_args["attention"](q, q, q) == "triton attention is built for head_dim [32, 64], got 48"
+    assert triton.op_args["attention_masked"](q[..., :32], q, q, None) is None
+    w = torch.randn(8, 1, 5, 5)
+    assert triton.op_args["dwconv"](q, w, None, 1, 2) is None
+    assert "pads k // 2 = 2, got padding=1" in triton.op_args["dwconv"](q, w, None, 1, 1)
