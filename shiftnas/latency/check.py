@@ -10,11 +10,9 @@ import torch
 
 from ..search.ranking import kendall_tau
 from ..spaces import get_space
-from .table import LatencyTable, measure_arch
+from .table import DTYPES, LatencyTable, measure_arch
 
 __all__ = ["check_table", "plot_check"]
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def check_table(table: LatencyTable, n: int = 50, seed: int = 1, device: str | None = None,

@@ -65,6 +65,8 @@ def _positive(text: str) -> int:
 
 
 def add_latency_parser(sub) -> None:
+    from .table import DTYPES
+
     p = sub.add_parser("latency", help="measured latency tables: build one for this device, check its predictions",
                        description="e.g. shiftnas latency build --space vit-fmnist --out vit.json; "
                                    "shiftnas latency check --table vit.json -n 50 --plot vit.png")
@@ -74,7 +76,7 @@ def add_latency_parser(sub) -> None:
     b.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
     b.add_argument("--batch", type=_positive, default=1, help="images per forward pass (default: 1)")
     b.add_argument("--threads", type=_positive, default=None, help="torch threads (default: torch's)")
-    b.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    b.add_argument("--dtype", default="float32", choices=list(DTYPES))
     b.add_argument("--repeats", type=_positive, default=15, help="timed samples per entry (default: 15, >= 3)")
     b.add_argument("--warmup", type=int, default=3, help="untimed calls first (default: 3)")
     b.add_argument("--calibrate", type=int, default=8, help="random subnets that fit the fixed overhead (default: 8)")

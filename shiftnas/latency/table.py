@@ -36,9 +36,10 @@ from ..cost import CostTerm, cost_terms
 from ..spaces import ArchConfig, SearchSpace, get_space
 from .probes import Probe, build_probe, term_probes
 
-__all__ = ["FORMAT", "LatencyTable", "build_table", "measure_arch", "time_call"]
+__all__ = ["DTYPES", "FORMAT", "LatencyTable", "build_table", "measure_arch", "time_call"]
 
 FORMAT = "shiftnas-latency/1"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}  # the tables' dtypes
 
 
 def _sync(device: torch.device) -> None:
@@ -217,9 +218,9 @@ def build_table(space: SearchSpace | str, device: str = "cpu", batch: int = 1, t
         raise ValueError(f"device={device!r}: no CUDA device is visible here; use --device cpu")
     if dev.type not in ("cpu", "cuda"):
         raise ValueError(f"device={device!r}: allowed cpu, cuda, cuda:N")
-    tdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(dtype)
+    tdtype = DTYPES.get(dtype)
     if tdtype is None:
-        raise ValueError(f"dtype={dtype!r}: allowed float32, bfloat16, float16")
+        raise ValueError(f"dtype={dtype!r}: allowed {', '.join(DTYPES)}")
     threads = threads or torch.get_num_threads()
     if threads < 1:
         raise ValueError(f"threads={threads!r}: must be >= 1")
