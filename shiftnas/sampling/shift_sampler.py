@@ -9,7 +9,12 @@ lam * ((cost(p) - C) / F_max)^2 towards the drawn bin's centre C. B itself is no
 that step (the bin is drawn without a gradient to B); `before_step` updates it every
 `update_every` steps after the warm-up (see `ProbabilityShift` for the two estimators).
 
-All randomness (bin draws, Gumbel noise) comes from one `torch.Generator` seeded with `seed`:
+With `explore` > 0, that fraction of the steps trains a random arch inside the drawn bin
+instead (`sample_in_bin`, bin_uniform's proposal; no resource loss), so the supernet also learns
+the bin beyond the few archs the generator settles on there.
+
+All randomness (bin draws, Gumbel noise) comes from one `torch.Generator` seeded with `seed`
+(the explore draws from the sampler's `random.Random`):
 DDP ranks built with the same seed emit the same architecture every step, and `state_dict()`
 holds the generator's RNG state, the generator, B and the estimator's reference losses, so a
 resumed run continues exactly.
@@ -26,7 +31,7 @@ import torch
 from ..generator import ArchGenerator
 from ..spaces import ArchConfig, SearchSpace
 from ..spaces.arch_sample import ArchSample
-from .base import Arch, Sampled, Sampler, ScoreFn, StepContext, register_sampler
+from .base import Arch, Sampled, Sampler, ScoreFn, StepContext, register_sampler, sample_in_bin
 from .shift import ProbabilityShift, val_losses
 
 __all__ = ["ShiftSampler", "GRAD_PATHS"]
@@ -62,12 +67,16 @@ class ShiftSampler(Sampler):
         pretrain_steps: int = 0,
         pretrain_lr: float = 1e-2,
         grad_path: str = "prefix",
+        explore: float = 0.0,
         device: Any = None,
     ):
         super().__init__(space, seed)
         if grad_path not in GRAD_PATHS:
             raise ValueError(f"shift: grad_path={grad_path!r}; allowed: {', '.join(GRAD_PATHS)}")
         self.grad_path = grad_path
+        if not 0.0 <= explore <= 1.0:
+            raise ValueError(f"shift: explore={explore!r} must be in [0, 1]")
+        self.explore = float(explore)
         if not (isinstance(total_steps, int) and total_steps >= 1):
             raise ValueError(f"shift: total_steps={total_steps!r} must be an integer >= 1")
         if not lam >= 0:
@@ -77,6 +86,7 @@ class ShiftSampler(Sampler):
             self.space, n_bins, hidden=hidden, tau_start=tau_start, tau_end=tau_end, device=device
         )
         self.bins = self.generator.bins
+        self.explored = 0  # steps whose arch came from sample_in_bin instead of the generator
         self.shift = ProbabilityShift(
             self.bins, warmup_steps=warmup_steps, update_every=update_every, lr=shift_lr,
             estimator=estimator, device=device,
@@ -113,6 +123,10 @@ class ShiftSampler(Sampler):
     def next(self, step: int, score_fn: ScoreFn | None = None) -> list[Sampled]:
         with torch.no_grad():  # B is frozen during the supernet/AG step (docs/method.md section 3)
             bin_vec, k, target = self.shift.draw(1.0, generator=self.torch_rng)
+        if self.explore and self.rng.random() < self.explore:
+            self.explored += 1
+            self.last = {"bin": k}  # no resource loss: the generator has no part in this step
+            return [(sample_in_bin(self.space, self.bins, k, self.rng).arch, "target")]
         sample = self.generator(bin_vec, tau=self.tau(step), rng=self.torch_rng)
         if self.grad_path == "full":
             sample = dataclasses.replace(sample, full_width=True)
@@ -188,6 +202,7 @@ class ShiftSampler(Sampler):
 
     def summary(self) -> dict[str, Any]:
         return {"final_probs": self.shift.probs().tolist(), "estimator": self.shift.estimator,
+                "explore": self.explore, "explored_steps": self.explored,
                 "shift_lr": self.shift.lr, "generator_pretrain": self.pretrained}
 
     def history(self) -> list[dict[str, Any]]:
@@ -205,6 +220,7 @@ class ShiftSampler(Sampler):
             "ref_archs": None if self.ref_archs is None else [a.to_dict() for a in self.ref_archs],
             "ref_losses": self.ref_losses,
             "pretrained": dict(self.pretrained),
+            "explored": self.explored,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -219,6 +235,7 @@ class ShiftSampler(Sampler):
         self.ref_archs = None if refs is None else [ArchConfig.from_dict(self.space.name, a) for a in refs]
         self.ref_losses = state.get("ref_losses")
         self.pretrained = dict(state.get("pretrained", {}))
+        self.explored = int(state.get("explored", 0))
 
     def __repr__(self) -> str:
         return f"ShiftSampler({self.space.name!r}, seed={self.seed}, bins={len(self.bins)}, lam={self.lam})"

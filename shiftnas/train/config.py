@@ -130,6 +130,7 @@ class GeneratorConfig:
     pretrain_steps: int = 0  # steps on the resource loss alone (every bin per step, no data) before training
     pretrain_lr: float = 1e-2
     grad_path: str = "prefix"  # task gradient to the one-hots: prefix (the subnet's cost) | full (Eq. 9 at full width)
+    explore: float = 0.0  # fraction of steps training a random arch in the drawn bin instead of the generator's
 
 
 @dataclass(frozen=True)
@@ -324,6 +325,7 @@ _RULES: dict[str, tuple[Any, str]] = {
     "generator.pretrain_steps": (lambda v: v >= 0, ">= 0 (0: off)"),
     "generator.pretrain_lr": (lambda v: v > 0, "> 0"),
     "generator.grad_path": (lambda v: v in GRAD_PATHS, f"one of {list(GRAD_PATHS)}"),
+    "generator.explore": (lambda v: 0 <= v <= 1, "in [0, 1] (0: off)"),
     "sampler.distill_warmup_frac": (lambda v: 0 <= v <= 1, "in [0, 1]"),
     "sampler.distill_ramp_frac": (lambda v: 0 <= v <= 1, "in [0, 1]"),
     "data.max_corrupt_frac": (lambda v: 0 <= v <= 1, "in [0, 1]"),

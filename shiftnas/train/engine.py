@@ -201,6 +201,7 @@ class Trainer:
                                   c.shift.max_lr),
                 estimator=c.shift.estimator, pretrain_steps=c.generator.pretrain_steps,
                 pretrain_lr=c.generator.pretrain_lr, grad_path=c.generator.grad_path,
+                explore=c.generator.explore,
             )
         elif name == "sandwich":
             kw.update(n_random=c.sampler.n_random)

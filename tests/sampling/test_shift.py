@@ -207,3 +207,35 @@ def test_delta_estimator_uses_the_same_archs_and_batch_across_the_interval():
     t.load_state_dict(s.state_dict())
     assert t.ref_archs == s.ref_archs and torch.equal(t.ref_losses, s.ref_losses)
     assert torch.equal(t.shift.B, s.shift.B)
+
+
+@pytest.mark.parametrize("space", ["vit-fmnist", "cnn-fmnist"])
+def test_explore_trains_random_in_bin_archs_for_its_share_of_the_steps(space):
+    """explore=0.4: about 40% of the steps train an ArchConfig drawn inside the drawn bin (no
+    resource loss), the rest the generator's ArchSample; 0 never explores; the count resumes."""
+    from shiftnas.cost import count_flops
+    from shiftnas.sampling import ShiftSampler
+    from shiftnas.spaces.arch_sample import ArchSample
+
+    s = ShiftSampler(space, n_bins=5, total_steps=200, explore=0.4, seed=3)
+    kinds, seen = [], set()
+    for step in range(200):
+        (arch, role), = s.next(step)
+        assert role == "target"
+        explored = not isinstance(arch, ArchSample)
+        kinds.append(explored)
+        if explored:
+            assert s.extra_loss(arch) is None
+            lo, hi = s.bins.edges[s.last["bin"]], s.bins.edges[s.last["bin"] + 1]
+            assert lo <= count_flops(space, arch) <= hi  # inside the drawn bin
+            seen.add(str(arch.to_dict()))
+    assert 60 <= sum(kinds) <= 100 and s.explored == sum(kinds)  # Binomial(200, 0.4): mean 80, sd 7
+    assert len(seen) > 0.9 * sum(kinds)  # random archs: almost never the same one twice
+    t = ShiftSampler(space, n_bins=5, total_steps=200, explore=0.4, seed=3)
+    t.load_state_dict(s.state_dict())
+    assert t.explored == s.explored
+    assert [type(t.next(200 + i)[0][0]) for i in range(20)] == [type(s.next(200 + i)[0][0]) for i in range(20)]
+    never = ShiftSampler(space, n_bins=5, total_steps=50)
+    assert all(isinstance(never.next(i)[0][0], ArchSample) for i in range(50))
+    with pytest.raises(ValueError, match=r"explore=1.5 must be in \[0, 1\]"):
+        ShiftSampler(space, explore=1.5)
