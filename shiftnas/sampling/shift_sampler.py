@@ -34,7 +34,7 @@ from ..spaces.arch_sample import ArchSample
 from .base import Arch, Sampled, Sampler, ScoreFn, StepContext, register_sampler, sample_in_bin
 from .shift import ProbabilityShift, val_losses
 
-__all__ = ["ShiftSampler", "GRAD_PATHS"]
+__all__ = ["GRAD_PATHS", "ShiftSampler"]
 
 # How the task loss reaches the generator's one-hots (`ArchSample.full_width`): "prefix" runs
 # the hard subnet times the first entries of each mask (its own cost); "full" runs every op at
