@@ -23,10 +23,10 @@ import math
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 import triton
 import triton.language as tl
 
+from . import _ref as ref
 from ._common import KERNEL_DTYPES, dot_precision
 
 __all__ = [
@@ -561,8 +561,8 @@ def attention_ref(
     head_mask: torch.Tensor | None = None,
     num_heads: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """The definition: SDPA (as ops.ref.attention) * head_mask[:H]; heads >= num_heads give 0."""
-    o = F.scaled_dot_product_attention(q, k, v)
+    """The definition: `ref.attention` (SDPA) * head_mask[:H]; heads >= num_heads give 0."""
+    o = ref.attention(q, k, v)
     H = q.shape[1]
     if num_heads is not None:
         keep = torch.arange(H, device=q.device) < num_heads.reshape(())

@@ -19,10 +19,10 @@ PyTorch definition the tests hold the kernels to.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 import triton
 import triton.language as tl
 
+from . import _ref as ref
 from ._common import KERNEL_DTYPES, check_width, interpret_mode
 
 __all__ = [
@@ -545,10 +545,9 @@ def elastic_dwconv_masked(
 
 
 def dwconv_ref(x, weight, bias=None, stride: int = 1, active=None, mask=None):
-    """PyTorch definition of both variants (`ref.conv2d` with groups = C, then active/mask)."""
+    """PyTorch definition of both variants (`ref.dwconv`, padding k // 2, then active/mask)."""
     C = x.shape[1]
-    k = weight.shape[-1]
-    y = F.conv2d(x, weight[:C], None if bias is None else bias[:C], stride, k // 2, 1, C)
+    y = ref.dwconv(x, weight, bias, stride, weight.shape[-1] // 2)
     if active is not None:
         live = torch.arange(C, device=x.device) < active.reshape(())
         y = y * live.to(y.dtype).view(1, C, 1, 1)

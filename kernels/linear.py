@@ -23,8 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
-from shiftnas.ops import ref
-
+from . import _ref as ref
 from ._common import (
     KERNEL_DTYPES,
     check_device,

@@ -18,8 +18,7 @@ import math
 
 import torch
 
-from shiftnas.ops import ref
-
+from . import _ref as ref
 from ._common import KERNEL_DTYPES, check_device, check_width, fake_grad, fill_empty, needs_grad
 from .linear import _act_backward, _matmul, linear_backward, linear_forward, linear_masked_ref
 

@@ -1,5 +1,9 @@
 """Pure-PyTorch reference of every elastic op: the definition the other backends must match.
 
+`linear`, `layer_norm`, `attention` and `dwconv` are defined in `shiftnas.kernels._ref` (the
+Triton kernels, a leaf package that never imports shiftnas, are tested against them) and imported
+here: this module stays the one place the rest of the package takes its references from.
+
 Each op reads the *active prefix* of max-size parameters: slicing a leading prefix gives a
 strided view (no copy), and BLAS takes the leading dimension as is.
 
@@ -14,6 +18,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+from ..kernels._ref import attention, dwconv, layer_norm, linear
 
 __all__ = ["apply_mask", "attention", "attention_masked", "attention_relpos", "batch_norm", "conv2d", "dwconv",
            "layer_norm", "linear", "mask_mul", "mask_tap", "mlp"]
@@ -83,17 +89,6 @@ def apply_mask(y: torch.Tensor, mask: torch.Tensor, dim: int | None, tap: bool) 
     return mask_tap(y, mask, dim) if tap else mask_mul(y, mask, dim)
 
 
-def linear(x, weight, bias, out_features: int, activation: str | None = None):
-    """y = act(x @ W[:out, :in]^T + b[:out]) with in = x.shape[-1]."""
-    w = weight[:out_features, : x.shape[-1]]
-    y = F.linear(x, w, None if bias is None else bias[:out_features])
-    if activation == "gelu":
-        y = F.gelu(y)
-    elif activation is not None:
-        raise ValueError(f"activation={activation!r}; allowed: None, 'gelu'")
-    return y
-
-
 def mlp(x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, hidden: int, hidden_mask=None, tap: bool = False):
     """fc2(GELU(fc1(x)) * hidden_mask) over `hidden` active hidden channels; output width x's.
     `tap`: the mask's value is 1 (`mask_tap`)."""
@@ -101,18 +96,6 @@ def mlp(x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, hidden: int, hidden_mask=
     if hidden_mask is not None:
         h = apply_mask(h, hidden_mask, -1, tap)
     return linear(h, fc2_weight, fc2_bias, x.shape[-1])
-
-
-def layer_norm(x, weight, bias, active: int, eps: float):
-    """LayerNorm over the first `active` channels of x (x may be wider); output width `active`."""
-    if x.shape[-1] != active:
-        x = x[..., :active]
-    return F.layer_norm(x, (active,), weight[:active], bias[:active], eps)
-
-
-def attention(q, k, v):
-    """softmax(q k^T / sqrt(d)) v over [B, heads, N, d] tensors (fused SDPA)."""
-    return F.scaled_dot_product_attention(q, k, v)
 
 
 def attention_masked(q, k, v, head_mask, tap: bool = False):
@@ -159,14 +142,6 @@ def conv2d(x, weight, bias, out_channels: int, stride: int, padding: int, groups
         w = weight[:out_channels]
     b = None if bias is None else bias[:out_channels]
     return F.conv2d(x, w, b, stride, padding, 1, groups)
-
-
-def dwconv(x, weight, bias, stride: int, padding: int):
-    """Depthwise conv of x [B, C, H, W] with the first C channels of `weight` [Cmax, 1, k, k]
-    (already cropped / transformed to the active kernel) and of `bias`."""
-    c = x.shape[1]
-    b = None if bias is None else bias[:c]
-    return F.conv2d(x, weight[:c], b, stride, padding, 1, c)
 
 
 def batch_norm(x, running_mean, running_var, weight, bias, training: bool, momentum: float, eps: float):
