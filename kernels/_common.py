@@ -1,16 +1,17 @@
-"""Plumbing shared by the Triton kernels: interpreter detection, argument checks, GELU, matmul
-autotune configs, and the launcher / custom-op helpers the kernel modules have in common.
+"""Plumbing shared by the Triton kernels: interpreter detection (`interpret_mode`, owned by
+`_env`), argument checks, GELU, matmul autotune configs, and the launcher / custom-op helpers
+the kernel modules have in common.
 
 Nothing here compiles a kernel; `@triton.jit` only wraps the functions, so importing is cheap
 and works without a GPU.
 """
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
+
+from ._env import interpret_mode
 
 __all__ = [
     "KERNEL_DTYPES",
@@ -31,11 +32,6 @@ __all__ = [
 
 # tl.dot takes fp16/bf16/fp32; fp64 would run as fp32, which would break the dtype's promise.
 KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-
-
-def interpret_mode() -> bool:
-    """True when Triton runs kernels in its CPU interpreter (TRITON_INTERPRET=1)."""
-    return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "on", "yes")
 
 
 def check_device(name: str, t: torch.Tensor, device: torch.device) -> None:

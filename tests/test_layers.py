@@ -4,6 +4,7 @@ Read from the source with `ast`, every import counted, lazy ones inside function
 
 - `kernels/` (installed as `shiftnas.kernels`) is a leaf: torch, triton, the standard library and
   its own modules, never the rest of shiftnas; its modules also import with `shiftnas` blocked.
+- One reader of the TRITON_INTERPRET switch: `kernels/_env.py` (`interpret_mode`).
 """
 from __future__ import annotations
 
@@ -111,3 +112,18 @@ def test_kernel_modules_import_with_shiftnas_blocked():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False)
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.strip() == "['shiftnas']"  # only the blocking entry
+
+
+def env_readers(var: str) -> list[str]:
+    """The modules whose code names the environment variable `var` as a string of its own."""
+    found = []
+    for folder in PACKAGE_DIRS.values():
+        for path in sorted(folder.rglob("*.py")):
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+            if any(isinstance(n, ast.Constant) and n.value == var for n in ast.walk(tree)):
+                found.append(module_name(path))
+    return found
+
+
+def test_one_reader_of_triton_interpret():
+    assert env_readers("TRITON_INTERPRET") == ["shiftnas.kernels._env"]

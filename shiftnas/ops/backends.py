@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-import os
 
 import torch
 
 from .. import _ext
+from ..kernels._env import interpret_mode
 from . import ref
 from .dispatch import Backend, register
 from .dwconv_ext import dwconv_cpu, dwconv_cuda
@@ -33,14 +33,10 @@ def _cuda_reason() -> str | None:
     return None
 
 
-def _interpret() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "on", "yes")
-
-
 def _triton_reason() -> str | None:
     if importlib.util.find_spec("triton") is None:
         return "triton is not installed"
-    if not _interpret() and not torch.cuda.is_available():
+    if not interpret_mode() and not torch.cuda.is_available():
         return "triton needs a CUDA GPU (or TRITON_INTERPRET=1 to run its interpreter on CPU)"
     return None
 
@@ -146,7 +142,7 @@ register(
 register(
     Backend(
         "triton",
-        devices=("cuda", "cpu") if _interpret() else ("cuda",),
+        devices=("cuda", "cpu") if interpret_mode() else ("cuda",),
         auto_devices=("cuda",),
         dtypes=(torch.float32, torch.float16, torch.bfloat16),
         available=_triton_reason,

@@ -7,13 +7,12 @@ output scale.
 """
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
+from shiftnas.kernels._env import interpret_mode
 from tolerance import assert_within_2x_torch, ref_scale
 
-if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
+if not torch.cuda.is_available() and not interpret_mode():
     pytest.skip("needs CUDA or TRITON_INTERPRET=1", allow_module_level=True)
 triton = pytest.importorskip("triton")
 

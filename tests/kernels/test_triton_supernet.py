@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from shiftnas.kernels._env import interpret_mode
 from tolerance import assert_rel_close
 
 from shiftnas import build_supernet, get_space
@@ -13,7 +14,7 @@ from shiftnas.spaces.arch_sample import ArchSample
 
 pytest.importorskip("triton")
 pytestmark = pytest.mark.skipif(
-    not torch.cuda.is_available() and __import__("os").environ.get("TRITON_INTERPRET") != "1",
+    not torch.cuda.is_available() and not interpret_mode(),
     reason="needs a GPU or TRITON_INTERPRET=1",
 )
 
