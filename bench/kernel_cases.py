@@ -332,7 +332,7 @@ def dw_layers(batch: int, smoke: bool) -> list[dict]:
             dict(name="tiny s2", B=2, H=9, stride=2, Cm=16, C_max=16, k_max=3, C_mid=8, k_mid=3),
         ]
     import shiftnas
-    from shiftnas.models.static_mbconv import conv_out
+    from shiftnas.spaces.cnn import conv_out
 
     sp = shiftnas.get_space("cnn-bignas")
     hp = sp.hparams

@@ -5,6 +5,9 @@ Read from the source with `ast`, every import counted, lazy ones inside function
 - `kernels/` (installed as `shiftnas.kernels`) is a leaf: torch, triton, the standard library and
   its own modules, never the rest of shiftnas; its modules also import with `shiftnas` blocked.
 - One reader of the TRITON_INTERPRET switch: `kernels/_env.py` (`interpret_mode`).
+- The cost model and the models share the width rules of `shiftnas.spaces`: `shiftnas.cost`
+  never imports `shiftnas.models` (which may import the cost model), and the spaces import
+  neither.
 """
 from __future__ import annotations
 
@@ -92,6 +95,18 @@ def test_kernels_import_nothing_of_shiftnas():
     assert violations(bad, "shiftnas.kernels", "shiftnas", allowed="shiftnas.kernels") == [
         "shiftnas.kernels.linear imports shiftnas.ops.ref"
     ]
+
+
+def test_cost_never_imports_models():
+    graph = source_imports()
+    assert "shiftnas.cost.vit" in graph and "shiftnas.cost.mbconv" in graph
+    assert violations(graph, "shiftnas.cost", "shiftnas.models") == []
+
+
+def test_spaces_import_neither_cost_nor_models():
+    graph = source_imports()
+    assert violations(graph, "shiftnas.spaces", "shiftnas.cost") == []
+    assert violations(graph, "shiftnas.spaces", "shiftnas.models") == []
 
 
 @pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed")

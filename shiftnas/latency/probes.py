@@ -1,6 +1,6 @@
 """What a latency table times: one probe (a module and its input) per distinct table entry.
 
-The latency table has the FLOPs cost model's terms (shiftnas/cost.py): the same names, the same
+The latency table has the FLOPs cost model's terms (shiftnas/cost/): the same names, the same
 shapes, the same row-major order, so everything that walks the cost tables (exact counts,
 feasibility masks, bins) can read measured milliseconds instead of MACs. An entry's value is the
 time of the part of the network that the FLOPs term counts, run alone as the exported model runs
@@ -24,6 +24,7 @@ from torch import nn
 
 from ..cost import cost_terms
 from ..spaces import ArchConfig, SearchSpace, get_space
+from ..spaces.cnn import has_residual, stage_input_size
 
 __all__ = ["Probe", "build_probe", "term_probes"]
 
@@ -49,8 +50,6 @@ def _cnn_layout(space: SearchSpace) -> list[tuple]:
 
 
 def _cnn_probe(space: SearchSpace, what: tuple, v: dict) -> Probe | None:
-    from ..models.mbconv_cost import stage_input_size
-    from ..spaces.cnn import has_residual
 
     hp = space.hparams
     n = len(hp["stages"])

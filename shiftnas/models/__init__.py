@@ -1,8 +1,9 @@
 """Supernets (timm-registered), their static exports, and subnet save/load.
 
-Nothing is imported eagerly: the names below resolve on first use (PEP 562), so the cost-term
-modules (`vit_cost`, `mbconv_cost`) load without torch or timm. The supernets are registered
-with timm by `shiftnas/__init__.py` as soon as timm is imported.
+Nothing is imported eagerly: the names below resolve on first use (PEP 562). The supernets are
+registered with timm by `shiftnas/__init__.py` as soon as timm is imported. The cost model
+(`shiftnas.cost`) shares the width rules of `shiftnas.spaces` with these modules and imports
+none of them.
 """
 from .._lazy import lazy_exports
 

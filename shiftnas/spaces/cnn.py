@@ -29,6 +29,7 @@ __all__ = [
     "make_divisible",
     "mbconv_space",
     "se_mid",
+    "stage_input_size",
 ]
 
 SHORTCUTS = ("ofa", "attentivenas")
@@ -57,6 +58,15 @@ def conv_out(size: int, stride: int) -> int:
     """Spatial output size of an odd-kernel conv with padding k//2 (also of the AttentiveNAS
     shortcut's 2x2 average pool, padded by 1 on odd sizes)."""
     return (size - 1) // stride + 1
+
+
+def stage_input_size(hp: dict, resolution: int, s: int) -> int:
+    """Spatial size entering stage `s` of a cnn space with hparams `hp` at `resolution`
+    (s == the number of stages: after the last stage)."""
+    size = conv_out(resolution, hp["stem_stride"])
+    for st in hp["stages"][:s]:
+        size = conv_out(size, st["stride"])
+    return size
 
 
 def has_residual(shortcut: str, j: int) -> bool:

@@ -1,4 +1,4 @@
-"""Exact cost terms of a vit space (see shiftnas/cost.py for the term machinery).
+"""Exact cost terms of a vit space (see `shiftnas.cost` for the term machinery).
 
 MACs of one image, as FlopCounterMode / 2 counts them on `StaticViT` with explicit attention:
 patch conv N*E*C*p*p; per layer qkv N*E*3hd, QK^T and AV 2*N*N*hd, proj N*hd*E, fc1 and fc2
@@ -16,9 +16,9 @@ independent of the subnet (ops/rel_pos.py). Mean pooling (`pool`) adds no MACs a
 """
 from __future__ import annotations
 
-from ..cost import CostTerm, tabulate
 from ..spaces import SearchSpace
 from ..spaces.vit import mlp_hidden
+from .terms import CostTerm, tabulate
 
 __all__ = ["vit_cost_terms"]
 

@@ -10,20 +10,11 @@ a block's term is zero when the block is past its stage's depth.
 
 from __future__ import annotations
 
-from ..cost import CostTerm, tabulate
 from ..spaces import SearchSpace
-from ..spaces.cnn import conv_out, has_residual, hidden_width, se_mid
+from ..spaces.cnn import conv_out, has_residual, hidden_width, se_mid, stage_input_size
+from .terms import CostTerm, tabulate
 
-__all__ = ["block_cost", "mbconv_cost_terms", "stage_input_size"]
-
-
-def stage_input_size(hp: dict, resolution: int, s: int) -> int:
-    """Spatial size entering stage `s` of a cnn space with hparams `hp` at `resolution`
-    (s == the number of stages: after the last stage)."""
-    size = conv_out(resolution, hp["stem_stride"])
-    for st in hp["stages"][:s]:
-        size = conv_out(size, st["stride"])
-    return size
+__all__ = ["block_cost", "mbconv_cost_terms"]
 
 
 def block_cost(

@@ -11,6 +11,10 @@ combinations. `count_flops` reads the table at the arch's indices; `expected_cos
 the table with the one-hot (or soft) policies: multilinear, so it is differentiable and equal
 to `count_flops` at hard one-hots (docs/method.md Eq. 10).
 
+The terms themselves (`CostTerm`, `tabulate`) are in `terms.py`, those of each family in `vit.py`
+and `mbconv.py`; they read the width and shape rules from `shiftnas.spaces` and never import the
+models (tests/test_layers.py).
+
 The tables are plain Python floats, so counting (`count_flops`, `flops_range`, `FastCost`) needs
 no torch; torch is imported by the functions that return tensors (`expected_cost`, `FlopsBins`,
 `CostTerm.table`).
@@ -18,18 +22,16 @@ no torch; torch is imported by the functions that return tensors (`expected_cost
 from __future__ import annotations
 
 import functools
-import itertools
 import math
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from .spaces import ArchConfig, SearchSpace, get_space
+from ..spaces import ArchConfig, SearchSpace, get_space
+from .terms import CostTerm, tabulate
 
 if TYPE_CHECKING:
     import torch
 
-    from .spaces.arch_sample import ArchSample
+    from ..spaces.arch_sample import ArchSample
 
 __all__ = [
     "CostTerm",
@@ -45,59 +47,14 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True)
-class CostTerm:
-    """cost = table[idx(names[0]), idx(names[1]), ...]: `values` is the table flattened in
-    row-major order, one axis per name of length `shape[axis]`."""
-
-    names: tuple[str, ...]
-    shape: tuple[int, ...]
-    values: tuple[float, ...]
-
-    @property
-    def strides(self) -> tuple[int, ...]:
-        """Row-major strides of `values`, one per name."""
-        out, s = [], 1
-        for n in reversed(self.shape):
-            out.append(s)
-            s *= n
-        return tuple(reversed(out))
-
-    @functools.cached_property
-    def table(self) -> torch.Tensor:
-        """The table as a float64 tensor (imports torch)."""
-        import torch
-
-        return torch.tensor(self.values, dtype=torch.float64).reshape(self.shape)
-
-    def at(self, idx: dict[str, int]) -> float:
-        off = 0
-        for n, size in zip(self.names, self.shape):
-            off = off * size + idx[n]
-        return self.values[off]
-
-    def max_step(self, axis: int) -> float:
-        """The largest |change| of the term when index `axis` moves by one (0 for one candidate)."""
-        size, stride = self.shape[axis], self.strides[axis]
-        v = self.values
-        return max((abs(v[i + stride] - v[i]) for i in range(len(v)) if (i // stride) % size < size - 1), default=0.0)
-
-
-def tabulate(space: SearchSpace, names: Sequence[str], fn: Callable[..., float]) -> CostTerm:
-    """Tabulate fn(*values) over every combination of the candidates of `names`."""
-    choices = [space.decision(n).choices for n in names]
-    vals = tuple(float(fn(*combo)) for combo in itertools.product(*choices))
-    return CostTerm(tuple(names), tuple(len(c) for c in choices), vals)
-
-
 @functools.cache
 def _terms(space_name: str, what: str, num_classes: int | None) -> tuple[CostTerm, ...]:
     space = get_space(space_name)
     num_classes = space.hparams["num_classes"] if num_classes is None else num_classes
     if space.family == "vit":
-        from .models.vit_cost import vit_cost_terms as fn
+        from .vit import vit_cost_terms as fn
     elif space.family == "cnn":
-        from .models.mbconv_cost import mbconv_cost_terms as fn
+        from .mbconv import mbconv_cost_terms as fn
     else:  # pragma: no cover - registry only holds the two families
         raise ValueError(f"no cost model for family {space.family!r}")
     flops, params = fn(space, num_classes)
