@@ -3,6 +3,8 @@ evaluate, export and rank on a trained run (`shiftnas.search`).
 
 Startup stays light: a command defined in another module is imported only when it runs (the
 others get a placeholder sub-parser with the same one-line help), and nothing here imports torch.
+The root parser and the error path are `shiftnas._command`'s, which a command module that runs
+on its own uses too (it never imports this module).
 """
 from __future__ import annotations
 
@@ -11,6 +13,8 @@ import importlib
 import json
 import random
 import sys
+
+from ._command import root_parser, run_command
 
 EXAMPLES = """examples:
   shiftnas spaces
@@ -145,14 +149,12 @@ def version() -> str:
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The whole parser; with `command`, only that command's module is imported (the other
     module commands are placeholders that list them in --help)."""
-    ap = argparse.ArgumentParser(
-        prog="shiftnas",
+    ap, sub = root_parser(
         description="ShiftNAS: one-shot NAS with a probability shift (ICCV 2023).",
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     ap.add_argument("--version", action="version", version=f"shiftnas {version()}")
-    sub = ap.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
     p = sub.add_parser("spaces", help="list the search spaces with their FLOPs range")
     p.set_defaults(fn=_cmd_spaces)
     p = sub.add_parser("sample", help="sample subnets of a space and print their cost",
@@ -186,12 +188,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     command = next((a for a in argv if not a.startswith("-")), "")  # "": no module command is built
-    args = build_parser(command).parse_args(argv)
-    try:
-        return args.fn(args)
-    except (ValueError, RuntimeError, OSError) as e:  # OSError: e.g. an unwritable --out
-        print(f"shiftnas {args.cmd}: error: {e}", file=sys.stderr)
-        return 2
+    return run_command(build_parser(command).parse_args(argv))
 
 
 if __name__ == "__main__":

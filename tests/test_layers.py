@@ -8,6 +8,9 @@ Read from the source with `ast`, every import counted, lazy ones inside function
 - The cost model and the models share the width rules of `shiftnas.spaces`: `shiftnas.cost`
   never imports `shiftnas.models` (which may import the cost model), and the spaces import
   neither.
+- The data package never imports the CLI (`shiftnas.cli` imports the command modules; the parser
+  and error path they share are `shiftnas._command`'s); only `python -m shiftnas` imports it.
+- No import cycle between the top-level modules and subpackages of shiftnas (`shiftnas.X`).
 """
 from __future__ import annotations
 
@@ -107,6 +110,56 @@ def test_spaces_import_neither_cost_nor_models():
     graph = source_imports()
     assert violations(graph, "shiftnas.spaces", "shiftnas.cost") == []
     assert violations(graph, "shiftnas.spaces", "shiftnas.models") == []
+
+
+def test_only_the_entry_point_imports_the_cli():
+    graph = source_imports()
+    assert violations(graph, "shiftnas.data", "shiftnas.cli") == []
+    assert [a for a in graph if violations({a: graph[a]}, a, "shiftnas.cli")] == ["shiftnas.__main__"]
+
+
+def unit_graph(graph: dict[str, set[str]]) -> dict[str, set[str]]:
+    """The imports between units (`shiftnas.X`: a top-level module or subpackage; the root package
+    `shiftnas`, whose exports are lazy, is none), counting only names that are modules."""
+    def unit(name: str) -> str | None:
+        parts = name.split(".")
+        return ".".join(parts[:2]) if len(parts) > 1 and parts[0] == "shiftnas" else None
+
+    out: dict[str, set[str]] = {}
+    for a, names in graph.items():
+        for b in names:
+            ua, ub = unit(a), unit(b)
+            if b in graph and ua and ub and ua != ub:
+                out.setdefault(ua, set()).add(ub)
+    return out
+
+
+def find_cycle(edges: dict[str, set[str]]) -> list[str]:
+    """One cycle of `edges` as [a, b, ..., a], or [] when there is none."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+
+    def visit(v: str, path: list[str]) -> list[str]:
+        state[v] = 1
+        for w in sorted(edges.get(v, ())):
+            if state.get(w) == 1:
+                return [*path[path.index(w):], w]
+            if w not in state and (found := visit(w, [*path, w])):
+                return found
+        state[v] = 2
+        return []
+
+    for v in sorted(edges):
+        if v not in state and (found := visit(v, [v])):
+            return found
+    return []
+
+
+def test_no_import_cycle_between_units():
+    units = unit_graph(source_imports())
+    assert {"shiftnas.cost", "shiftnas.models", "shiftnas.cli", "shiftnas.data"} <= set(units)
+    assert find_cycle(units) == []
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": set(), "c": {"a", "b"}}) == []
 
 
 @pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed")

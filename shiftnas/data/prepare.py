@@ -433,10 +433,13 @@ def add_prepare_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``shiftnas prepare ...`` on its own: ``python -m shiftnas.data.prepare fashion-mnist --out DIR``."""
-    from ..cli import main as cli_main  # one parser and one error path for every subcommand
+    """``shiftnas prepare ...`` on its own: ``python -m shiftnas.data.prepare fashion-mnist --out DIR``.
+    The same parser and error path as the CLI's (`shiftnas._command`), without importing it."""
+    from .._command import root_parser, run_command
 
-    return cli_main(["prepare", *(sys.argv[1:] if argv is None else argv)])
+    ap, sub = root_parser()
+    add_prepare_parser(sub)
+    return run_command(ap.parse_args(["prepare", *(sys.argv[1:] if argv is None else argv)]))
 
 
 if __name__ == "__main__":

@@ -236,3 +236,21 @@ def test_shiftnas_cli_prepare(tmp_path, small_source, capsys):
         == 2
     )
     assert "apt-get install dataset-fashion-mnist" in capsys.readouterr().err
+
+
+def test_standalone_prepare_is_the_cli_command_without_the_cli():
+    """`python -m shiftnas.data.prepare` parses and fails as `shiftnas prepare` does, without
+    importing shiftnas.cli."""
+    code = (
+        "import sys\n"
+        "from shiftnas.data.prepare import main\n"
+        "rc = main(['fashion-mnist', '--out', sys.argv[1], '--source', sys.argv[1]])\n"
+        "print(rc, 'shiftnas.cli' in sys.modules)\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code, "/nonexistent/fm"], capture_output=True, text=True,
+                       timeout=300, check=False)
+    assert r.stdout.split() == ["2", "False"], r.stderr[-2000:]
+    assert r.stderr.startswith("shiftnas prepare: error: ")
+    r = subprocess.run([sys.executable, "-m", "shiftnas.data.prepare", "--help"], capture_output=True, text=True,
+                       timeout=300, check=False)
+    assert r.returncode == 0 and r.stdout.startswith("usage: shiftnas prepare ")
