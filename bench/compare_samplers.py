@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import statistics
 import subprocess
@@ -101,7 +102,8 @@ def train(args, space: str, sampler: str, seed: int) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     with open(out / f"{name}.log", "a") as log:
-        rc = subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, check=False).returncode
+        env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+        rc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, check=False).returncode
     if rc != 0:
         raise SystemExit(f"[train] {space}/{name} failed (exit {rc}); see {out / f'{name}.log'}")
     wall = time.perf_counter() - t0
@@ -244,6 +246,7 @@ def main(argv=None) -> int:
     ap.add_argument("--equal-steps", action="store_true", help="sandwich/attentive: the same steps, not a quarter")
     ap.add_argument("--eval-images", type=int, default=3000)
     ap.add_argument("--n-bins", type=int, default=10)
+    ap.add_argument("--threads", type=int, default=2, help="torch threads of the training runs and the evaluation")
     ap.add_argument("--runs", default=str(ROOT / "runs" / "compare"))
     ap.add_argument("--out", default=str(RESULTS / "compare_samplers.json"))
     args = ap.parse_args(argv)
@@ -253,7 +256,7 @@ def main(argv=None) -> int:
         ap.error(f"--samplers must include uniform and come from {known}, got {samplers}")
     import torch
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     doc = new_doc("compare_samplers", settings=vars(args), spaces={})
     for space in args.spaces:
         runs = {s: {} for s in samplers}

@@ -104,13 +104,14 @@ def main(argv=None) -> int:
     ap.add_argument("--eval-images", type=int, default=3000)
     ap.add_argument("--population", type=int, default=16)
     ap.add_argument("--generations", type=int, default=4)
+    ap.add_argument("--threads", type=int, default=2, help="torch threads")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     args.search_on = [s for s in args.search_on.split(",") if s]
     out = args.out or str(RESULTS_DIR / f"generator_vs_search_{args.space}.json")
     import torch
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     doc = new_doc("generator_vs_search", settings={**vars(args), "evolution": search_settings(args.population, args.generations)}, seeds={})
     for seed in args.seeds:
         doc["seeds"][str(seed)] = seed_rows(args, seed)
