@@ -148,11 +148,11 @@ def _finetune_loader(run, batch_size: int, seed: int):
     """The run's train split with its training preprocessing (augmentation as the run), shuffled
     by a seed derived from `seed`, full batches only."""
     from ..data import build_loader
-    from ..train.engine import _data_root
+    from ..train.build import data_root
 
     c = run.cfg
     loader = build_loader(
-        _data_root(c), c.data.train_split, batch_size, c.data.image_size, train=True,
+        data_root(c), c.data.train_split, batch_size, c.data.image_size, train=True,
         augment=c.data.augment, seed=c.run.seed + 1000 * (seed + 1), drop_last=True,
         backend=c.data.backend, num_threads=c.data.num_threads, device=run.device,
         channels=run.space.hparams["in_chans"],
@@ -233,14 +233,12 @@ def _finetune(run, arch: ArchConfig, steps: int, *, lr: float | None, batch_size
 
 def _train(run, wrapped: _StaticAsSupernet, arch: ArchConfig, steps: int, base_lr: float, loader) -> None:
     """`steps` optimizer steps of `wrapped.model` (see `finetune`); a non-finite step is skipped."""
-    from ..train.engine import _no_decay
+    from ..train.build import split_decay
     from ..train.evaluate import prepare_input
     from ..train.step import MAX_BAD_STEPS, backward, next_bad_streak, optimizer_step
 
     c, model = run.cfg, wrapped.model
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        (no_decay if _no_decay(name, p) else decay).append(p)
+    decay, no_decay = split_decay(model.named_parameters())
     groups = [{"params": decay, "weight_decay": c.optim.weight_decay},
               {"params": no_decay, "weight_decay": 0.0}]
     kw = {"fused": True} if run.device.type == "cuda" else {}

@@ -90,10 +90,10 @@ class LoadedRun:
         first N images are the same for every arch (and not the first classes of a sorted split)."""
         if split not in self._loaders:
             from ..data import build_loader
-            from ..train.engine import _data_root
+            from ..train.build import data_root
 
             c = self.cfg
-            root = _data_root(c)
+            root = data_root(c)
             if not (root / split).is_dir():
                 raise ValueError(
                     f"split {split!r} not found: {str(root / split)!r} is not a directory "

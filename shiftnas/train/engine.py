@@ -46,10 +46,10 @@ from torch import nn
 from ..atomic import write_json_atomic, write_text_atomic
 from ..cost import FlopsBins, count_flops
 from ..models.registry import build_supernet
-from ..sampling import StepContext, build_sampler
-from ..sampling.shift import shift_lr
+from ..sampling import StepContext
 from ..spaces import ArchConfig
 from ..spaces.arch_sample import ArchSample
+from .build import build_loaders, build_optimizer, build_train_sampler
 from .checkpoint import (
     capture_rng_state,
     find_resume,
@@ -97,22 +97,9 @@ def lr_factor(step: int, warmup: int, total: int) -> float:
     return MIN_LR_RATIO + (1 - MIN_LR_RATIO) * 0.5 * (1 + math.cos(math.pi * t))
 
 
-def _no_decay(name: str, p: nn.Parameter) -> bool:
-    # timm's rule: biases, norm weights and the position/class tokens take no weight decay.
-    return p.ndim <= 1 or name.endswith(("pos_embed", "cls_token"))
-
-
 def _soft_ce(logits: torch.Tensor, soft: torch.Tensor) -> torch.Tensor:
     """Cross-entropy against a distribution (in-place distillation, mixup targets)."""
     return -(soft * F.log_softmax(logits.float(), dim=-1)).sum(-1).mean()
-
-
-def _data_root(cfg: TrainConfig) -> Path:
-    if cfg.data.root:
-        return Path(cfg.data.root).expanduser()
-    from ..data.prepare import default_data_root
-
-    return default_data_root() / cfg.data.dataset
 
 
 class Trainer:
@@ -142,11 +129,11 @@ class Trainer:
         self.net = build_supernet(cfg.model.space, num_classes=cfg.model.num_classes).to(self.device)
         self.space = self.net.space
         self.bins = FlopsBins(self.space, n_bins=cfg.sampler.n_bins)
-        self.sampler = self._build_sampler().to(self.device)
+        self.sampler = build_train_sampler(cfg, self.space).to(self.device)
         self.extra_params = [p for m in self.sampler.trainable().values() for p in m.parameters()]
 
         self.amp_dtype, self.scaler, self._amp_line = amp_setup(cfg.optim.amp, self.device)
-        self.optimizer = self._build_optimizer()
+        self.optimizer = build_optimizer(cfg, self.net, self.extra_params, self.device)
         total, warm = cfg.optim.steps, cfg.optim.effective_warmup
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: lr_factor(s, warm, total)
@@ -186,88 +173,6 @@ class Trainer:
         self.log = RunLog(self.run_dir, 0, 1, enabled=False)
         self._faults = engine_faults(self.info.rank)  # None unless SHIFTNAS_FAULT_* is set
         self._signals = StopSignals(announce=self.info.is_main)  # Ctrl-C / SIGTERM in fit()
-
-    # ------------------------------------------------------------------ building
-    def _build_sampler(self):
-        c, name = self.cfg, self.cfg.sampler.name
-        kw: dict[str, Any] = {"seed": c.run.seed}
-        if name == "shift":
-            warm = int(round(c.shift.warmup_frac * c.optim.steps))
-            kw.update(
-                n_bins=c.sampler.n_bins, total_steps=c.optim.steps, hidden=c.generator.hidden,
-                tau_start=c.generator.tau_start, tau_end=c.generator.tau_end, lam=c.generator.lam,
-                warmup_steps=warm, update_every=c.shift.update_every,
-                shift_lr=shift_lr(c.shift.lr, c.shift.movement, warm, c.shift.update_every, c.optim.steps,
-                                  c.shift.max_lr),
-                estimator=c.shift.estimator, pretrain_steps=c.generator.pretrain_steps,
-                pretrain_lr=c.generator.pretrain_lr, grad_path=c.generator.grad_path,
-                explore=c.generator.explore,
-            )
-        elif name == "sandwich":
-            kw.update(n_random=c.sampler.n_random)
-        elif name == "attentive":
-            kw.update(n_random=c.sampler.n_random, n_candidates=c.sampler.n_candidates,
-                      mode=c.sampler.mode, n_bins=c.sampler.n_bins)
-        elif name == "bin_uniform":
-            kw.update(n_bins=c.sampler.n_bins)
-        return build_sampler(name, self.space, **kw)
-
-    def _build_optimizer(self) -> torch.optim.Optimizer:
-        o = self.cfg.optim
-        decay, no_decay = [], []
-        for n, p in self.net.named_parameters():
-            (no_decay if _no_decay(n, p) else decay).append(p)
-        groups = [
-            {"params": decay, "weight_decay": o.weight_decay, "lr": o.lr},
-            {"params": no_decay, "weight_decay": 0.0, "lr": o.lr},
-        ]
-        if self.extra_params:
-            groups.append({"params": self.extra_params, "weight_decay": 0.0, "lr": self.cfg.generator.lr})
-        kw = {"fused": True} if self.device.type == "cuda" else {}
-        return torch.optim.AdamW(groups, lr=o.lr, **kw)
-
-    def _build_loaders(self) -> None:
-        from ..data import build_loader
-
-        c, info = self.cfg, self.info
-        root = _data_root(c)
-        extra = {"minival": c.data.minival_split}
-        needed = [c.data.train_split, c.data.val_split] + [extra[s] for s in self.sampler.splits]
-        for split in needed:
-            if not (root / split).is_dir():
-                hint = (
-                    "run `shiftnas prepare fashion-mnist` (or `make data`)"
-                    if c.data.dataset == "fashion-mnist"
-                    else "see shiftnas/data/README.md for the ImageFolder layout"
-                )
-                raise ValueError(f"data split {split!r} not found: {str(root / split)!r} is not a directory; {hint}")
-        chans = self.space.hparams["in_chans"]
-        common = dict(backend=c.data.backend, num_threads=c.data.num_threads, device=self.device, channels=chans,
-                      **c.data.corrupt_checks())
-        self.train_loader = build_loader(
-            root, c.data.train_split, c.data.batch_size, c.data.image_size, train=True,
-            rank=info.rank, world_size=info.world_size, seed=c.run.seed, augment=c.data.augment,
-            drop_last=True, **common,
-        )
-        if len(self.train_loader) < 1:
-            raise ValueError(
-                f"the train split has fewer images per rank than data.batch_size={c.data.batch_size}; lower it"
-            )
-        self.minival_loader = None
-        if "minival" in self.sampler.splits:  # unsharded: every rank takes the same B step alone
-            self.minival_loader = build_loader(
-                root, c.data.minival_split, c.data.batch_size, c.data.image_size, train=True,
-                augment=False, seed=c.run.seed + 1, drop_last=True, **common,
-            )
-        # A subset (eval.max_images) must not be the first classes of a class-sorted split: then
-        # read the split in a fixed shuffled order (no augmentation), the same for every arch.
-        subset = c.eval.max_images is not None
-        self.val_loader = build_loader(
-            root, c.data.val_split, c.eval.batch_size, c.data.image_size, train=subset,
-            augment=False if subset else None, seed=c.run.seed + 2,
-            rank=info.rank, world_size=info.world_size, **common,
-        )
-        self._loaders_built = True
 
     # ------------------------------------------------------------------ data streams
     def _stream(self, loader, start: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -488,7 +393,10 @@ class Trainer:
         `fit()` starts with it; `shiftnas.search.load_run` uses it to read a finished run.
         """
         if not self._loaders_built:
-            self._build_loaders()
+            self.train_loader, self.minival_loader, self.val_loader = build_loaders(
+                self.cfg, self.info, self.space, self.sampler.splits
+            )
+            self._loaders_built = True
         if self._resume_path is not None and not self._restored:
             self._load(self._resume_path)
             self._restored = True
