@@ -117,13 +117,41 @@ def evaluate(args, space: str, info: dict, archs: list[dict]) -> dict:
     cached in the run dir, keyed by the panel and the number of images."""
     key = {"panel": [[p["name"], round(p["mflops"], 6)] for p in archs], "eval_images": args.eval_images}
     cache = Path(info["run"]) / "compare_eval.json"
-    if cache.is_file():
-        doc = json.loads(cache.read_text())
-        if doc.get("key") == key:
-            return doc["result"]
-    res = _evaluate(args, space, info, archs)
-    write_json(cache, {"key": key, "result": res})
+    doc = json.loads(cache.read_text()) if cache.is_file() else {}
+    fresh = doc.get("key") != key
+    res = _evaluate(args, space, info, archs) if fresh else doc["result"]
+    if "generator" in res and "diversity" not in res:  # newer than some caches: filled in
+        res["diversity"], fresh = diversity(info["run"]), True
+    if fresh:
+        write_json(cache, {"key": key, "result": res})
     return res
+
+
+DIVERSITY_DRAWS = 60
+
+
+def diversity(run_dir: str, draws: int = DIVERSITY_DRAWS) -> list[dict]:
+    """`generator_diversity` of a run's final generator."""
+    from shiftnas.search import load_run
+
+    return generator_diversity(load_run(run_dir, device="cpu").trainer.sampler.generator, draws)
+
+
+def generator_diversity(gen, draws: int = DIVERSITY_DRAWS, seed: int = 0) -> list[dict]:
+    """How many distinct archs `gen` emits per bin in `draws` training draws (hard Gumbel
+    samples: arg-max of logits + noise, whatever the temperature), and the most frequent one's
+    share: few distinct archs mean that the supernet trains few subnets there."""
+    import collections
+
+    import torch
+
+    rng = torch.Generator().manual_seed(seed)
+    out = []
+    with torch.no_grad():
+        for k in range(gen.n_bins):
+            seen = collections.Counter(gen(gen.bin_vector(k), rng=rng).hard() for _ in range(draws))
+            out.append({"bin": k, "distinct": len(seen), "modal_share": seen.most_common(1)[0][1] / draws})
+    return out
 
 
 def _evaluate(args, space: str, info: dict, archs: list[dict]) -> dict:
@@ -194,6 +222,10 @@ def table(space: str, ver: dict, evals: dict, seeds: list[int]) -> str:
             lines.append(f"{s}: generator's arch minus the bin's panel archs (same run): all bins "
                          f"{g['all_bins']['mean']:+.2f} +- {g['all_bins']['std']:.2f}; per bin "
                          + " ".join(f"{b['mean']:+.1f}" for b in g["per_bin"]))
+    for s, per_seed in evals.items():
+        if all("diversity" in r for r in per_seed.values()):
+            lines.append(f"{s}: distinct archs in {DIVERSITY_DRAWS} generator draws per bin, per seed: " + "; ".join(
+                " ".join(str(d["distinct"]) for d in per_seed[x]["diversity"]) for x in seeds))
     return "\n".join(lines)
 
 
