@@ -318,6 +318,57 @@ def _check_int(name: str, v: Any, lo: int, hint: str = "") -> None:
         raise ValueError(f"{name}={v!r} must be an integer >= {lo}{hint}")
 
 
+def _check_rank_args(n: int, finetune_steps: int, images: int | None, lr: float | None) -> None:
+    """rank_correlation's argument checks, in its order: a ValueError names the first bad one."""
+    _check_int("n", n, 2, " (a correlation needs at least 2 subnets)")
+    _check_int("finetune_steps", finetune_steps, 0, " (0: no fine-tuning)")
+    if images is not None:
+        _check_int("images", images, 1)
+    if lr is not None and not (math.isfinite(lr) and lr > 0):
+        raise ValueError(f"lr={lr!r} must be > 0 (default: 0.1x the run's optim.lr)")
+
+
+def _rank_row(run, arch: ArchConfig, inherited: dict[str, Any], tuned: dict[str, Any]) -> dict[str, Any]:
+    """One subnet's entry of rank_correlation's "archs": its cost and both measurements."""
+    from ..cost import count_flops, count_params
+
+    return {
+        "short": arch.short(),
+        "arch": arch.to_dict(),
+        "mflops": count_flops(run.space, arch, run.num_classes) / 1e6,
+        "params": count_params(run.space, arch, run.num_classes),
+        "inherited": inherited["top1"],
+        "finetuned": tuned["top1"],
+        "inherited_loss": _finite_or_none(inherited["loss"]),
+        "finetuned_loss": _finite_or_none(tuned["loss"]),
+    }
+
+
+def _rank_settings(run, n: int, finetune_steps: int, *, seed: int, lr: float | None,
+                   batch_size: int) -> dict[str, Any]:
+    """rank_correlation's "settings": what the measurement ran with (run, draw, fine-tuning)."""
+    from ..train.precision import amp_name
+
+    c = run.cfg
+    return {
+        "run": str(run.run_dir),
+        "checkpoint": str(run.checkpoint),
+        "space": run.space.name,
+        "ema": run.trainer.ema is not None,
+        "arch_draw": f"rank_archs: {n} archs spread over {len(run.bins)} FLOPs bins, random.Random({seed})",
+        "lr": c.optim.lr * 0.1 if lr is None else float(lr),
+        "schedule": f"linear warm-up {finetune_steps // 10} steps, cosine to 0",
+        "batch_size": batch_size,
+        "weight_decay": c.optim.weight_decay,
+        "label_smoothing": c.optim.label_smoothing,
+        "grad_clip": c.optim.grad_clip,
+        "amp": amp_name(run.amp_dtype),  # optim.amp resolved (auto: bf16 or fp32 by device)
+        "augment": c.data.augment,
+        "bn_recalibrated": run.calib_batches() is not None,
+        "device": str(run.device),
+    }
+
+
 def rank_correlation(run, n: int = 25, finetune_steps: int = 100, *, seed: int = 0,
                      images: int | None = None, split: str = "val", lr: float | None = None,
                      log: Callable[[str], None] | None = None, write: bool = True) -> dict[str, Any]:
@@ -335,15 +386,7 @@ def rank_correlation(run, n: int = 25, finetune_steps: int = 100, *, seed: int =
     top-1 pairs, None when undefined (one list constant, e.g. every subnet at the same top-1 on
     a few images). With `write`, also `<run>/rank.json` and the scatter `<run>/plots/rank.png`.
     """
-    from ..cost import count_flops, count_params
-    from ..train.precision import amp_name
-
-    _check_int("n", n, 2, " (a correlation needs at least 2 subnets)")
-    _check_int("finetune_steps", finetune_steps, 0, " (0: no fine-tuning)")
-    if images is not None:
-        _check_int("images", images, 1)
-    if lr is not None and not (math.isfinite(lr) and lr > 0):
-        raise ValueError(f"lr={lr!r} must be > 0 (default: 0.1x the run's optim.lr)")
+    _check_rank_args(n, finetune_steps, images, lr)
     if write:  # before any work: outputs stay in the run directory (no '..', no symlink out)
         from ..train.checkpoint import safe_path
 
@@ -364,16 +407,7 @@ def rank_correlation(run, n: int = 25, finetune_steps: int = 100, *, seed: int =
         tuned = _evaluate_static(run, model, arch, split, images)
         del model
         evaluated = inherited["images"]
-        row = {
-            "short": arch.short(),
-            "arch": arch.to_dict(),
-            "mflops": count_flops(run.space, arch, run.num_classes) / 1e6,
-            "params": count_params(run.space, arch, run.num_classes),
-            "inherited": inherited["top1"],
-            "finetuned": tuned["top1"],
-            "inherited_loss": _finite_or_none(inherited["loss"]),
-            "finetuned_loss": _finite_or_none(tuned["loss"]),
-        }
+        row = _rank_row(run, arch, inherited, tuned)
         rows.append(row)
         if log is not None:
             log(f"{i + 1:>3}/{n}  {row['mflops']:8.2f} MFLOPs  inherited {row['inherited']:6.2f}  "
@@ -390,23 +424,7 @@ def rank_correlation(run, n: int = 25, finetune_steps: int = 100, *, seed: int =
         "kendall_tau": _finite_or_none(kendall_tau(inh, tun)),
         "spearman": _finite_or_none(spearman(inh, tun)),
         "wall_s": round(time.perf_counter() - t0, 2),
-        "settings": {
-            "run": str(run.run_dir),
-            "checkpoint": str(run.checkpoint),
-            "space": run.space.name,
-            "ema": run.trainer.ema is not None,
-            "arch_draw": f"rank_archs: {n} archs spread over {len(run.bins)} FLOPs bins, random.Random({seed})",
-            "lr": c.optim.lr * 0.1 if lr is None else float(lr),
-            "schedule": f"linear warm-up {finetune_steps // 10} steps, cosine to 0",
-            "batch_size": batch_size,
-            "weight_decay": c.optim.weight_decay,
-            "label_smoothing": c.optim.label_smoothing,
-            "grad_clip": c.optim.grad_clip,
-            "amp": amp_name(run.amp_dtype),  # optim.amp resolved (auto: bf16 or fp32 by device)
-            "augment": c.data.augment,
-            "bn_recalibrated": run.calib_batches() is not None,
-            "device": str(run.device),
-        },
+        "settings": _rank_settings(run, n, finetune_steps, seed=seed, lr=lr, batch_size=batch_size),
     }
     if write:
         from ..atomic import write_json_atomic
