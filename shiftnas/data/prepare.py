@@ -264,6 +264,63 @@ def is_prepared(out: str | os.PathLike) -> bool:
         return False
 
 
+def _read_splits(paths: dict[str, Path], source, minival: int, seed: int) -> dict:
+    """{split: (images, labels, indices)} of the IDX sources: train less the held-out minival
+    (when `minival` > 0), val = the test set; a DataError when images and labels do not fit."""
+    train_x, train_y = read_idx(paths["train_images"]), read_idx(paths["train_labels"])
+    test_x, test_y = read_idx(paths["test_images"]), read_idx(paths["test_labels"])
+    for x, y, name in ((train_x, train_y, "train"), (test_x, test_y, "test")):
+        if x.ndim != 3 or y.ndim != 1 or len(x) != len(y):
+            raise DataError(
+                f"{source}: {name} images {x.shape} and labels {y.shape} do not match"
+            )
+        if y.max(initial=0) >= len(FASHION_MNIST_CLASSES):
+            raise DataError(
+                f"{source}: {name} labels go up to {y.max()}, Fashion-MNIST has 10 classes"
+            )
+    held = minival_indices(train_y, int(minival), seed)
+    train_idx = np.setdiff1d(np.arange(len(train_y)), held)
+    splits = {
+        "train": (train_x, train_y, train_idx),
+        "val": (test_x, test_y, np.arange(len(test_y))),
+    }
+    if len(held):
+        splits["minival"] = (train_x, train_y, held)
+    return splits
+
+
+def _write_splits(tmp: Path, splits: dict, workers: int | None) -> dict[str, dict[str, int]]:
+    """Write every split's PNGs under `tmp` (`workers` processes); the per-folder counts, checked
+    against what was asked (a RuntimeError when they differ)."""
+    tasks = [
+        t for split, (x, y, idx) in splits.items() for t in _plan(tmp, split, x, y, idx)
+    ]
+    workers = workers or min(8, os.cpu_count() or 1)
+    if workers > 1:
+        with ProcessPoolExecutor(workers) as pool:
+            written = sum(pool.map(_write_chunk, tasks))
+    else:
+        written = sum(map(_write_chunk, tasks))
+    counts = _count_tree(tmp, splits)
+    expected = sum(len(idx) for _, _, idx in splits.values())
+    if not written == expected == sum(n for c in counts.values() for n in c.values()):
+        raise RuntimeError(f"{tmp}: wrote {written} of {expected} images, found {counts}")
+    return counts
+
+
+def _publish(tmp: Path, out: Path) -> None:
+    """Put the finished tree `tmp` in place of `out` (any old tree there is removed after)."""
+    os.sync()  # the PNGs reach the disk before the rename publishes the tree
+    old = None
+    if out.exists():
+        old = out.parent / f"{out.name}.tmp-old-{secrets.token_hex(3)}"
+        out.rename(old)
+    tmp.rename(out)
+    fsync_dir(out.parent)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
 def prepare_fashion_mnist(
     out: str | os.PathLike,
     source: str | os.PathLike = DEFAULT_SOURCE,
@@ -300,42 +357,12 @@ def prepare_fashion_mnist(
             shutil.rmtree(stale, ignore_errors=True)
 
         t0 = time.perf_counter()
-        train_x, train_y = read_idx(paths["train_images"]), read_idx(paths["train_labels"])
-        test_x, test_y = read_idx(paths["test_images"]), read_idx(paths["test_labels"])
-        for x, y, name in ((train_x, train_y, "train"), (test_x, test_y, "test")):
-            if x.ndim != 3 or y.ndim != 1 or len(x) != len(y):
-                raise DataError(
-                    f"{source}: {name} images {x.shape} and labels {y.shape} do not match"
-                )
-            if y.max(initial=0) >= len(FASHION_MNIST_CLASSES):
-                raise DataError(
-                    f"{source}: {name} labels go up to {y.max()}, Fashion-MNIST has 10 classes"
-                )
-        held = minival_indices(train_y, int(minival), seed)
-        train_idx = np.setdiff1d(np.arange(len(train_y)), held)
-        splits = {
-            "train": (train_x, train_y, train_idx),
-            "val": (test_x, test_y, np.arange(len(test_y))),
-        }
-        if len(held):
-            splits["minival"] = (train_x, train_y, held)
+        splits = _read_splits(paths, source, minival, seed)
 
         tmp = out.parent / f"{out.name}.tmp-{os.getpid()}-{secrets.token_hex(3)}"
         tmp.mkdir()
         try:
-            tasks = [
-                t for split, (x, y, idx) in splits.items() for t in _plan(tmp, split, x, y, idx)
-            ]
-            workers = workers or min(8, os.cpu_count() or 1)
-            if workers > 1:
-                with ProcessPoolExecutor(workers) as pool:
-                    written = sum(pool.map(_write_chunk, tasks))
-            else:
-                written = sum(map(_write_chunk, tasks))
-            counts = _count_tree(tmp, splits)
-            expected = sum(len(idx) for _, _, idx in splits.values())
-            if not written == expected == sum(n for c in counts.values() for n in c.values()):
-                raise RuntimeError(f"{tmp}: wrote {written} of {expected} images, found {counts}")
+            counts = _write_splits(tmp, splits, workers)
             marker = {
                 **want,
                 "source": str(Path(source).resolve()),
@@ -347,15 +374,7 @@ def prepare_fashion_mnist(
                 ),
             }
             write_json_atomic(tmp / MARKER, marker)
-            os.sync()  # the PNGs reach the disk before the rename publishes the tree
-            old = None
-            if out.exists():
-                old = out.parent / f"{out.name}.tmp-old-{secrets.token_hex(3)}"
-                out.rename(old)
-            tmp.rename(out)
-            fsync_dir(out.parent)
-            if old is not None:
-                shutil.rmtree(old, ignore_errors=True)
+            _publish(tmp, out)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
