@@ -28,13 +28,12 @@ import random
 import secrets
 import shutil
 import time
-import warnings
 from collections import Counter
 from pathlib import Path
 
 from ..atomic import atomic_write
 from .folder import DataError, SplitIndex, corrupt_message, find_corrupt, scan_split
-from .prepare import MARKER, file_lock
+from .prepare import MARKER, check_existing, file_lock
 
 __all__ = ["CARVED", "DEFAULT_MINIVAL_PER_CLASS", "add_imagenet_parser", "prepare_imagenet"]
 
@@ -164,13 +163,9 @@ def prepare_imagenet(
     train, val = scan_split(root, "train"), scan_split(root, "val")  # a missing split: its own error
     with file_lock(root / LOCK):
         state, why = _state(root, want, {"train": _per_class(train), "val": _per_class(val)})
-        if state == "finished" and not force:
-            log(f"{root}: already prepared, left alone")
-            return json.loads((root / MARKER).read_text())
-        if state in ("other", "foreign") and not force:
-            raise DataError(f"{why}; pass --force to replace {' and '.join(CARVED)}")
-        if state == "damaged":
-            warnings.warn(f"{why}; preparing it again", stacklevel=2)
+        existing = check_existing(root, state, why, force=force, log=log, replace=" and ".join(CARVED))
+        if existing is not None:
+            return existing
         _validate(train, val, num_classes, minival_per_class, workers)
         held = _pick(train, minival_per_class, seed)
         for stale in root.glob(".prepare-tmp-*"):  # left by a killed run; we hold the lock

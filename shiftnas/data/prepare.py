@@ -42,6 +42,7 @@ __all__ = [
     "FASHION_MNIST_CLASSES",
     "FASHION_MNIST_FOLDERS",
     "add_prepare_parser",
+    "check_existing",
     "default_data_root",
     "file_lock",
     "is_prepared",
@@ -264,6 +265,21 @@ def is_prepared(out: str | os.PathLike) -> bool:
         return False
 
 
+def check_existing(tree: Path, state: str, why: str, *, force: bool, log, replace: str) -> dict | None:
+    """What a preparation does with the tree it found (a state and why, as `_tree_state` gives
+    them): a finished one's marker, to return as it is (unless `force`); a DataError for another
+    or a foreign one (unless `force`; `replace` says what --force replaces); a warning for a
+    damaged one (attributed to the preparation's caller). None: prepare."""
+    if state == "finished" and not force:
+        log(f"{tree}: already prepared, left alone")
+        return json.loads((tree / MARKER).read_text())
+    if state in ("other", "foreign") and not force:
+        raise DataError(f"{why}; pass --force to replace {replace}")
+    if state == "damaged":
+        warnings.warn(f"{why}; preparing it again", stacklevel=3)
+    return None
+
+
 def _read_splits(paths: dict[str, Path], source, minival: int, seed: int) -> dict:
     """{split: (images, labels, indices)} of the IDX sources: train less the held-out minival
     (when `minival` > 0), val = the test set; a DataError when images and labels do not fit."""
@@ -346,13 +362,9 @@ def prepare_fashion_mnist(
     }
     with file_lock(out.parent / f".{out.name}.lock"):
         state, why = _tree_state(out, want)
-        if state == "finished" and not force:
-            log(f"{out}: already prepared, left alone")
-            return json.loads((out / MARKER).read_text())
-        if state in ("other", "foreign") and not force:
-            raise DataError(f"{why}; pass --force to replace it, or choose another --out")
-        if state == "damaged":
-            warnings.warn(f"{why}; preparing it again", stacklevel=2)
+        existing = check_existing(out, state, why, force=force, log=log, replace="it, or choose another --out")
+        if existing is not None:
+            return existing
         for stale in out.parent.glob(f"{out.name}.tmp-*"):  # left by a killed run; we hold the lock
             shutil.rmtree(stale, ignore_errors=True)
 
