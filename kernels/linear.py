@@ -60,6 +60,52 @@ def _mma(acc, a, b, bscale, B_GELU: tl.constexpr, HAS_BSCALE: tl.constexpr, DOT_
     return tl.dot(a, b.to(a.dtype), acc, input_precision=DOT_PRECISION)
 
 
+@triton.jit
+def _grouped_tile(M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
+    """(pid_m, pid_n) of this program's C tile in grouped ordering: GROUP_M row tiles share their
+    B tiles in L2 (Triton tutorial 03)."""
+    pid = tl.program_id(0)
+    num_pid_m = tl.cdiv(M, BLOCK_M)
+    num_pid_n = tl.cdiv(N, BLOCK_N)
+    num_pid_in_group = GROUP_M * num_pid_n
+    group_id = pid // num_pid_in_group
+    first_pid_m = group_id * GROUP_M
+    group_size_m = min(num_pid_m - first_pid_m, GROUP_M)
+    pid_m = first_pid_m + ((pid % num_pid_in_group) % group_size_m)
+    pid_n = (pid % num_pid_in_group) // group_size_m
+    return pid_m, pid_n
+
+
+@triton.jit
+def _limit(lim_ptr, size, HAS_LIM: tl.constexpr):
+    """min(*lim_ptr, size) with a device-tensor limit, else size."""
+    lim = size
+    if HAS_LIM:
+        lim = tl.minimum(tl.load(lim_ptr).to(tl.int32), size)
+    return lim
+
+
+@triton.jit
+def _reduce_k(a_ptrs, b_ptrs, offs_k, k_lim, stride_ak, stride_bk, bscale,
+              B_GELU: tl.constexpr, HAS_BSCALE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """The fp32 tile A[:, :k_lim] @ prologue(B[:k_lim]) (see `_mma`), from the tile pointers at k = 0."""
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    # Whole K tiles need no mask; the partial last one (k_lim need not be a multiple of
+    # BLOCK_K, nor known on the host) is peeled off with a mask along K only.
+    k_full = k_lim - k_lim % BLOCK_K
+    for _ in range(0, k_full, BLOCK_K):
+        acc = _mma(acc, tl.load(a_ptrs), tl.load(b_ptrs), bscale, B_GELU, HAS_BSCALE, DOT_PRECISION)
+        a_ptrs += BLOCK_K * stride_ak
+        b_ptrs += BLOCK_K * stride_bk
+    if k_full < k_lim:
+        mask_k = (k_full + offs_k) < k_lim
+        a = tl.load(a_ptrs, mask=mask_k[None, :], other=0.0)
+        b = tl.load(b_ptrs, mask=mask_k[:, None], other=0.0)
+        acc = _mma(acc, a, b, bscale, B_GELU, HAS_BSCALE, DOT_PRECISION)
+    return acc
+
+
 @triton.autotune(
     configs=matmul_configs(),
     key=["M", "N", "K", "ACT", "B_GELU"],
@@ -91,26 +137,10 @@ def _matmul_kernel(
     (one write per element, no memset pass first), else they leave C as it is (pre-zeroed by
     the launcher, or scratch nobody reads). Partial tiles store zeros past the limit.
     """
-    pid = tl.program_id(0)
-    num_pid_m = tl.cdiv(M, BLOCK_M)
-    num_pid_n = tl.cdiv(N, BLOCK_N)
-    # Grouped ordering: GROUP_M row tiles share their B tiles in L2 (Triton tutorial 03).
-    num_pid_in_group = GROUP_M * num_pid_n
-    group_id = pid // num_pid_in_group
-    first_pid_m = group_id * GROUP_M
-    group_size_m = min(num_pid_m - first_pid_m, GROUP_M)
-    pid_m = first_pid_m + ((pid % num_pid_in_group) % group_size_m)
-    pid_n = (pid % num_pid_in_group) // group_size_m
-
-    m_lim = M
-    n_lim = N
-    k_lim = K
-    if ROW_LIM:
-        m_lim = tl.minimum(tl.load(row_lim_ptr).to(tl.int32), M)
-    if COL_LIM:
-        n_lim = tl.minimum(tl.load(col_lim_ptr).to(tl.int32), N)
-    if RED_LIM:
-        k_lim = tl.minimum(tl.load(red_lim_ptr).to(tl.int32), K)
+    pid_m, pid_n = _grouped_tile(M, N, BLOCK_M, BLOCK_N, GROUP_M)
+    m_lim = _limit(row_lim_ptr, M, ROW_LIM)
+    n_lim = _limit(col_lim_ptr, N, COL_LIM)
+    k_lim = _limit(red_lim_ptr, K, RED_LIM)
 
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -144,19 +174,8 @@ def _matmul_kernel(
     if HAS_BSCALE:
         bscale = tl.load(bscale_ptr + ld_n).to(tl.float32)
 
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    # Whole K tiles need no mask; the partial last one (k_lim need not be a multiple of
-    # BLOCK_K, nor known on the host) is peeled off with a mask along K only.
-    k_full = k_lim - k_lim % BLOCK_K
-    for _ in range(0, k_full, BLOCK_K):
-        acc = _mma(acc, tl.load(a_ptrs), tl.load(b_ptrs), bscale, B_GELU, HAS_BSCALE, DOT_PRECISION)
-        a_ptrs += BLOCK_K * stride_ak
-        b_ptrs += BLOCK_K * stride_bk
-    if k_full < k_lim:
-        mask_k = (k_full + offs_k) < k_lim
-        a = tl.load(a_ptrs, mask=mask_k[None, :], other=0.0)
-        b = tl.load(b_ptrs, mask=mask_k[:, None], other=0.0)
-        acc = _mma(acc, a, b, bscale, B_GELU, HAS_BSCALE, DOT_PRECISION)
+    acc = _reduce_k(a_ptrs, b_ptrs, offs_k, k_lim, stride_ak, stride_bk, bscale,
+                    B_GELU, HAS_BSCALE, DOT_PRECISION, BLOCK_M, BLOCK_N, BLOCK_K)
 
     if HAS_BIAS:
         acc += tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
