@@ -132,33 +132,30 @@ _CREAM = "microsoft/Cream AutoFormer/experiments/supernet/supernet-{}.yaml"
 # What AutoFormer's supernet_train.py builds with its README's flags (--gp --change_qkv
 # --relative_position, --max_relative_position 14 by default) and nn.LayerNorm's default eps.
 _AUTOFORMER = {"rel_pos": 14, "pool": "mean", "ln_eps": 1e-5}
+# What the three AutoFormer spaces share: ImageNet at 224 px, patch 16, head dim 64, MLP ratio 4 in the supernet.
+_AUTOFORMER_IMAGENET = dict(img_size=224, patch_size=16, in_chans=3, num_classes=1000, head_dim=64,
+                            super_mlp_ratio=4.0, **_AUTOFORMER)
 
 # AutoFormer-T: SEARCH_SPACE embed 192/216/240, mlp 3.5/4.0, heads 3/4, depth 12/13/14;
 # SUPERNET embed 256, heads 4, mlp 4.0, depth 14.
 vit_space(
     "autoformer-t",
     embed_dim=(192, 216, 240), mlp_ratio=(3.5, 4.0), num_heads=(3, 4), depth=(12, 13, 14),
-    img_size=224, patch_size=16, in_chans=3, num_classes=1000, head_dim=64,
-    super_embed_dim=256, super_num_heads=4, super_mlp_ratio=4.0, source=_CREAM.format("T"),
-    **_AUTOFORMER,
+    super_embed_dim=256, super_num_heads=4, source=_CREAM.format("T"), **_AUTOFORMER_IMAGENET,
 )
 # AutoFormer-S: embed 320/384/448, mlp 3.0/3.5/4.0, heads 5/6/7, depth 12/13/14;
 # SUPERNET embed 448, heads 7, mlp 4.0, depth 14.
 vit_space(
     "autoformer-s",
     embed_dim=(320, 384, 448), mlp_ratio=(3.0, 3.5, 4.0), num_heads=(5, 6, 7), depth=(12, 13, 14),
-    img_size=224, patch_size=16, in_chans=3, num_classes=1000, head_dim=64,
-    super_embed_dim=448, super_num_heads=7, super_mlp_ratio=4.0, source=_CREAM.format("S"),
-    **_AUTOFORMER,
+    super_embed_dim=448, super_num_heads=7, source=_CREAM.format("S"), **_AUTOFORMER_IMAGENET,
 )
 # AutoFormer-B: embed 528/576/624, mlp 3.0/3.5/4.0, heads 9/10, depth 14/15/16;
 # SUPERNET embed 640, heads 10, mlp 4.0, depth 16.
 vit_space(
     "autoformer-b",
     embed_dim=(528, 576, 624), mlp_ratio=(3.0, 3.5, 4.0), num_heads=(9, 10), depth=(14, 15, 16),
-    img_size=224, patch_size=16, in_chans=3, num_classes=1000, head_dim=64,
-    super_embed_dim=640, super_num_heads=10, super_mlp_ratio=4.0, source=_CREAM.format("B"),
-    **_AUTOFORMER,
+    super_embed_dim=640, super_num_heads=10, source=_CREAM.format("B"), **_AUTOFORMER_IMAGENET,
 )
 # Fashion-MNIST: 28x28 grayscale, patch 4 -> 49 tokens + cls = 50. Head dim 32. Chosen so the
 # max/min FLOPs ratio is about 8 (>= 4 asked), with a CPU-trainable max subnet (~63 MFLOPs).
