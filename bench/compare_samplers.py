@@ -47,8 +47,10 @@ VARIANTS = {
     # the probability shift with a fifth of the paper's total movement of B (shift.movement
     # 5.6 -> 1.1): a short run has few updates of B, each a large step on a noisy estimate
     "shift_m1": ("shift", ["shift.movement=1.1"]),
-    # the shift sampler with half its steps on a random arch inside the drawn bin
+    # generator.explore: the fraction of the steps on a random arch inside the drawn bin
+    # (shift_explore = the default since it was measured; shift_paper = the paper's sampler)
     "shift_explore": ("shift", ["generator.explore=0.5"]),
+    "shift_paper": ("shift", ["generator.explore=0"]),
     "sandwich_warm": ("sandwich", ["sampler.distill_warmup_frac=0.3", "sampler.distill_ramp_frac=0.2"]),
     "attentive_warm": ("attentive", ["sampler.distill_warmup_frac=0.3", "sampler.distill_ramp_frac=0.2"]),
 }

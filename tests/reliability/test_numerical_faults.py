@@ -36,7 +36,9 @@ def _optimizer_steps(opt: torch.optim.Optimizer, params) -> int:
                                              ("nan", "generator")])
 def test_bad_gradients_are_skipped_and_counted(fmnist_root, tmp_path, monkeypatch, kind, where):
     monkeypatch.setenv("SHIFTNAS_FAULT_GRAD", f"{kind}:{','.join(map(str, BAD))}:{where}")
-    cfg = load_config(None, tiny_overrides(fmnist_root, tmp_path, "g") + ["data.augment=false", "run.ckpt_every=0"])
+    # generator.explore=0: the generator proposes (and has gradients) at every step
+    cfg = load_config(None, tiny_overrides(fmnist_root, tmp_path, "g")
+                      + ["data.augment=false", "run.ckpt_every=0", "generator.explore=0"])
     tr = Trainer(cfg)
     summary = tr.fit()
     steps = cfg.optim.steps
