@@ -27,7 +27,7 @@ import functools
 import math
 from dataclasses import dataclass, field
 
-from .cost import FastCost, cost_terms, fast_cost
+from .cost import Cost, FastCost, as_cost, fast_cost
 from .spaces import SearchSpace, get_space
 
 __all__ = ["DecodeState", "Feasibility", "budget_window", "feasibility"]
@@ -47,15 +47,16 @@ class DecodeState:
 
 
 class Feasibility:
-    """Masks for decoding `space` into the cost window [lo, hi] (`what`: 'flops' or 'params')."""
+    """Masks for decoding `space` into the cost window [lo, hi] (`what`: 'flops', 'params' or a
+    `Cost`, e.g. a latency table's: any cost monotone in every choice, `shiftnas.cost.model`)."""
 
-    def __init__(self, space: SearchSpace | str, what: str = "flops", search_limit: int = 20_000):
+    def __init__(self, space: SearchSpace | str, what: str | Cost = "flops", search_limit: int = 20_000):
         self.space = get_space(space)
         self.cost: FastCost = fast_cost(self.space, what)
         self.decs = self.space.decisions
         self.search_limit = int(search_limit)
         self.pos_of = {d.name: i for i, d in enumerate(self.decs)}
-        self.tables = cost_terms(self.space, what)
+        self.tables = self.cost.cost.terms
         self._chain_bounds()
         first = self.start()
         self.lo, self.hi = first.cmin, first.cmax
@@ -179,23 +180,28 @@ class Feasibility:
         return any(self._feasible(st, c, lo, hi, budget) for _, c in sorted(order))
 
     # -- whole architectures ------------------------------------------------------------------
+    def fmt(self, v: float) -> str:
+        """A cost for messages (ms for latency, G/M/k-scaled otherwise)."""
+        return self.cost.cost.fmt(v)
+
     def check_window(self, lo: float, hi: float) -> None:
         """Raise ValueError unless some architecture costs in [lo, hi]."""
         if not any(self.mask(self.start(), lo, hi)):
             raise ValueError(
-                f"no {self.space.name!r} subnet has {self.cost.what} in [{_fmt(lo)}, {_fmt(hi)}]; "
-                f"the space spans [{_fmt(self.lo)}, {_fmt(self.hi)}]"
+                f"no {self.space.name!r} subnet has {self.cost.what} in [{self.fmt(lo)}, {self.fmt(hi)}]; "
+                f"the space spans [{self.fmt(self.lo)}, {self.fmt(self.hi)}]"
             )
 
 
 @functools.cache
-def _feasibility(space_name: str, what: str) -> Feasibility:
-    return Feasibility(space_name, what)
+def _feasibility(cost: Cost) -> Feasibility:
+    return Feasibility(cost.space, cost)
 
 
-def feasibility(space: SearchSpace | str, what: str = "flops") -> Feasibility:
-    """The (cached: its chain bounds take ~1 s for cnn-bignas) `Feasibility` of a space."""
-    return _feasibility(get_space(space).name, what)
+def feasibility(space: SearchSpace | str, what: str | Cost = "flops") -> Feasibility:
+    """The (cached per `Cost`: its chain bounds take ~1 s for cnn-bignas) `Feasibility` of a
+    space for `what` ('flops', 'params' or a `Cost`)."""
+    return _feasibility(as_cost(space, what))
 
 
 def budget_window(feas: Feasibility, budget: float, width: float) -> tuple[int, int]:
@@ -208,17 +214,10 @@ def budget_window(feas: Feasibility, budget: float, width: float) -> tuple[int, 
     b = float(budget)
     if not math.isfinite(b) or b < feas.lo or b - width > feas.hi:
         raise ValueError(
-            f"budget {_fmt(b)} {feas.cost.what} is outside {feas.space.name!r}'s range "
-            f"[{_fmt(feas.lo)}, {_fmt(feas.hi)}] (a budget may exceed the top by at most one bin width, "
-            f"{_fmt(width)})"
+            f"budget {feas.fmt(b)} {feas.cost.what} is outside {feas.space.name!r}'s range "
+            f"[{feas.fmt(feas.lo)}, {feas.fmt(feas.hi)}] (a budget may exceed the top by at most one bin width, "
+            f"{feas.fmt(width)})"
         )
     hi = min(math.floor(b), int(feas.hi))
     lo = max(math.ceil(b - width), int(feas.lo))
     return lo, hi
-
-
-def _fmt(v: float) -> str:
-    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(v) >= scale:
-            return f"{v / scale:.3f}{unit}"
-    return f"{v:g}"

@@ -33,12 +33,12 @@ from pathlib import Path
 import torch
 
 from ..cost import CostTerm, cost_terms
+from ..cost.measured import FORMAT, read_table
 from ..spaces import ArchConfig, SearchSpace, get_space
 from .probes import Probe, build_probe, term_probes
 
 __all__ = ["DTYPES", "FORMAT", "LatencyTable", "build_table", "measure_arch", "time_call"]
 
-FORMAT = "shiftnas-latency/1"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}  # the tables' dtypes
 
 
@@ -135,29 +135,16 @@ class LatencyTable:
     def load(cls, path: str | os.PathLike) -> LatencyTable:
         """Read a table; refuse one of another format or whose terms no longer match the space's
         cost model (the space changed since it was built)."""
-        path = Path(path)
-        try:
-            doc = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise ValueError(f"{path}: not a readable latency table ({e})") from None
-        if not isinstance(doc, dict) or doc.get("format") != FORMAT:
-            got = doc.get("format") if isinstance(doc, dict) else type(doc).__name__
-            raise ValueError(f"{path}: format {got!r}; expected {FORMAT!r} (written by `shiftnas latency build`)")
-        space = get_space(doc["space"])
-        want = cost_terms(space, "flops")
-        terms = []
-        for i, (t, w) in enumerate(zip(doc["terms"], want)):
-            if tuple(t["names"]) != w.names or tuple(t["shape"]) != w.shape:
-                raise ValueError(f"{path}: term {i} is over {t['names']} {t['shape']}, but space {space.name!r} "
-                                 f"now has {list(w.names)} {list(w.shape)}: rebuild the table")
-            vals = [float(v) for v in t["values_ms"]]
-            if len(vals) != math.prod(w.shape) or not all(math.isfinite(v) and v >= 0 for v in vals):
-                raise ValueError(f"{path}: term {i} needs {math.prod(w.shape)} finite values >= 0")
-            terms.append(CostTerm(w.names, w.shape, tuple(vals)))
-        if len(doc["terms"]) != len(want):
-            raise ValueError(f"{path}: {len(doc['terms'])} terms, space {space.name!r} has {len(want)}: rebuild the table")
-        return cls(space.name, int(doc["batch"]), doc["dtype"], doc["machine"], terms, float(doc["overhead_ms"]),
-                   doc.get("entries", {}), doc.get("notes", {}))
+        doc = read_table(path, lambda space: cost_terms(space, "flops"))
+        return cls(doc["space"], doc["batch"], doc["dtype"], doc["machine"], doc["terms"], doc["overhead_ms"],
+                   doc["entries"], doc["notes"])
+
+    def cost(self):
+        """This table as a `shiftnas.cost.Cost` (whole ns, made monotone): what the samplers, the
+        generator and the decoding's feasibility masks take."""
+        from ..cost import get_cost
+
+        return get_cost(self.space, "latency", table=self)
 
     def differences(self, device: str, threads: int) -> list[str]:
         """How this machine differs from the one the table was built on (empty: the same)."""
