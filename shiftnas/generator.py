@@ -1,5 +1,9 @@
 """`ArchGenerator`: the LSTM that maps a FLOPs bin to an architecture (docs/method.md section 2).
 
+The cost is FLOPs unless `cost=` names another (`shiftnas.cost.get_cost`: parameters, or a
+measured latency table in whole ns); bins, windows, masks and the resource loss are then all in
+that cost, and "FLOPs" below reads as "the cost".
+
 One `nn.LSTMCell` emits one decision per step, in `space.decisions` order. Step 0 reads a
 linear embedding of the bin vector G(B) (so the target stays differentiable w.r.t. B);
 step i > 0 reads a learned embedding of decision i-1's one-hot (Zoph & Le style). Every step
@@ -31,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .budget import budget_window, feasibility
-from .cost import FlopsBins, expected_cost
+from .cost import Cost, as_cost, expected_cost, make_bins
 from .spaces import ArchConfig, SearchSpace, get_space
 from .spaces.arch_sample import ArchSample
 
@@ -71,10 +75,12 @@ class ArchGenerator(nn.Module):
         tau_end: float = 0.5,
         device=None,
         dtype=None,
+        cost: str | Cost = "flops",
     ):
         super().__init__()
         self.space = get_space(space)
-        self.bins = FlopsBins(self.space, n_bins=n_bins)
+        self.cost = as_cost(self.space, cost)
+        self.bins = make_bins(self.space, n_bins, self.cost)
         self.n_bins = len(self.bins)
         if not (tau_start > 0 and tau_end > 0):
             raise ValueError(
@@ -96,9 +102,9 @@ class ArchGenerator(nn.Module):
         self.heads = nn.ModuleDict(
             {_key(k): nn.Linear(hidden, n_max[k], **dd) for k in self.space.kinds}
         )
-        # Bin centres (MACs, float64); a buffer so it follows .to(device) and is saved.
+        # Bin centres (in the cost's unit, float64); a buffer so it follows .to(device) and is saved.
         self.register_buffer("targets", self.bins.centers.clone(), persistent=False)
-        self.feasibility = feasibility(self.space, "flops")
+        self.feasibility = feasibility(self.space, self.cost)
 
     # -- temperature ---------------------------------------------------------------------------
     def tau_at(self, progress: float) -> float:
@@ -186,7 +192,7 @@ class ArchGenerator(nn.Module):
         bin: int | None = None,
         interval: tuple[float, float] | None = None,
     ) -> tuple[int, int]:
-        """The inclusive cost window [lo, hi] (MACs) that `generate` decodes into (same arguments)."""
+        """The inclusive cost window [lo, hi] (in the cost's unit) that `generate` decodes into (same arguments)."""
         given = [v is not None for v in (budget, bin, interval)]
         if sum(given) != 1:
             raise ValueError("ArchGenerator.generate: give exactly one of budget, bin=k or interval=(lo, hi)")
@@ -214,7 +220,7 @@ class ArchGenerator(nn.Module):
     ) -> ArchConfig:
         """Deployment (docs/method.md section 2): arg-max of every decision, inside the window.
 
-        `budget` (MACs) is a ceiling: the subnet costs at most `budget` and at least one bin
+        `budget` (MACs, or the cost's unit) is a ceiling: the subnet costs at most `budget` and at least one bin
         width less. `bin=k` decodes into bin k, `interval=(lo, hi)` into [lo, hi]. Deterministic
         (no Gumbel noise). An infeasible request raises ValueError naming the space's range.
         """
@@ -252,11 +258,12 @@ class ArchGenerator(nn.Module):
 
         `target_flops` may be a float or a tensor (e.g. C = G(B) @ centres, differentiable in B).
         """
-        cost = expected_cost(self.space, sample)
+        cost = expected_cost(self.space, sample, self.cost)
         target = torch.as_tensor(target_flops, dtype=torch.float64, device=cost.device)
         return lam * ((cost - target.to(torch.float64)) / self.bins.hi) ** 2
 
     def extra_repr(self) -> str:
         return (
-            f"space={self.space.name!r}, n_bins={self.n_bins}, tau={self.tau_start}->{self.tau_end}"
+            f"space={self.space.name!r}, cost={self.cost.name!r}, n_bins={self.n_bins}, "
+            f"tau={self.tau_start}->{self.tau_end}"
         )

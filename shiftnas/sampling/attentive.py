@@ -4,7 +4,8 @@ Each of the `n_random` middle subnets is chosen by a FLOPs target: draw a bin of
 `FlopsBins(space, n_bins)` uniformly, draw `n_candidates` architectures inside it
 (`sample_in_bin`), score each by its minibatch loss and keep the lowest loss
 (`mode="best"`, AttentiveNAS BestUp: push the Pareto front) or the highest (`mode="worst"`,
-WorstUp). `max` and `min` are trained as in BigNAS, with in-place distillation.
+WorstUp). `max` and `min` are trained as in BigNAS, with in-place distillation. `cost=` bins
+another cost instead of FLOPs (`shiftnas.cost.get_cost`: parameters, a latency table).
 
 Under DDP every rank must see the same scores (all-reduce the loss in `score_fn`), or the
 ranks would pick different subnets; the RNG draws do not depend on the scores, so the ranks'
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..cost import FlopsBins
+from ..cost import Cost, make_bins
 from ..spaces import SearchSpace
 from .base import Sampled, Sampler, ScoreFn, register_sampler, sample_in_bin
 
@@ -40,6 +41,7 @@ class AttentiveSampler(Sampler):
         mode: str = "best",
         n_bins: int = 10,
         max_tries: int = 200,
+        cost: str | Cost = "flops",
     ):
         super().__init__(space, seed)
         if mode not in MODES:
@@ -51,7 +53,7 @@ class AttentiveSampler(Sampler):
         if not isinstance(n_candidates, int) or n_candidates < 1:
             raise ValueError(f"attentive: n_candidates={n_candidates!r} must be an integer >= 1")
         self.n_random, self.n_candidates, self.mode = n_random, n_candidates, mode
-        self.bins = FlopsBins(self.space, n_bins=n_bins)
+        self.bins = make_bins(self.space, n_bins, cost)
         self.max_tries = max_tries
         self.fallbacks = 0  # candidate draws that never reached their bin
         self.last_bins: list[int] = []

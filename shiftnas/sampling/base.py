@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from ..cost import FlopsBins, fast_cost
+from ..cost import CostBins, fast_cost
 from ..spaces import ArchConfig, SearchSpace, get_space
 from ..spaces.arch_sample import ArchSample
 
@@ -159,14 +159,17 @@ def build_sampler(name: str, space: SearchSpace | str, **cfg: Any) -> Sampler:
 # -- drawing an architecture inside one FLOPs bin -------------------------------------------------
 class BinDraw(NamedTuple):
     arch: ArchConfig
-    flops: float
+    flops: float  # the arch's cost, in the bins' cost (FLOPs unless the bins are of another)
     hit: bool  # False: no arch inside the bin was found; `arch` is the closest one seen
 
 
 def sample_in_bin(
-    space: SearchSpace | str, bins: FlopsBins, k: int, rng: random.Random, max_tries: int = 200
+    space: SearchSpace | str, bins: CostBins, k: int, rng: random.Random, max_tries: int = 200
 ) -> BinDraw:
     """An architecture whose FLOPs fall in bin `k`: a uniform draw walked greedily into the bin.
+
+    The cost is the bins' (`bins.cost`: FLOPs for `FlopsBins`; parameters or a latency table
+    for `CostBins(..., cost=...)`); "FLOPs" below reads as that cost.
 
     Pure rejection sampling is hopeless at the edges (uniform FLOPs concentrate in the middle,
     docs/method.md Remark 1), so: draw every decision uniformly; while the FLOPs are below (above)
@@ -177,8 +180,8 @@ def sample_in_bin(
     space = get_space(space)
     if not 0 <= k < len(bins):
         raise ValueError(f"bin k={k} is out of range; {bins!r} has bins 0..{len(bins) - 1}")
-    ff = fast_cost(space)
-    lo, hi = bins.window(k)  # the integer costs FlopsBins.bin_of maps to k
+    ff = fast_cost(space, bins.cost)
+    lo, hi = bins.window(k)  # the integer costs bins.bin_of maps to k
     last = k == len(bins) - 1
 
     def inside(f: float) -> bool:

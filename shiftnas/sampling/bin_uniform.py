@@ -2,13 +2,14 @@
 
 Each step draws a bin of `FlopsBins(space, n_bins)` uniformly, then an architecture inside it
 (`sample_in_bin`), so every FLOPs range is trained equally often, unlike uniform sampling.
+`cost=` bins another cost instead (`shiftnas.cost.get_cost`: parameters, a latency table).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from ..cost import FlopsBins
+from ..cost import Cost, make_bins
 from ..spaces import SearchSpace
 from .base import Sampled, Sampler, ScoreFn, register_sampler, sample_in_bin
 
@@ -22,10 +23,11 @@ class BinUniformSampler(Sampler):
     name = "bin_uniform"
 
     def __init__(
-        self, space: SearchSpace | str, seed: int = 0, n_bins: int = 10, max_tries: int = 200
+        self, space: SearchSpace | str, seed: int = 0, n_bins: int = 10, max_tries: int = 200,
+        cost: str | Cost = "flops",
     ):
         super().__init__(space, seed)
-        self.bins = FlopsBins(self.space, n_bins=n_bins)
+        self.bins = make_bins(self.space, n_bins, cost)
         self.max_tries = max_tries
         self.fallbacks = 0  # draws that never reached their bin (the closest arch was used)
         self.last_bins: list[int] = []

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from ..cost import FlopsBins
+from ..cost import CostBins
 
 __all__ = ["ESTIMATORS", "PAPER_MOVEMENT", "ProbabilityShift", "shift_lr", "val_losses"]
 
@@ -92,7 +92,7 @@ class ProbabilityShift(nn.Module):
 
     def __init__(
         self,
-        bins: FlopsBins | torch.Tensor,
+        bins: CostBins | torch.Tensor,
         warmup_steps: int = 0,
         update_every: int = 100,
         lr: float = 1e-3,
@@ -105,7 +105,7 @@ class ProbabilityShift(nn.Module):
         if not (isinstance(lr, (int, float)) and lr > 0 and math.isfinite(lr)):
             raise ValueError(f"ProbabilityShift: lr={lr!r} must be a finite number > 0")
         self.estimator = estimator
-        centers = bins.centers if isinstance(bins, FlopsBins) else torch.as_tensor(bins)
+        centers = bins.centers if isinstance(bins, CostBins) else torch.as_tensor(bins)
         if centers.dim() != 1 or len(centers) < 1:
             raise ValueError(
                 f"ProbabilityShift: bin centres must be a non-empty vector, got shape {tuple(centers.shape)}"

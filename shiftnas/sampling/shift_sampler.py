@@ -13,6 +13,9 @@ With `explore` > 0, that fraction of the steps trains a random arch inside the d
 instead (`sample_in_bin`, bin_uniform's proposal; no resource loss), so the supernet also learns
 the bin beyond the few archs the generator settles on there.
 
+`cost=` makes the bins, the generator's windows and its resource loss another cost than FLOPs
+(`shiftnas.cost.get_cost`: parameters, or a measured latency table).
+
 All randomness (bin draws, Gumbel noise) comes from one `torch.Generator` seeded with `seed`
 (the explore draws from the sampler's `random.Random`):
 DDP ranks built with the same seed emit the same architecture every step, and `state_dict()`
@@ -28,6 +31,7 @@ from typing import Any
 
 import torch
 
+from ..cost import Cost
 from ..generator import ArchGenerator
 from ..spaces import ArchConfig, SearchSpace
 from ..spaces.arch_sample import ArchSample
@@ -69,6 +73,7 @@ class ShiftSampler(Sampler):
         grad_path: str = "prefix",
         explore: float = 0.0,
         device: Any = None,
+        cost: str | Cost = "flops",
     ):
         super().__init__(space, seed)
         if grad_path not in GRAD_PATHS:
@@ -83,7 +88,7 @@ class ShiftSampler(Sampler):
             raise ValueError(f"shift: lam={lam!r} must be >= 0")
         self.total_steps, self.lam = total_steps, float(lam)
         self.generator = ArchGenerator(
-            self.space, n_bins, hidden=hidden, tau_start=tau_start, tau_end=tau_end, device=device
+            self.space, n_bins, hidden=hidden, tau_start=tau_start, tau_end=tau_end, device=device, cost=cost
         )
         self.bins = self.generator.bins
         self.explored = 0  # steps whose arch came from sample_in_bin instead of the generator
@@ -238,4 +243,5 @@ class ShiftSampler(Sampler):
         self.explored = int(state.get("explored", 0))
 
     def __repr__(self) -> str:
-        return f"ShiftSampler({self.space.name!r}, seed={self.seed}, bins={len(self.bins)}, lam={self.lam})"
+        cost = "" if self.bins.cost.name == "flops" else f", cost={self.bins.cost.name!r}"
+        return f"ShiftSampler({self.space.name!r}, seed={self.seed}, bins={len(self.bins)}, lam={self.lam}{cost})"
