@@ -21,7 +21,7 @@ from ..sampling.shift import shift_lr
 from .config import TrainConfig
 from .distributed import DistInfo
 
-__all__ = ["Loaders", "build_loaders", "build_optimizer", "build_train_sampler", "data_root", "split_decay"]
+__all__ = ["Loaders", "build_loaders", "build_optimizer", "build_train_sampler", "data_root", "run_cost", "split_decay"]
 
 
 def _no_decay(name: str, p: nn.Parameter) -> bool:
@@ -46,10 +46,22 @@ def data_root(cfg: TrainConfig) -> Path:
     return default_data_root() / cfg.data.dataset
 
 
+def run_cost(c: TrainConfig, space):
+    """The run's cost (`sampler.cost`, with `sampler.latency_table` for latency): what the
+    binning samplers, the generator and the trainer's bin counts measure."""
+    from ..cost import get_cost
+
+    if c.sampler.cost == "latency":
+        return get_cost(space, "latency", table=Path(c.sampler.latency_table).expanduser())
+    return get_cost(space, c.sampler.cost)
+
+
 def build_train_sampler(c: TrainConfig, space):
     """The sampler `c.sampler.name` over `space`, with the settings of the config it reads."""
     name = c.sampler.name
     kw: dict[str, Any] = {"seed": c.run.seed}
+    if name in ("shift", "attentive", "bin_uniform"):
+        kw["cost"] = run_cost(c, space)
     if name == "shift":
         warm = round(c.shift.warmup_frac * c.optim.steps)
         kw.update(

@@ -28,6 +28,7 @@ DATA_BACKENDS = ("dali", "torch", "auto")
 ATTENTIVE_MODES = ("best", "worst")
 ESTIMATORS = ("delta", "literal")  # shiftnas.sampling.shift.ESTIMATORS (kept import-free here)
 GRAD_PATHS = ("prefix", "full")  # shiftnas.sampling.shift_sampler.GRAD_PATHS
+COSTS = ("flops", "params", "latency")  # shiftnas.cost.COSTS
 DEVICES = ("auto", "cpu", "cuda")
 # Upper bounds: far above any sensible run (paper: 224 px, 10 bins, 64 hidden units, batch
 # 128-1024 per GPU), low enough that a typo (an extra 0 or three) is an error, not an OOM an hour in.
@@ -111,6 +112,8 @@ class OptimConfig:
 class SamplerConfig:
     name: str = "shift"
     n_bins: int = 10  # FLOPs bins (shift, bin_uniform, attentive)
+    cost: str = "flops"  # what the bins measure (shift, bin_uniform, attentive): flops | params | latency
+    latency_table: str | None = None  # cost=latency: a `shiftnas latency build` table of model.space
     n_random: int = 2  # random subnets per step (sandwich, attentive)
     n_candidates: int = 4  # candidates per FLOPs target (attentive)
     mode: str = "best"  # attentive: best | worst
@@ -310,6 +313,7 @@ _RULES: dict[str, tuple[Any, str]] = {
     "optim.cutmix": (lambda v: v >= 0, ">= 0 (0: off)"),
     "sampler.name": (lambda v: v in SAMPLERS, f"one of {list(SAMPLERS)}"),
     "sampler.n_bins": (lambda v: 1 <= v <= MAX_BINS, f"in [1, {MAX_BINS}]"),
+    "sampler.cost": (lambda v: v in COSTS, f"one of {list(COSTS)}"),
     "sampler.n_random": (lambda v: v >= 0, ">= 0"),
     "sampler.n_candidates": (lambda v: v >= 1, ">= 1"),
     "sampler.mode": (lambda v: v in ATTENTIVE_MODES, f"one of {list(ATTENTIVE_MODES)}"),
@@ -356,7 +360,27 @@ def _build(d: dict[str, dict[str, Any]]) -> TrainConfig:
         sections[s] = cls(**kw)
     cfg = TrainConfig(**sections)
     _check_space(cfg.model.space)
+    _check_cost(cfg)
     return cfg
+
+
+def _check_cost(cfg: TrainConfig) -> None:
+    """sampler.cost=latency needs sampler.latency_table: a readable table of model.space."""
+    s = cfg.sampler
+    if s.cost != "latency":
+        if s.latency_table is not None:
+            raise ValueError(f"config key 'sampler.latency_table': value {_r(s.latency_table)} is only read with "
+                             f"sampler.cost=latency (sampler.cost is {_r(s.cost)})")
+        return
+    if s.latency_table is None:
+        raise ValueError("config key 'sampler.cost': latency needs sampler.latency_table=PATH, a table built by "
+                         f"`shiftnas latency build --space {cfg.model.space} --out PATH`")
+    from ..cost import get_cost  # lazy: reads the table (json), no torch
+
+    try:
+        get_cost(cfg.model.space, "latency", table=Path(s.latency_table).expanduser())
+    except ValueError as e:
+        raise ValueError(f"config key 'sampler.latency_table': value {_r(s.latency_table)}: {e}") from None
 
 
 def _parse_override(o: str) -> dict[str, Any]:

@@ -44,12 +44,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..atomic import write_json_atomic, write_text_atomic
-from ..cost import FlopsBins, count_flops
+from ..cost import count_cost, count_flops, make_bins
 from ..models.registry import build_supernet
 from ..sampling import StepContext
 from ..spaces import ArchConfig
 from ..spaces.arch_sample import ArchSample
-from .build import build_loaders, build_optimizer, build_train_sampler
+from .build import build_loaders, build_optimizer, build_train_sampler, run_cost
 from .checkpoint import (
     capture_rng_state,
     find_resume,
@@ -68,7 +68,7 @@ from .distributed import (
     init_distributed,
     wrap_ddp,
 )
-from .evaluate import arch_row, bin_archs, evaluate_arch, has_batch_norm, prepare_input
+from .evaluate import arch_row, bin_archs, bins_record, evaluate_arch, has_batch_norm, prepare_input
 from .faults import engine_faults
 from .interrupt import StopSignals, TrainingInterrupted
 from .precision import amp_name, amp_setup
@@ -80,6 +80,8 @@ __all__ = ["MAX_BAD_STEPS", "Trainer", "TrainingDiverged", "lr_factor"]
 
 MIN_LR_RATIO = 0.01  # the cosine ends at lr * MIN_LR_RATIO
 PLOTS = ("plots/sampling.png", "plots/pareto.png")
+# The step record's key for the shown subnet's cost when the run bins another cost than FLOPs.
+COST_KEYS = {"params": "mparams", "latency": "latency_ms"}
 # what fit() writes besides checkpoints (metrics.jsonl and tb/: RunLog, also through safe_path)
 OUTPUTS = ("config.yaml", "metrics.jsonl", "tb", "summary.json", "sampling.json", *PLOTS)
 
@@ -128,7 +130,8 @@ class Trainer:
 
         self.net = build_supernet(cfg.model.space, num_classes=cfg.model.num_classes).to(self.device)
         self.space = self.net.space
-        self.bins = FlopsBins(self.space, n_bins=cfg.sampler.n_bins)
+        self.cost = run_cost(cfg, self.space)  # the bins and their counts are in the sampler's cost
+        self.bins = make_bins(self.space, cfg.sampler.n_bins, self.cost)
         self.sampler = build_train_sampler(cfg, self.space).to(self.device)
         self.extra_params = [p for m in self.sampler.trainable().values() for p in m.parameters()]
 
@@ -367,17 +370,20 @@ class Trainer:
         self.step += 1
         self.images_seen += x.shape[0] * self.info.world_size
 
-        flops = [count_flops(self.space, a) for a, _, _ in hard]
-        bins = [self.bins.bin_of(f) for f in flops]
+        costs = [count_cost(self.space, a, self.cost) for a, _, _ in hard]
+        bins = [self.bins.bin_of(c) for c in costs]
+        shown = self.sampler.display_index
+        flops = costs if self.cost.name == "flops" else {shown: count_flops(self.space, hard[shown][0])}
         for k in bins:
             self.bin_counts[k] += 1
-        shown = self.sampler.display_index
         out = {
             "loss": mean_loss, "lr": lr, "grad_norm": res.grad_norm, "skipped": not res.stepped,
             "overflow": res.overflow, "stop": host[2] > 0,
             "mflops": flops[shown] / 1e6, "bin": bins[shown], "bins": bins, "n_subnets": n,
             **self.sampler.step_metrics(step),
         }
+        if self.cost.name != "flops":  # e.g. latency_ms: the shown subnet's cost in the bins' unit
+            out[COST_KEYS[self.cost.name]] = costs[shown] / 1e6
         if extras:
             out["resource_loss"] = host[3]
         return out
@@ -521,8 +527,7 @@ class Trainer:
             for e in bin_archs(self.space, self.bins, seed=0):
                 if e["hit"]:
                     rows.append(run(e["arch"], e["bin"], "random"))
-        edges = [e / 1e6 for e in self.bins.edges.tolist()]
-        centers = [c / 1e6 for c in self.bins.centers.tolist()]
+        bins = bins_record(self.bins)
         summary = {
             "run": cfg.run.name, "space": self.space.name, "sampler": cfg.sampler.name,
             "steps": self.step, "images_seen": self.images_seen, "skipped_steps": self.skipped,
@@ -530,7 +535,7 @@ class Trainer:
             "world_size": self.info.world_size, "ema": self.ema is not None, "amp": amp_name(self.amp_dtype),
             "eval_images_per_arch": rows[0]["images"] if rows else 0,
             "eval_s": round(time.perf_counter() - t0, 2),
-            "bins": {"edges_mflops": edges, "centers_mflops": centers},
+            "bins": bins,
             "rows": rows,
         }
         summary.update(self.sampler.summary())

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..cost import FlopsBins, count_flops, count_params
+from ..cost import CostBins, count_cost, count_flops, count_params
 from ..models.mbconv import resize_to
 from ..ops.batch_norm import ElasticBatchNorm2d
 from ..sampling.base import sample_in_bin
@@ -205,8 +205,19 @@ def evaluate_arch(
     return {"top1": 100.0 * correct / images, "loss": loss_sum / images, "images": images}
 
 
+def bins_record(bins: CostBins) -> dict[str, Any]:
+    """The bins as a run's summary records them: edges and centres in millions of the cost's unit
+    (`edges_mflops` / `centers_mflops` for FLOPs; `edges` / `centers` with `unit` and `cost`,
+    e.g. ms and the latency table, for another cost)."""
+    edges = [e / 1e6 for e in bins.edges.tolist()]
+    centers = [c / 1e6 for c in bins.centers.tolist()]
+    if bins.cost.name == "flops":
+        return {"edges_mflops": edges, "centers_mflops": centers}
+    return {"edges": edges, "centers": centers, "unit": bins.cost.display_unit, "cost": bins.cost.describe()}
+
+
 def bin_archs(
-    space: SearchSpace | str, bins: FlopsBins, seed: int = 0, max_tries: int = 200
+    space: SearchSpace | str, bins: CostBins, seed: int = 0, max_tries: int = 200
 ) -> list[dict[str, Any]]:
     """One architecture per FLOPs bin k: `{"bin": k, "arch": ArchConfig, "hit": bool}`.
 
@@ -224,7 +235,7 @@ def bin_archs(
 def arch_row(
     space: SearchSpace | str,
     arch: ArchConfig,
-    bins: FlopsBins,
+    bins: CostBins,
     k: int,
     source: str,
     metrics: Mapping[str, Any],
@@ -237,20 +248,27 @@ def arch_row(
             f"arch_row: bin k={k} is out of range; {bins!r} has bins 0..{len(bins) - 1}"
         )
     flops = count_flops(space, arch, num_classes)
+    cost = flops if bins.cost.name == "flops" else count_cost(space, arch, bins.cost)
     try:
-        in_bin = bins.bin_of(flops) == k
+        in_bin = bins.bin_of(cost) == k
     except ValueError:  # outside the bins' range (e.g. another num_classes)
         in_bin = False
+    extra = {}
+    if bins.cost.name != "flops":  # the bin and the arch in the bins' cost (e.g. ms)
+        extra = {"cost_unit": bins.cost.display_unit, "lo_cost": float(bins.edges[k]) / 1e6,
+                 "hi_cost": float(bins.edges[k + 1]) / 1e6, "cost": cost / 1e6}
+    flops_bins = bins.cost.name == "flops"  # else the bin's edges are in `cost_unit` (lo_cost, hi_cost)
     return {
         "bin": int(k),
-        "lo_mflops": float(bins.edges[k]) / 1e6,
-        "hi_mflops": float(bins.edges[k + 1]) / 1e6,
+        "lo_mflops": float(bins.edges[k]) / 1e6 if flops_bins else None,
+        "hi_mflops": float(bins.edges[k + 1]) / 1e6 if flops_bins else None,
         "source": str(source),
         "arch": arch.short(),
         "arch_values": arch.to_dict(),
         "mflops": flops / 1e6,
         "params_m": count_params(space, arch, num_classes) / 1e6,
         "in_bin": bool(in_bin),
+        **extra,
         **dict(metrics),
     }
 
@@ -264,13 +282,19 @@ def _fmt(v: Any, spec: str) -> str:
 def format_bin_table(rows: Iterable[Mapping[str, Any]]) -> str:
     """Fixed-width text table of `arch_row` rows (plus "top1"), sorted by (bin, source)."""
     rows = sorted(rows, key=lambda r: (r["bin"], str(r["source"])))
-    header = ["bin", "range (MFLOPs)", "source", "MFLOPs", "params(M)", "top-1", "in-bin", "arch"]
+    # Rows binned by another cost (e.g. latency) show the bins and that cost in its unit too.
+    unit = next((r["cost_unit"] for r in rows if "cost_unit" in r), None)
+    lo, hi = ("lo_mflops", "hi_mflops") if unit is None else ("lo_cost", "hi_cost")
+    header = ["bin", f"range ({unit or 'MFLOPs'})", "source", "MFLOPs", "params(M)", "top-1", "in-bin", "arch"]
+    if unit is not None:
+        header.insert(4, unit)
     body = [
         [
             str(r["bin"]),
-            f"{_fmt(r.get('lo_mflops'), '.2f')}-{_fmt(r.get('hi_mflops'), '.2f')}",
+            f"{_fmt(r.get(lo), '.2f')}-{_fmt(r.get(hi), '.2f')}",
             str(r["source"]),
             _fmt(r.get("mflops"), ".2f"),
+            *([] if unit is None else [_fmt(r.get("cost"), ".3f")]),
             _fmt(r.get("params_m"), ".3f"),
             _fmt(r.get("top1"), ".2f"),
             "yes" if r.get("in_bin") else "no",
@@ -279,7 +303,7 @@ def format_bin_table(rows: Iterable[Mapping[str, Any]]) -> str:
         for r in rows
     ]
     widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
-    right = {0, 3, 4, 5}  # numbers right-aligned; the last column is not padded
+    right = {0, 3, 4, 5} if unit is None else {0, 3, 4, 5, 6}  # numbers right-aligned; the last column is not padded
 
     def line(cells: list[str]) -> str:
         out = []

@@ -80,13 +80,15 @@ def plot_sampling(
     centers_mflops: Sequence[float] | None = None,
     title: str | None = None,
     counts: Sequence[int] | None = None,
+    unit: str = "MFLOPs",
 ) -> Path:
     """Bin probabilities over training as a heat map (bins x steps, colour = K * P(bin): white at
     uniform, red above, blue below), and beside it bars of the last entry's P(bin) and of the
     share of draws per bin (`counts`, when given) against the uniform 1/K.
 
     `history`: dicts {"step": int, "probs": [K floats]}, e.g. softmax(B) at every update. With an
-    empty history only the bars are drawn (K = len(centers_mflops)). Returns the written path.
+    empty history only the bars are drawn (K = len(centers_mflops)). `unit`: the centres' unit
+    (a run binned by latency gives "ms"). Returns the written path.
     """
     from matplotlib.colors import TwoSlopeNorm
 
@@ -106,10 +108,12 @@ def plot_sampling(
             ax.text(0.5, 0.5, "no updates of B yet", transform=ax.transAxes, ha="center", va="center", color="gray")
         ax.set_ylim(-0.5, k - 0.5)
         ax.set_yticks(range(k))
-        ax.set_yticklabels([f"{b}" + (f" ({centers[b]:.1f}M)" if centers is not None else "") for b in range(k)],
+        tick = (lambda c: f"{c:.1f}M") if unit == "MFLOPs" else (lambda c: f"{c:.3g} {unit}")
+        ax.set_yticklabels([f"{b}" + (f" ({tick(centers[b])})" if centers is not None else "") for b in range(k)],
                            fontsize=7)
         ax.set_xlabel("step")
-        ax.set_ylabel("FLOPs bin (centre, MFLOPs)" if centers is not None else "FLOPs bin")
+        what = "FLOPs" if unit == "MFLOPs" else {"ms": "latency", "M params": "params"}.get(unit, unit)
+        ax.set_ylabel(f"{what} bin (centre, {unit})" if centers is not None else f"{what} bin")
         ax.set_title(title or "FLOPs-bin sampling distribution", fontsize=10)
         ys = list(range(k))
         if probs:
@@ -181,7 +185,9 @@ def plot_run(summary: Mapping[str, Any], sampling: Mapping[str, Any], sampling_p
     """The two figures of a finished training run from its summary.json and sampling.json: the
     learned softmax(B) at every update (shift) or the sampled bin frequency per logging window
     (the other samplers), and the inherited top-1 front (when there are evaluated rows)."""
-    centers = summary["bins"]["centers_mflops"]
+    bins = summary["bins"]
+    centers = bins["centers_mflops"] if "centers_mflops" in bins else bins["centers"]
+    unit = bins.get("unit", "MFLOPs")
     k = len(centers)
     if "final_probs" in summary:  # a learned distribution: softmax(B) at every update
         history = [{"step": 0, "probs": [1.0 / k] * k}] + [
@@ -194,6 +200,7 @@ def plot_run(summary: Mapping[str, Any], sampling: Mapping[str, Any], sampling_p
             for w in sampling["windows"]
         ]
         title = f"{summary['sampler']}: sampled bin frequency per window"
-    plot_sampling(history, sampling_png, centers_mflops=centers, title=title, counts=sampling.get("counts"))
+    plot_sampling(history, sampling_png, centers_mflops=centers, title=title, counts=sampling.get("counts"),
+                  unit=unit)
     if summary["rows"]:
         plot_pareto(summary["rows"], pareto_png, title=f"{summary['space']} / {summary['sampler']}: inherited top-1")
