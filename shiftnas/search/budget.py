@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 import re
 
-__all__ = ["format_budget", "parse_budget"]
+__all__ = ["format_budget", "parse_budget", "parse_latency"]
 
 _UNITS = {"": 1.0, "k": 1e3, "m": 1e6, "g": 1e9}
 _RE = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*([kmg]?)(?:flops|macs)?\s*$", re.IGNORECASE)
@@ -34,6 +34,31 @@ def parse_budget(text: str | float, lo: float | None = None, hi: float | None = 
             f"{what} {text!r} = {format_budget(value)} is outside this space's range "
             f"{format_budget(lo)} .. {format_budget(hi)} (smallest to largest subnet)"
         )
+    return value
+
+
+_TIME_UNITS = {"": 1e6, "ms": 1e6, "us": 1e3, "s": 1e9}  # -> nanoseconds; a plain number is ms
+_TIME_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*(ms|us|s)?\s*$", re.IGNORECASE)
+
+
+def parse_latency(text: str | float, lo: float | None = None, hi: float | None = None,
+                  what: str = "--latency") -> float:
+    """Nanoseconds (the latency cost's unit) from `4ms` / `4000us` / `0.004s` / `4` (a plain
+    number is milliseconds). With `lo`/`hi` (ns), a budget outside [lo, hi] is an error that
+    gives the range in ms."""
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        value = float(text) * 1e6
+    else:
+        m = _TIME_RE.match(str(text))
+        if not m:
+            raise ValueError(f"{what} {text!r}: not a latency; write a time with an optional unit ms/us/s, "
+                             "e.g. 4ms, 4000us, 0.004s or 4 (milliseconds)")
+        value = float(m.group(1)) * _TIME_UNITS[(m.group(2) or "").lower()]
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{what} {text!r}: a latency budget must be a positive finite time")
+    if lo is not None and hi is not None and not lo <= value <= hi:
+        raise ValueError(f"{what} {text!r} = {value / 1e6:.3f} ms is outside this run's latency range "
+                         f"{lo / 1e6:.3f} .. {hi / 1e6:.3f} ms (smallest to largest subnet, its table's prediction)")
     return value
 
 

@@ -17,10 +17,11 @@ from typing import Any
 
 from ..cost import count_flops, count_params
 from ..spaces import ArchConfig
-from .budget import format_budget, parse_budget
+from .budget import format_budget, parse_budget, parse_latency
 from .run import add_run_arguments
 
-__all__ = ["EXPORT_FORMATS", "add_generate_parser", "export_arch", "generate_arch", "generate_sweep"]
+__all__ = ["EXPORT_FORMATS", "add_generate_parser", "export_arch", "generate_arch", "generate_latency",
+           "generate_sweep"]
 
 # An export is always model.safetensors + arch.json (what save_subnet writes, what load_subnet
 # reads); a format other than safetensors adds one file beside them (written by search/export.py).
@@ -67,11 +68,35 @@ def generate_arch(run, flops: str | float) -> dict[str, Any]:
     return _describe(run, gen.generate(budget), budget, run.bins.bin_of(budget), window)
 
 
+def generate_latency(run, latency: str | float) -> dict[str, Any]:
+    """The generator's arch for a latency budget (`4ms`, `4000us`, `0.004s`; a number is ms) of
+    a run trained with `sampler.cost=latency`: the budget is a ceiling on its table's predicted
+    latency, as FLOPs budgets are. Keys as `generate_arch`'s, plus budget_ms, latency_ms (the
+    table's prediction for the arch) and the window in ns."""
+
+    gen = run.require_generator("generate --latency")
+    lo, hi = run.cost_range("latency")
+    budget = parse_latency(latency, lo, hi)
+    window = gen.window(budget)
+    return _latency_row(run, gen.generate(budget), budget, run.bins.bin_of(budget), window)
+
+
+def _latency_row(run, arch: ArchConfig, budget: float, k: int, window: tuple[int, int]) -> dict[str, Any]:
+    """`_describe`'s row for a latency run: the budget, error, bin and window in its latency (ns)."""
+    from ..cost import count_cost
+
+    r = _describe(run, arch, budget, k, window)
+    ns = count_cost(run.space, arch, run.trainer.cost)
+    r.update(budget_ms=budget / 1e6, budget_mflops=None, latency_ms=ns / 1e6, rel_error=(ns - budget) / budget,
+             in_bin=run.bins.bin_of(ns) == k, within=bool(window[0] <= ns <= window[1]))
+    return r
+
+
 def generate_sweep(run) -> list[dict[str, Any]]:
     """The generator's arch for every bin (`generate(bin=k)`, budget = the bin's centre), bin 0 first."""
     gen = run.require_generator("generate --sweep")
-    return [_describe(run, gen.generate(bin=k), c, k, run.bins.window(k))
-            for k, c in enumerate(run.bins.centers.tolist())]
+    row = _latency_row if run.cost_name == "latency" else _describe
+    return [row(run, gen.generate(bin=k), c, k, run.bins.window(k)) for k, c in enumerate(run.bins.centers.tolist())]
 
 
 def _check_out(out: Path) -> None:
@@ -120,10 +145,14 @@ def export_arch(run, arch: ArchConfig, out: str | Path, fmt: str = "safetensors"
 
 def _human(r: dict[str, Any], edges: list[float]) -> str:
     k = r["bin"]
-    where = f"bin {k} ({edges[k] / 1e6:.2f}-{edges[k + 1] / 1e6:.2f}M)"
+    if "latency_ms" in r:  # a latency run: budget, bin edges (ns) and the prediction in ms
+        where = f"bin {k} ({edges[k] / 1e6:.3f}-{edges[k + 1] / 1e6:.3f} ms)"
+        head = f"{r['budget_ms']:7.3f}ms  {where:<28} {r['latency_ms']:7.3f} ms  {r['mflops']:8.2f} MFLOPs  "
+    else:
+        where = f"bin {k} ({edges[k] / 1e6:.2f}-{edges[k + 1] / 1e6:.2f}M)"
+        head = f"{format_budget(r['budget']):>7}  {where:<24} {r['mflops']:8.2f} MFLOPs  "
     return (
-        f"{format_budget(r['budget']):>7}  {where:<24} {r['mflops']:8.2f} MFLOPs  "
-        f"{r['params'] / 1e6:7.3f}M params  {100 * r['rel_error']:+6.1f}%  "
+        head + f"{r['params'] / 1e6:7.3f}M params  {100 * r['rel_error']:+6.1f}%  "
         f"{'in-bin ' if r['in_bin'] else 'off-bin'}  {'' if r['within'] else 'OUTSIDE THE WINDOW  '}{r['short']}"
     )
 
@@ -135,8 +164,15 @@ def _cmd_generate(args) -> int:
         raise ValueError("--export needs one budget: give --flops, not --sweep")
     if args.flops is not None:
         parse_budget(args.flops)  # a malformed budget fails before the run is loaded
+    if args.latency is not None:
+        parse_latency(args.latency)
     run = load_run(args.run, checkpoint=args.checkpoint, device=args.device)
-    results = generate_sweep(run) if args.sweep else [generate_arch(run, args.flops)]
+    if args.sweep:
+        results = generate_sweep(run)
+    elif args.latency is not None:
+        results = [generate_latency(run, args.latency)]
+    else:
+        results = [generate_arch(run, args.flops)]
     if args.export:
         r = results[0]
         path = export_arch(run, ArchConfig.from_dict(run.space.name, r["arch"]), args.export)
@@ -168,7 +204,10 @@ def add_generate_parser(subparsers) -> argparse.ArgumentParser:
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--flops", metavar="BUDGET",
                        help="FLOPs (multiply-adds) budget: 25M, 1.3G, 900k or a plain number")
-    which.add_argument("--sweep", action="store_true", help="one subnet per FLOPs bin centre")
+    which.add_argument("--latency", metavar="TIME",
+                       help="latency budget for a run trained with sampler.cost=latency: 4ms, 4000us, 0.004s "
+                            "or a number of ms (its latency table's prediction)")
+    which.add_argument("--sweep", action="store_true", help="one subnet per bin centre")
     p.add_argument("--export", default=None, metavar="OUT",
                    help="also write the subnet to OUT (model.safetensors + arch.json); one budget only")
     p.add_argument("--json", action="store_true", help="one JSON object per line")

@@ -72,8 +72,21 @@ class LoadedRun:
     def num_classes(self) -> int:
         return self.cfg.model.num_classes
 
+    @property
+    def cost_name(self) -> str:
+        """What the run's bins and generator measure: flops, params or latency (`sampler.cost`)."""
+        return self.trainer.cost.name
+
     def flops_range(self) -> tuple[float, float]:
         """(smallest, largest) subnet FLOPs (multiply-adds) of the space: the budgets allowed."""
+        return self.cost_range("flops")
+
+    def cost_range(self, cost: str) -> tuple[float, float]:
+        """(smallest, largest) subnet cost of the run's bins (ns for latency), which must be in `cost`."""
+        if self.cost_name != cost:
+            flag = {"flops": "--flops", "latency": "--latency", "params": "a params budget"}[self.cost_name]
+            raise ValueError(f"this run's generator and bins are in {self.cost_name} (sampler.cost="
+                             f"{self.cost_name}), not {cost}; give {flag}")
         return self.bins.lo, self.bins.hi
 
     def require_generator(self, what: str):

@@ -62,6 +62,28 @@ def test_tiny_run_binned_by_latency(tiny_root, tmp_path, capsys):
     table = format_bin_table(summary["rows"])
     assert table.splitlines()[0].startswith("bin  range (ms)") and " ms " in table.splitlines()[0]
     assert (run / "plots" / "sampling.png").is_file()
+    _generate_by_latency(run, bins["edges"], capsys)
+
+
+def _generate_by_latency(run: Path, edges_ms: list[float], capsys) -> None:
+    """`shiftnas generate --latency` on the latency run: a ceiling on the table's prediction,
+    no more than one bin below it; --flops and an out-of-range latency are refused, naming why."""
+    from shiftnas.cli import main as cli
+
+    capsys.readouterr()
+    for budget_ms in (edges_ms[1], (edges_ms[2] + edges_ms[3]) / 2, edges_ms[-1]):
+        assert cli(["generate", "--run", str(run), "--latency", f"{budget_ms * 1000:.3f}us", "--json"]) == 0
+        r = json.loads(capsys.readouterr().out)
+        width = edges_ms[1] - edges_ms[0]
+        assert r["within"] and budget_ms - width - 1e-6 <= r["latency_ms"] <= budget_ms + 1e-6
+    assert cli(["generate", "--run", str(run), "--sweep"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 4 and all(" ms)" in line and "in-bin" in line for line in lines)
+    assert cli(["generate", "--run", str(run), "--flops", "20M"]) == 2
+    assert "in latency (sampler.cost=latency), not flops; give --latency" in capsys.readouterr().err
+    assert cli(["generate", "--run", str(run), "--latency", "1s"]) == 2
+    err = capsys.readouterr().err
+    assert f"outside this run's latency range {edges_ms[0]:.3f} .. {edges_ms[-1]:.3f} ms" in err
 
 
 def cost_lo(cost) -> float:
