@@ -3,6 +3,7 @@
 import random
 
 import pytest
+from archutil import check_masks_against_brute_force
 
 from shiftnas.budget import Feasibility, budget_window
 from shiftnas.cost import count_flops
@@ -29,41 +30,13 @@ def _all_costs(space):
     return [(space.indices(a), count_flops(space, a)) for a in space.enumerate()]
 
 
-def _decode(feas, lo, hi, rng):
-    """Random feasible choices all the way: the cost the masks lead to."""
-    st = feas.start()
-    for _ in feas.decs:
-        allowed = [c for c, ok in enumerate(feas.mask(st, lo, hi)) if ok]
-        assert allowed, f"no feasible candidate at {feas.decs[st.pos].name} for [{lo}, {hi}]"
-        feas.commit(st, rng.choice(allowed))
-    assert st.cmin == st.cmax
-    return st.cmin
-
-
 @pytest.mark.parametrize("space", [TINY_VIT, TINY_CNN], ids=lambda s: s.name)
 def test_masks_match_brute_force(space):
     feas = Feasibility(space)
     archs = _all_costs(space)
-    costs = sorted({f for _, f in archs})
-    assert (feas.lo, feas.hi) == (costs[0], costs[-1])
-    rng = random.Random(0)
     # Narrow windows too (down to a single cost, or between two reachable costs): these are
     # the ones an interval test alone gets wrong.
-    windows = [(c, c) for c in rng.sample(costs, 20)]
-    windows += [(a + 1, b - 1) for a, b in zip(costs, costs[1:]) if b - a > 2][:20]
-    for _ in range(60):
-        a = rng.uniform(costs[0], costs[-1])
-        windows.append((int(a), int(a + rng.choice([0.01, 0.05, 0.2]) * (costs[-1] - costs[0]))))
-    first = feas.decs[0]
-    for lo, hi in windows:
-        truth = [any(lo <= f <= hi for idx, f in archs if idx[first.name] == c) for c in range(len(first.choices))]
-        assert feas.mask(feas.start(), lo, hi) == truth, (lo, hi)
-        if any(truth):
-            for _ in range(3):
-                assert lo <= _decode(feas, lo, hi, rng) <= hi
-        else:
-            with pytest.raises(ValueError, match="space spans"):
-                feas.check_window(lo, hi)
+    check_masks_against_brute_force(feas, archs, random.Random(0), 60, "space spans")
 
 
 def test_gap_bound_holds_on_reachable_costs():

@@ -6,6 +6,7 @@ import random
 from pathlib import Path
 
 import pytest
+from archutil import check_masks_against_brute_force, decode_random
 
 from shiftnas.budget import Feasibility, budget_window
 from shiftnas.cost import (
@@ -63,17 +64,6 @@ def noisy_table(space, seed: int = 0) -> LatencyTable:
         vals = tuple(0.0 if v == 0 else v / top * 0.5 + rng.uniform(0, 0.2) for v in t.values)
         terms.append(CostTerm(t.names, t.shape, vals))
     return LatencyTable(space.name, 1, "float32", {"device": "cpu"}, terms, 0.05)
-
-
-def decode(feas, lo, hi, rng):
-    """Random feasible choices all the way: the cost the masks lead to."""
-    st = feas.start()
-    for _ in feas.decs:
-        allowed = [c for c, ok in enumerate(feas.mask(st, lo, hi)) if ok]
-        assert allowed, f"no feasible candidate at {feas.decs[st.pos].name} for [{lo}, {hi}]"
-        feas.commit(st, rng.choice(allowed))
-    assert st.cmin == st.cmax
-    return st.cmin
 
 
 def test_make_monotone_is_the_smallest_monotone_majorant():
@@ -170,24 +160,7 @@ def test_masks_match_brute_force_for_a_non_monotone_table(space):
     assert cost.notes["entries_raised"] > 0  # the noise broke monotonicity; the cost repaired it
     feas = Feasibility(space, cost)
     archs = [(space.indices(a), count_cost(space, a, cost)) for a in space.enumerate()]
-    costs = sorted({f for _, f in archs})
-    assert (feas.lo, feas.hi) == (costs[0], costs[-1])
-    rng = random.Random(0)
-    windows = [(c, c) for c in rng.sample(costs, 20)]
-    windows += [(a + 1, b - 1) for a, b in itertools.pairwise(costs) if b - a > 2][:20]
-    for _ in range(40):
-        a = rng.uniform(costs[0], costs[-1])
-        windows.append((int(a), int(a + rng.choice([0.01, 0.05, 0.2]) * (costs[-1] - costs[0]))))
-    first = feas.decs[0]
-    for lo, hi in windows:
-        truth = [any(lo <= f <= hi for idx, f in archs if idx[first.name] == c) for c in range(len(first.choices))]
-        assert feas.mask(feas.start(), lo, hi) == truth, (lo, hi)
-        if any(truth):
-            for _ in range(3):
-                assert lo <= decode(feas, lo, hi, rng) <= hi
-        else:
-            with pytest.raises(ValueError, match=r"latency in \[.* ms.*space spans"):
-                feas.check_window(lo, hi)
+    check_masks_against_brute_force(feas, archs, random.Random(0), 40, r"latency in \[.* ms.*space spans")
 
 
 @pytest.mark.parametrize("name", ["vit-fmnist-b1", "cnn-fmnist-b128"])
@@ -199,10 +172,10 @@ def test_every_decode_lands_in_its_latency_window(name):
     for k in range(len(bins)):
         lo, hi = bins.window(k)
         for _ in range(3):
-            assert lo <= decode(feas, lo, hi, rng) <= hi
+            assert lo <= decode_random(feas, lo, hi, rng) <= hi
     for _ in range(10):
         lo, hi = budget_window(feas, rng.uniform(feas.lo + bins.width(), feas.hi), bins.width())
-        assert lo <= decode(feas, lo, hi, rng) <= hi
+        assert lo <= decode_random(feas, lo, hi, rng) <= hi
     with pytest.raises(ValueError, match=r"budget 0\.100 ms latency is outside"):
         budget_window(feas, 0.1e6, bins.width())
 
