@@ -16,11 +16,10 @@ the bin beyond the few archs the generator settles on there.
 `cost=` makes the bins, the generator's windows and its resource loss another cost than FLOPs
 (`shiftnas.cost.get_cost`: parameters, or a measured latency table).
 
-All randomness (bin draws, Gumbel noise) comes from one `torch.Generator` seeded with `seed`
-(the explore draws from the sampler's `random.Random`):
-DDP ranks built with the same seed emit the same architecture every step, and `state_dict()`
-holds the generator's RNG state, the generator, B and the estimator's reference losses, so a
-resumed run continues exactly.
+All randomness comes from `seed`: bin draws and Gumbel noise from one `torch.Generator`, the
+explore draws from the sampler's `random.Random`. DDP ranks built with the same seed emit the
+same architecture every step, and `state_dict()` holds both RNG states, the generator, B and
+the estimator's reference losses, so a resumed run continues exactly.
 """
 
 from __future__ import annotations
