@@ -47,9 +47,24 @@ def check_provenance(doc: dict) -> None:
     assert isinstance(m["native_bf16"], bool) and m["cpu_capability"]
 
 
+def _imported_names(path: Path) -> set[str]:
+    names = set()
+    for n in ast.walk(ast.parse(path.read_text())):
+        if isinstance(n, ast.Import):
+            names |= {a.name.split(".")[0] for a in n.names}
+        elif isinstance(n, ast.ImportFrom) and n.module and n.level == 0:
+            names.add(n.module.split(".")[0])
+    return names
+
+
 def test_script_list_is_the_entry_points():
     assert "bench_kernels.py" in SCRIPTS and "gpu_check.py" in SCRIPTS and "harness.py" not in SCRIPTS
-    assert "kernel_cases.py" not in SCRIPTS and len(SCRIPTS) == 13
+    assert "kernel_cases.py" not in SCRIPTS
+    assert all('if __name__ == "__main__":' in (BENCH / s).read_text() for s in SCRIPTS)
+    # Every other file in bench/ is a module that some file there imports.
+    modules = {p.stem for p in BENCH.glob("*.py")} - {Path(s).stem for s in SCRIPTS}
+    imported = set().union(*(_imported_names(p) for p in BENCH.glob("*.py")))
+    assert "harness" in modules and modules <= imported, modules - imported
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
