@@ -42,7 +42,7 @@ __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 def _register_with_timm() -> None:
     import importlib
 
-    for module in (".models.registry", ".models.mbconv"):  # they decorate the supernets with timm's register_model
+    for module in (".models.vit", ".models.mbconv"):  # they decorate the supernets with timm's register_model
         importlib.import_module(module, __name__)
 
 

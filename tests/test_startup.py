@@ -79,7 +79,9 @@ def test_models_package_names_resolve_lazily():
     assert models.ViTSupernet.__name__ == "ViTSupernet" and models.build_supernet is shiftnas.build_supernet
 
 
-@pytest.mark.parametrize("first", ["shiftnas.train.engine", "shiftnas.models.registry", "shiftnas.models.mbconv"])
+@pytest.mark.parametrize(
+    "first", ["shiftnas.train.engine", "shiftnas.models.registry", "shiftnas.models.vit", "shiftnas.models.mbconv"]
+)
 def test_the_model_modules_import_first_in_a_fresh_interpreter(first):
     """Importing a module that imports timm triggers the timm registrations (shiftnas/__init__.py)
     while that module is still half-initialised: no import cycle may run through it."""

@@ -342,10 +342,6 @@ class MBConvSupernet(nn.Module):
         return model
 
 
-def _create_mbconv(space: str, pretrained: bool, **kwargs) -> MBConvSupernet:
-    return timm_create(MBConvSupernet, space, pretrained, kwargs)
-
-
 # Read by timm's register_model (the entrypoint's module `default_cfgs`), keyed by model name.
 default_cfgs = timm_default_cfgs(("cnn-bignas", "cnn-fmnist"))
 
@@ -353,10 +349,10 @@ default_cfgs = timm_default_cfgs(("cnn-bignas", "cnn-fmnist"))
 @register_model
 def shiftnas_cnn_bignas_supernet(pretrained: bool = False, **kwargs) -> MBConvSupernet:
     """AttentiveNAS/BigNAS MBConv supernet (ImageNet, 192-288 px)."""
-    return _create_mbconv("cnn-bignas", pretrained, **kwargs)
+    return timm_create(MBConvSupernet, "cnn-bignas", pretrained, kwargs)
 
 
 @register_model
 def shiftnas_cnn_fmnist_supernet(pretrained: bool = False, **kwargs) -> MBConvSupernet:
     """Small MBConv supernet for 28x28 Fashion-MNIST."""
-    return _create_mbconv("cnn-fmnist", pretrained, **kwargs)
+    return timm_create(MBConvSupernet, "cnn-fmnist", pretrained, kwargs)

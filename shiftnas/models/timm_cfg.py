@@ -1,8 +1,8 @@
-"""timm integration of the supernets, imported by the registrations (`registry.py`, `mbconv.py`).
+"""timm integration of the supernets, imported by the registrations beside them (`vit.py`, `mbconv.py`).
 
 Every registered supernet has a timm default cfg (`timm_default_cfg`: input size, mean/std, crop,
 interpolation, first conv, classifier), attached to the model `timm.create_model` returns
-(`timm_model`), so `timm.data.resolve_data_config(model=m)` gives the space's input (1 x 28 x 28
+(`timm_create`), so `timm.data.resolve_data_config(model=m)` gives the space's input (1 x 28 x 28
 and Fashion-MNIST's mean/std for the fmnist spaces), not timm's ImageNet fallback. No timm import
 at module level: timm's import hook (shiftnas/__init__.py) imports the registrations, which
 import this module, while timm itself may still be importing them.

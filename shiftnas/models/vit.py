@@ -15,6 +15,7 @@ paper), so the loss has a gradient w.r.t. the generator's one-hots; with
 from __future__ import annotations
 
 import torch
+from timm.models import register_model
 from torch import nn
 
 from ..ops import (
@@ -28,6 +29,7 @@ from ..ops import (
 from ..spaces import ArchConfig, SearchSpace, get_space
 from ..spaces.arch_sample import ArchSample
 from ..spaces.vit import mlp_hidden
+from .timm_cfg import timm_create, timm_default_cfgs
 
 __all__ = ["ViTSupernet", "ViTBlock"]
 
@@ -200,3 +202,31 @@ def _copy_linear(dst: nn.Linear, src: ElasticLinear, out_f: int, in_f: int) -> N
 def _copy_ln(dst: nn.LayerNorm, src: ElasticLayerNorm, c: int) -> None:
     dst.weight.copy_(src.weight[:c])
     dst.bias.copy_(src.bias[:c])
+
+
+# Read by timm's register_model (the entrypoint's module `default_cfgs`), keyed by model name.
+default_cfgs = timm_default_cfgs(("autoformer-t", "autoformer-s", "autoformer-b", "vit-fmnist"))
+
+
+@register_model
+def shiftnas_autoformer_t_supernet(pretrained: bool = False, **kwargs) -> ViTSupernet:
+    """AutoFormer-T supernet (ImageNet, 224 px)."""
+    return timm_create(ViTSupernet, "autoformer-t", pretrained, kwargs)
+
+
+@register_model
+def shiftnas_autoformer_s_supernet(pretrained: bool = False, **kwargs) -> ViTSupernet:
+    """AutoFormer-S supernet (ImageNet, 224 px)."""
+    return timm_create(ViTSupernet, "autoformer-s", pretrained, kwargs)
+
+
+@register_model
+def shiftnas_autoformer_b_supernet(pretrained: bool = False, **kwargs) -> ViTSupernet:
+    """AutoFormer-B supernet (ImageNet, 224 px)."""
+    return timm_create(ViTSupernet, "autoformer-b", pretrained, kwargs)
+
+
+@register_model
+def shiftnas_vit_fmnist_supernet(pretrained: bool = False, **kwargs) -> ViTSupernet:
+    """Small ViT supernet for 28x28 Fashion-MNIST."""
+    return timm_create(ViTSupernet, "vit-fmnist", pretrained, kwargs)

@@ -1,5 +1,8 @@
-"""The timm registrations carry each space's data config: `timm.data.resolve_data_config` on a
-`timm.create_model` supernet gives the input the space takes (not timm's ImageNet fallback)."""
+"""Every search space has a timm registration beside its model, and its data config:
+`timm.data.resolve_data_config` on a `timm.create_model` supernet gives the input the space takes
+(not timm's ImageNet fallback), and the cfg names the model's first conv and classifier."""
+import importlib
+
 import pytest
 import timm
 import torch
@@ -7,6 +10,7 @@ from timm.data import resolve_data_config
 
 import shiftnas
 from shiftnas.data.recipe import FASHION_MNIST_MEAN, FASHION_MNIST_STD, IMAGENET_MEAN, IMAGENET_STD
+from shiftnas.models.timm_cfg import timm_name
 
 CASES = {  # model name -> (input size, mean, std)
     "shiftnas_vit_fmnist_supernet": ((1, 28, 28), FASHION_MNIST_MEAN, FASHION_MNIST_STD),
@@ -18,15 +22,35 @@ CASES = {  # model name -> (input size, mean, std)
 }
 
 
-@pytest.mark.parametrize("name", sorted(CASES))
-def test_resolve_data_config_gives_the_spaces_input(name):
+def test_every_space_is_registered_and_nothing_else():
+    assert sorted(CASES) == sorted(timm_name(s) for s in shiftnas.list_spaces())
+    assert sorted(timm.list_models("shiftnas_*")) == sorted(CASES)
+
+
+@pytest.mark.parametrize("space", shiftnas.list_spaces())
+def test_resolve_data_config_gives_the_spaces_input(space):
+    name = timm_name(space)
     size, mean, std = CASES[name]
     with torch.device("meta"):  # no memory for the big supernets
         model = timm.create_model(name)
     cfg = resolve_data_config(model=model)
     assert (cfg["input_size"], cfg["mean"], cfg["std"]) == (size, mean, std)
-    assert timm.models.get_pretrained_cfg(name).num_classes == model.num_classes
-    assert model.pretrained_cfg["classifier"] in dict(model.named_modules())
+    pcfg = model.pretrained_cfg
+    modules = dict(model.named_modules())
+    hp = shiftnas.get_space(space).hparams
+    assert pcfg["num_classes"] == model.num_classes == hp["num_classes"]
+    assert modules[pcfg["classifier"]].weight.shape[0] == hp["num_classes"]
+    assert modules[pcfg["first_conv"]].weight.shape[1] == hp["in_chans"] == size[0]
+
+
+@pytest.mark.parametrize("space", shiftnas.list_spaces())
+def test_the_registration_sits_in_the_models_module(space):
+    name = timm_name(space)
+    with torch.device("meta"):
+        model = timm.create_model(name)
+    entry = timm.models.model_entrypoint(name)
+    assert entry.__module__ == type(model).__module__
+    assert name in importlib.import_module(entry.__module__).default_cfgs  # the cfg sits there too
 
 
 def test_a_resolved_transform_feeds_the_fmnist_supernet():
