@@ -12,8 +12,8 @@ sum over (B, N, d) of dO * O_unmasked, zero for heads that were not computed.
 
 Layering (Triton tutorial 06-fused-attention): `@triton.jit` kernels -> launchers (checks,
 allocation, grid) -> custom ops `shiftnas::elastic_attention` / `..._backward` (+ fake impls,
-so torch.compile traces them) -> `ElasticAttentionFunction` (autograd; also registered as the
-op's autograd formula) -> `elastic_attention`, `elastic_attention_masked`; `attention_ref` is
+so torch.compile traces them; autograd through `torch.library.register_autograd`) ->
+`elastic_attention`, `elastic_attention_masked`; `attention_ref` is
 the pure-PyTorch definition they must match.
 
 References: Dao, "FlashAttention-2" (arXiv:2307.08691), Algorithms 1 and 2; Triton tutorial
@@ -32,7 +32,6 @@ from ._common import KERNEL_DTYPES, dot_precision
 __all__ = [
     "DTYPES",
     "HEAD_DIMS",
-    "ElasticAttentionFunction",
     "attention_ref",
     "elastic_attention",
     "elastic_attention_masked",
@@ -490,40 +489,26 @@ def _(grad_o, q, k, v, o_raw, lse2, head_mask=None, num_heads=None):
     return _empty_bhnd(q), _empty_bhnd(q), _empty_bhnd(q), dmask
 
 
-class ElasticAttentionFunction(torch.autograd.Function):
-    """Autograd of (q, k, v, head_mask, num_heads) -> (o, o_raw, lse2); only o is differentiable.
+def _autograd_setup_context(ctx, inputs, output):
+    """(q, k, v, head_mask, num_heads) -> (o, o_raw, lse2); only o is differentiable."""
+    q, k, v, head_mask, num_heads = inputs
+    o, o_raw, lse2 = output
+    # Without a mask the output itself is the unmasked output the backward needs.
+    o_unmasked = o if head_mask is None else o_raw
+    ctx.save_for_backward(q, k, v, o_unmasked, lse2, head_mask, num_heads)
+    ctx.mark_non_differentiable(o_raw, lse2)
 
-    `setup_context` and `backward` are also registered as the custom op's autograd formula, so
-    `torch.ops.shiftnas.elastic_attention` is differentiable when called directly.
-    """
 
-    @staticmethod
-    def forward(q, k, v, head_mask, num_heads):
-        return torch.ops.shiftnas.elastic_attention(q, k, v, head_mask, num_heads)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        q, k, v, head_mask, num_heads = inputs
-        o, o_raw, lse2 = output
-        # Without a mask the output itself is the unmasked output the backward needs.
-        o_unmasked = o if head_mask is None else o_raw
-        ctx.save_for_backward(q, k, v, o_unmasked, lse2, head_mask, num_heads)
-        ctx.mark_non_differentiable(o_raw, lse2)
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_o, _grad_o_raw, _grad_lse2):
-        q, k, v, o_raw, lse2, head_mask, num_heads = ctx.saved_tensors
-        dq, dk, dv, dmask = torch.ops.shiftnas.elastic_attention_backward(
-            grad_o, q, k, v, o_raw, lse2, head_mask, num_heads
-        )
-        return dq, dk, dv, (dmask if head_mask is not None else None), None
+def _autograd_backward(ctx, grad_o, _grad_o_raw, _grad_lse2):
+    q, k, v, o_raw, lse2, head_mask, num_heads = ctx.saved_tensors
+    dq, dk, dv, dmask = torch.ops.shiftnas.elastic_attention_backward(
+        grad_o, q, k, v, o_raw, lse2, head_mask, num_heads
+    )
+    return dq, dk, dv, (dmask if head_mask is not None else None), None
 
 
 torch.library.register_autograd(
-    "shiftnas::elastic_attention",
-    ElasticAttentionFunction.backward,
-    setup_context=ElasticAttentionFunction.setup_context,
+    "shiftnas::elastic_attention", _autograd_backward, setup_context=_autograd_setup_context
 )
 
 
@@ -534,7 +519,7 @@ torch.library.register_autograd(
 
 def elastic_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """softmax(q k^T / sqrt(d)) v for q, k, v [B, heads, N, d], d in {32, 64}."""
-    return ElasticAttentionFunction.apply(q, k, v, None, None)[0]
+    return torch.ops.shiftnas.elastic_attention(q, k, v, None, None)[0]
 
 
 def elastic_attention_masked(
@@ -551,7 +536,7 @@ def elastic_attention_masked(
     if num_heads is not None and not isinstance(num_heads, torch.Tensor):
         # A Python int would fail in the op's schema check with a less helpful message.
         _check_inputs(q, k, v, head_mask, num_heads)  # raises the ValueError
-    return ElasticAttentionFunction.apply(q, k, v, head_mask, num_heads)[0]
+    return torch.ops.shiftnas.elastic_attention(q, k, v, head_mask, num_heads)[0]
 
 
 def attention_ref(

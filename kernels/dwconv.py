@@ -12,8 +12,8 @@ its gradient, sum_{b,h,w} dY * Y_unmasked, is returned for the computed channels
 "Kernels": the mask multiply stays in the graph, truncated straight-through).
 
 Layering (Triton tutorials / Liger): `@triton.jit` kernels -> launchers (checks, allocation,
-grid) -> custom ops `shiftnas::elastic_dwconv{,_backward}` (+ fake impls for tracing) ->
-`ElasticDWConvFunction` -> `elastic_dwconv` / `elastic_dwconv_masked`; `dwconv_ref` is the
+grid) -> custom ops `shiftnas::elastic_dwconv{,_backward}` (+ fake impls for tracing; autograd
+through `torch.library.register_autograd`) -> `elastic_dwconv` / `elastic_dwconv_masked`; `dwconv_ref` is the
 PyTorch definition the tests hold the kernels to.
 """
 from __future__ import annotations
@@ -28,7 +28,6 @@ from ._common import KERNEL_DTYPES, check_width, interpret_mode
 __all__ = [
     "KERNEL_SIZES",
     "STRIDES",
-    "ElasticDWConvFunction",
     "dwconv_ref",
     "elastic_dwconv",
     "elastic_dwconv_masked",
@@ -471,43 +470,32 @@ def _(grad_y, x, weight, bias, stride, active, mask, need_x, need_params):
     )
 
 
-class ElasticDWConvFunction(torch.autograd.Function):
-    """Autograd for the custom op; its setup_context/backward also serve `register_autograd`,
-    so `torch.ops.shiftnas.elastic_dwconv` is differentiable when called directly too."""
-
-    @staticmethod
-    def forward(x, weight, bias, stride, active, mask):
-        return torch.ops.shiftnas.elastic_dwconv(x, weight, bias, stride, active, mask)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        x, weight, bias, stride, active, mask = inputs
-        ctx.save_for_backward(x, weight, bias, active, mask)
-        ctx.stride = stride
-
-    @staticmethod
-    def backward(ctx, grad_y):
-        x, weight, bias, active, mask = ctx.saved_tensors
-        need = ctx.needs_input_grad
-        need_params = need[1] or need[2] or need[5]
-        if not (need[0] or need_params):
-            return None, None, None, None, None, None
-        gx, gw, gb, gm = torch.ops.shiftnas.elastic_dwconv_backward(
-            grad_y, x, weight, bias, ctx.stride, active, mask, need[0], need_params
-        )
-        return (
-            gx if need[0] else None,
-            gw if need[1] else None,
-            gb if need[2] else None,
-            None,
-            None,
-            gm if need[5] else None,
-        )
+def _setup_context(ctx, inputs, output):
+    x, weight, bias, stride, active, mask = inputs
+    ctx.save_for_backward(x, weight, bias, active, mask)
+    ctx.stride = stride
 
 
-_elastic_dwconv_op.register_autograd(
-    ElasticDWConvFunction.backward, setup_context=ElasticDWConvFunction.setup_context
-)
+def _backward(ctx, grad_y):
+    x, weight, bias, active, mask = ctx.saved_tensors
+    need = ctx.needs_input_grad
+    need_params = need[1] or need[2] or need[5]
+    if not (need[0] or need_params):
+        return None, None, None, None, None, None
+    gx, gw, gb, gm = torch.ops.shiftnas.elastic_dwconv_backward(
+        grad_y, x, weight, bias, ctx.stride, active, mask, need[0], need_params
+    )
+    return (
+        gx if need[0] else None,
+        gw if need[1] else None,
+        gb if need[2] else None,
+        None,
+        None,
+        gm if need[5] else None,
+    )
+
+
+torch.library.register_autograd("shiftnas::elastic_dwconv", _backward, setup_context=_setup_context)
 
 
 # --------------------------------------------------------------------------------------------
@@ -525,7 +513,7 @@ def elastic_dwconv(
 
     Gradients of weight and bias are full-size, zero past C.
     """
-    return ElasticDWConvFunction.apply(x, weight, bias, stride, None, None)
+    return torch.ops.shiftnas.elastic_dwconv(x, weight, bias, stride, None, None)
 
 
 def elastic_dwconv_masked(
@@ -541,7 +529,7 @@ def elastic_dwconv_masked(
 
     d(mask) = sum over (B, H, W) of dY * Y_unmasked for the computed channels, zero past them.
     """
-    return ElasticDWConvFunction.apply(x, weight, bias, stride, active, mask)
+    return torch.ops.shiftnas.elastic_dwconv(x, weight, bias, stride, active, mask)
 
 
 def dwconv_ref(x, weight, bias=None, stride: int = 1, active=None, mask=None):
