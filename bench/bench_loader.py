@@ -43,7 +43,7 @@ from harness import RESULTS_DIR, loadavg, new_doc, time_interleaved, write_resul
 from shiftnas.data import build_loader, default_data_root, prepare_fashion_mnist
 from shiftnas.data.prepare import DEFAULT_SOURCE, SOURCE_FILES
 
-TARGET_IMAGENET_RATIO = 1.5  # issue 3: DALI >= 1.5x the torch backend on the ImageNet-like tree
+TARGET_IMAGENET_RATIO = 1.5  # the target: DALI >= 1.5x the torch backend on the ImageNet-like tree
 
 
 def make_imagenet_like(root: Path, classes: int, per_class: int, seed: int = 0) -> dict:

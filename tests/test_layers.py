@@ -1,4 +1,4 @@
-"""The package's layers: which modules may import which (docs/design.md, issue 16).
+"""The package's layers: which modules may import which (docs/design.md).
 
 Read from the source with `ast`, every import counted, lazy ones inside functions included:
 

@@ -1,26 +1,20 @@
 """Triton elastic LayerNorm (`shiftnas.kernels.layer_norm`) against `ref.layer_norm`.
 
-Without a GPU the kernels run in Triton's interpreter on CPU tensors (tests/conftest.py sets
-TRITON_INTERPRET=1). Tolerance (docs/design.md, "Kernel tests"): the kernel may be at most 2x as
-far from an fp64 reference as PyTorch in the same dtype is, plus a small atol relative to the
-output scale.
+On CUDA, or in Triton's interpreter on CPU tensors (tests/kernel_env.py). Tolerance: the 2x rule
+with a slack relative to the output scale (tests/tolerance.py, `assert_within_2x_torch_scaled`).
 """
 from __future__ import annotations
 
 import pytest
 import torch
-from shiftnas.kernels._env import interpret_mode
-from tolerance import assert_within_2x_torch, ref_scale
+from kernel_env import DEV, DTYPES, require_triton
+from tolerance import KERNEL_REL_ATOL, assert_within_2x_torch_scaled
 
-if not torch.cuda.is_available() and not interpret_mode():
-    pytest.skip("needs CUDA or TRITON_INTERPRET=1", allow_module_level=True)
-triton = pytest.importorskip("triton")
+require_triton()
 
 from shiftnas.kernels import layer_norm as K
 
-DEV = "cuda" if torch.cuda.is_available() else "cpu"
-DTYPES = [torch.float32, torch.float16] + ([torch.bfloat16] if DEV == "cuda" else [])
-ATOL = {torch.float32: 2e-6, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}  # x output scale
+ATOL = KERNEL_REL_ATOL  # x output scale
 EPS = 1e-5
 
 # (rows, x width, active, max channels): x wider than active, odd widths, one 3000-wide row.
@@ -30,11 +24,6 @@ SHAPES = [
     (50, 240, 193, 256),
     (3, 3000, 3000, 3000),
 ]
-
-
-def _close(out, same, ref, dtype, what):
-    """The 2x rule (tests/tolerance.py), atol = ATOL[dtype] x the output scale (at least 1e-3)."""
-    assert_within_2x_torch(what, out, same, ref, ATOL[dtype] * max(ref_scale(ref), 1e-3))
 
 
 def _inputs(rows, c, cmax, dtype, seed=0):
@@ -64,9 +53,9 @@ def test_layer_norm_matches_ref(shape, dtype):
     kernel = _run(op(K.layer_norm), (x, w, b), gy)
     same = _run(op(K.layer_norm_ref), (x, w, b), gy, device="cpu")
     ref = _run(op(K.layer_norm_ref), (x, w, b), gy, torch.float64, "cpu")
-    _close(kernel[0], same[0], ref[0], dtype, "y")
+    assert_within_2x_torch_scaled("y", kernel[0], same[0], ref[0], ATOL[dtype])
     for name, a, s, r in zip(("dx", "dweight", "dbias"), kernel[1], same[1], ref[1]):
-        _close(a, s, r, dtype, name)
+        assert_within_2x_torch_scaled(name, a, s, r, ATOL[dtype])
     dx, dw, db = kernel[1]
     assert dx.shape == x.shape and dw.shape == w.shape and db.shape == b.shape
     assert dw.dtype == w.dtype
@@ -84,7 +73,7 @@ def test_layer_norm_fp32_params_under_fp16_activations():
     same = _run(lambda x, w, b: K.layer_norm_ref(x, w, b, active, EPS), (x, w, b), gy, torch.float16, "cpu")
     ref = _run(lambda x, w, b: K.layer_norm_ref(x, w, b, active, EPS), (x, w, b), gy, torch.float64, "cpu")
     for name, a, s, r in zip(("y", "dx", "dweight", "dbias"), [kernel[0], *kernel[1]], [same[0], *same[1]], [ref[0], *ref[1]]):
-        _close(a, s, r, torch.float16, name)
+        assert_within_2x_torch_scaled(name, a, s, r, ATOL[torch.float16])
 
 
 def test_layer_norm_3d_input_and_no_weight_grad():

@@ -1,27 +1,20 @@
 """Triton elastic linear (`shiftnas.kernels.linear`) against `ref.linear`, forward and backward.
 
-Without a GPU the kernels run in Triton's interpreter on CPU tensors (tests/conftest.py sets
-TRITON_INTERPRET=1). Tolerance (docs/design.md, "Kernel tests"): the kernel may be at most 2x as
-far from an fp64 reference as PyTorch in the same dtype is, plus a small atol relative to the
-output scale.
+On CUDA, or in Triton's interpreter on CPU tensors (tests/kernel_env.py). Tolerance: the 2x rule
+with a slack relative to the output scale (tests/tolerance.py, `assert_within_2x_torch_scaled`).
 """
 from __future__ import annotations
 
 import pytest
 import torch
-from shiftnas.kernels._env import interpret_mode
-from tolerance import assert_within_2x_torch, ref_scale
+from kernel_env import DEV, DTYPES, require_triton
+from tolerance import KERNEL_REL_ATOL, assert_within_2x_torch_scaled
 
-if not torch.cuda.is_available() and not interpret_mode():
-    pytest.skip("needs CUDA or TRITON_INTERPRET=1", allow_module_level=True)
-triton = pytest.importorskip("triton")
+require_triton()
 
 from shiftnas.kernels import linear as K
 
-DEV = "cuda" if torch.cuda.is_available() else "cpu"
-# In the interpreter tl.dot on bf16 is wrong (numpy has no bf16): bf16 only on CUDA.
-DTYPES = [torch.float32, torch.float16] + ([torch.bfloat16] if DEV == "cuda" else [])
-ATOL = {torch.float32: 2e-6, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}  # x output scale
+ATOL = KERNEL_REL_ATOL  # x output scale
 
 # (rows, in, max in, out, max out): odd widths, ViT token counts, one 3000-wide row kept cheap.
 SHAPES = [
@@ -29,11 +22,6 @@ SHAPES = [
     (197, 216, 240, 192, 200),
     (4, 3000, 3000, 216, 240),
 ]
-
-
-def _close(out, same, ref, dtype, what):
-    """The 2x rule (tests/tolerance.py), atol = ATOL[dtype] x the output scale (at least 1e-3)."""
-    assert_within_2x_torch(what, out, same, ref, ATOL[dtype] * max(ref_scale(ref), 1e-3))
 
 
 def _params(rows, k, kmax, n, nmax, dtype, bias=True, seed=0):
@@ -62,9 +50,9 @@ def test_linear_matches_ref(shape, dtype, activation):
     kernel = _run(lambda x, w, b: K.linear(x, w, b, n, activation), (x, w, b), gy)
     same = _run(lambda x, w, b: K.linear_ref(x, w, b, n, activation), (x, w, b), gy, device="cpu")
     ref = _run(lambda x, w, b: K.linear_ref(x, w, b, n, activation), (x, w, b), gy, torch.float64, "cpu")
-    _close(kernel[0], same[0], ref[0], dtype, "y")
+    assert_within_2x_torch_scaled("y", kernel[0], same[0], ref[0], ATOL[dtype])
     for name, a, s, r in zip(("dx", "dweight", "dbias"), kernel[1], same[1], ref[1]):
-        _close(a, s, r, dtype, name)
+        assert_within_2x_torch_scaled(name, a, s, r, ATOL[dtype])
     dw, db = kernel[1][1], kernel[1][2]
     assert dw.shape == w.shape and db.shape == b.shape
     assert not dw[n:].any() and not dw[:, k:].any() and not db[n:].any(), "grads past the active block"
@@ -91,7 +79,7 @@ def test_linear_mixed_precision_fp32_weights():
     same = _run(lambda x, w, b: K.linear_ref(x, w, b, 192, "gelu"), (x, w, b), gy, torch.float16, "cpu")
     ref = _run(lambda x, w, b: K.linear_ref(x, w, b, 192, "gelu"), (x, w, b), gy, torch.float64, "cpu")
     for name, a, s, r in zip(("y", "dx", "dweight", "dbias"), [kernel[0], *kernel[1]], [same[0], *same[1]], [ref[0], *ref[1]]):
-        _close(a, s, r, torch.float16, name)
+        assert_within_2x_torch_scaled(name, a, s, r, ATOL[torch.float16])
 
 
 # ------------------------------------------------------------------------------- masked variant
@@ -115,9 +103,9 @@ def test_masked_matches_ref(width, activation, dtype):
     y = kernel[0]
     assert y.shape == (rows, n)
     assert not y[:, width:].any(), "output past out_width must be zero"
-    _close(y, same[0], ref[0], dtype, "y")
+    assert_within_2x_torch_scaled("y", y, same[0], ref[0], ATOL[dtype])
     for name, a, s, r in zip(("dx", "dweight", "dbias", "dmask"), kernel[1], same[1], ref[1]):
-        _close(a, s, r, dtype, name)
+        assert_within_2x_torch_scaled(name, a, s, r, ATOL[dtype])
     dmask = kernel[1][3]
     assert dmask.dtype == torch.float32 and not dmask[width:].any(), "dmask only for computed channels"
 

@@ -1,26 +1,20 @@
 """Triton elastic MLP (`shiftnas.kernels.mlp`) against fc2(GELU(fc1(x)) * mask) on `ref.linear`.
 
-Without a GPU the kernels run in Triton's interpreter on CPU tensors (tests/conftest.py sets
-TRITON_INTERPRET=1). Tolerance (docs/design.md, "Kernel tests"): the kernel may be at most 2x as
-far from an fp64 reference as PyTorch in the same dtype is, plus a small atol relative to the
-output scale.
+On CUDA, or in Triton's interpreter on CPU tensors (tests/kernel_env.py). Tolerance: the 2x rule
+with a slack relative to the output scale (tests/tolerance.py, `assert_within_2x_torch_scaled`).
 """
 from __future__ import annotations
 
 import pytest
 import torch
-from shiftnas.kernels._env import interpret_mode
-from tolerance import assert_within_2x_torch, ref_scale
+from kernel_env import DEV, DTYPES, require_triton
+from tolerance import KERNEL_REL_ATOL, assert_within_2x_torch_scaled
 
-if not torch.cuda.is_available() and not interpret_mode():
-    pytest.skip("needs CUDA or TRITON_INTERPRET=1", allow_module_level=True)
-triton = pytest.importorskip("triton")
+require_triton()
 
 from shiftnas.kernels import mlp as K
 
-DEV = "cuda" if torch.cuda.is_available() else "cpu"
-DTYPES = [torch.float32, torch.float16] + ([torch.bfloat16] if DEV == "cuda" else [])
-ATOL = {torch.float32: 2e-6, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}  # x output scale
+ATOL = KERNEL_REL_ATOL  # x output scale
 NAMES = ("dx", "dfc1_weight", "dfc1_bias", "dfc2_weight", "dfc2_bias", "dhidden_mask")
 
 # (rows, embed, max embed, hidden, max hidden): ViT-ish odd widths; one 3000-wide hidden, few rows.
@@ -30,11 +24,6 @@ SHAPES = [
     (197, 216, 240, 192, 216),
     (4, 72, 80, 3000, 3000),
 ]
-
-
-def _close(out, same, ref, dtype, what):
-    """The 2x rule (tests/tolerance.py), atol = ATOL[dtype] x the output scale (at least 1e-3)."""
-    assert_within_2x_torch(what, out, same, ref, ATOL[dtype] * max(ref_scale(ref), 1e-3))
 
 
 def _params(rows, e, emax, h, hmax, dtype, seed=0):
@@ -67,9 +56,9 @@ def test_mlp_matches_ref(shape, dtype):
     kernel = _run(op(K.mlp), tensors, gy)
     same = _run(op(K.mlp_ref), tensors, gy, dtype, "cpu")
     ref = _run(op(K.mlp_ref), tensors, gy, torch.float64, "cpu")
-    _close(kernel[0], same[0], ref[0], dtype, "y")
+    assert_within_2x_torch_scaled("y", kernel[0], same[0], ref[0], ATOL[dtype])
     for name, a, s, r in zip(NAMES, kernel[1], same[1], ref[1]):
-        _close(a, s, r, dtype, name)
+        assert_within_2x_torch_scaled(name, a, s, r, ATOL[dtype])
     _, dw1, db1, dw2, db2, _ = kernel[1]
     assert not dw1[h:].any() and not dw1[:, e:].any() and not db1[h:].any()
     assert not dw2[e:].any() and not dw2[:, h:].any() and not db2[e:].any()
@@ -89,9 +78,9 @@ def test_mlp_masked_matches_ref(width, dtype):
     kernel = _run(op(K.mlp_masked, DEV), tensors, gy)
     same = _run(op(K.mlp_masked_ref, "cpu"), tensors, gy, dtype, "cpu")
     ref = _run(op(K.mlp_masked_ref, "cpu"), tensors, gy, torch.float64, "cpu")
-    _close(kernel[0], same[0], ref[0], dtype, "y")
+    assert_within_2x_torch_scaled("y", kernel[0], same[0], ref[0], ATOL[dtype])
     for name, a, s, r in zip(NAMES, kernel[1], same[1], ref[1]):
-        _close(a, s, r, dtype, name)
+        assert_within_2x_torch_scaled(name, a, s, r, ATOL[dtype])
     _, dw1, db1, dw2, _, dmask = kernel[1]
     assert not dw1[width:].any() and not db1[width:].any() and not dw2[:, width:].any()
     assert not dmask[width:].any()
