@@ -27,6 +27,7 @@ from ._common import KERNEL_DTYPES, check_width, interpret_mode
 
 __all__ = [
     "KERNEL_SIZES",
+    "MAX_BATCH",
     "STRIDES",
     "dwconv_ref",
     "elastic_dwconv",
@@ -47,6 +48,7 @@ _WGRAD_TILE = 65536 if _INTERPRET else 4096
 # Programs the weight-gradient stage 1 aims for: a few waves on a ~132-SM GPU.
 _WGRAD_PROGRAMS = 1024
 _MAX_GRID_YZ = 65535
+MAX_BATCH = _MAX_GRID_YZ  # one grid axis runs over the batch
 
 
 # --------------------------------------------------------------------------------------------

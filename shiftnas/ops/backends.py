@@ -63,7 +63,15 @@ def _triton_dwconv(x, weight, bias, stride: int, padding: int):
 
 
 def _triton_dwconv_args(x, weight, bias, stride: int, padding: int) -> str | None:
+    from shiftnas.kernels.dwconv import KERNEL_SIZES, MAX_BATCH, STRIDES
+
     k = weight.shape[-1]
+    if k not in KERNEL_SIZES or weight.shape[-2] != k:
+        return f"triton dwconv is built for square kernels {list(KERNEL_SIZES)}, got {tuple(weight.shape[-2:])}"
+    if stride not in STRIDES:
+        return f"triton dwconv is built for strides {list(STRIDES)}, got {stride}"
+    if x.shape[0] > MAX_BATCH:
+        return f"triton dwconv takes batches up to {MAX_BATCH} (its grid), got {x.shape[0]}"
     return None if padding == k // 2 else f"triton dwconv pads k // 2 = {k // 2}, got padding={padding}"
 
 

@@ -153,3 +153,28 @@ def test_triton_attention_states_its_head_dims():
     w = torch.randn(8, 1, 5, 5)
     assert triton.op_args["dwconv"](q, w, None, 1, 2) is None
     assert "pads k // 2 = 2, got padding=1" in triton.op_args["dwconv"](q, w, None, 1, 1)
+
+
+def test_triton_dwconv_states_its_kernel_sizes_strides_and_batch():
+    pytest.importorskip("triton")
+    check = dispatch.backends()["triton"].op_args["dwconv"]
+    x = torch.empty(2, 8, 9, 9, device="meta")
+    assert check(x, torch.empty(8, 1, 7, 7), None, 2, 3) is None
+    assert check(x, torch.empty(8, 1, 9, 9), None, 1, 4) == "triton dwconv is built for square kernels [3, 5, 7], got (9, 9)"
+    assert check(x, torch.empty(8, 1, 3, 3), None, 3, 1) == "triton dwconv is built for strides [1, 2], got 3"
+    big = torch.empty(70000, 8, 9, 9, device="meta")
+    assert check(big, torch.empty(8, 1, 3, 3), None, 1, 1) == "triton dwconv takes batches up to 65535 (its grid), got 70000"
+
+
+def test_forced_triton_refuses_a_dwconv_its_kernel_cannot_take(monkeypatch):
+    """A 9x9 kernel: the stated limit refuses it before the kernel is called (unforced, the next
+    backend would run it: test_a_refused_argument_runs_on_the_next_backend)."""
+    pytest.importorskip("triton")
+    if dispatch.backends()["triton"].reasons("dwconv", torch.device("cpu"), torch.float32, forced=True):
+        pytest.skip("triton cannot run on CPU tensors here")
+    monkeypatch.setenv("SHIFTNAS_BACKEND", "triton")
+    dispatch.refresh()
+    with pytest.raises(RuntimeError, match=r"cannot run dwconv on these inputs: triton dwconv is built for square kernels"):
+        dispatch.call("dwconv", torch.randn(1, 4, 10, 10), torch.randn(4, 1, 9, 9), None, 1, 4)
+    monkeypatch.delenv("SHIFTNAS_BACKEND")
+    dispatch.refresh()
