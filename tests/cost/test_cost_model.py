@@ -32,7 +32,7 @@ from shiftnas.spaces.arch_sample import ArchSample
 from shiftnas.spaces.cnn import mbconv_space
 from shiftnas.spaces.vit import vit_space
 
-TABLES = Path(__file__).resolve().parents[1] / "bench" / "results" / "latency"
+TABLES = Path(__file__).resolve().parents[2] / "bench" / "results" / "latency"
 COMMITTED = ["vit-fmnist-b1", "vit-fmnist-b128", "cnn-fmnist-b1", "cnn-fmnist-b128"]
 
 TINY_VIT = vit_space(
