@@ -36,7 +36,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import RESULTS_DIR as RESULTS
-from harness import ROOT, new_doc, write_json, write_result
+from harness import ROOT, new_doc, write_figure, write_json, write_result
 
 SAMPLERS = ("uniform", "bin_uniform", "shift", "sandwich", "attentive")
 # Variants: a label -> (sampler, config overrides). shift_full: Eq. 9 at full width (the task
@@ -109,7 +109,7 @@ def train(args, space: str, sampler: str, seed: int) -> dict:
     if rc != 0:
         raise SystemExit(f"[train] {space}/{name} failed (exit {rc}); see {out / f'{name}.log'}")
     wall = time.perf_counter() - t0
-    (out / f"{name}.time").write_text(json.dumps(wall))
+    write_json(out / f"{name}.time", wall)
     print(f"[train] {space}/{name}: {steps} steps, {wall:.0f} s", flush=True)
     return {"run": str(run_dir), "steps": steps, "wall_s": wall}
 
@@ -265,7 +265,7 @@ def plot(doc: dict, path: Path) -> None:
         ax[row][2].set(xlabel="update of B", ylabel="softmax(B)", title="shift: softmax(B) per bin (all seeds)")
         ax[row][2].legend(fontsize=6, ncol=2)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    write_figure(fig, path, dpi=100)
     plt.close(fig)
 
 

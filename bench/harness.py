@@ -17,7 +17,7 @@ imports from a checkout. Nothing here imports torch at module level.
               load), `time_cuda` (triton.testing.do_bench: CUDA events, L2 flushed), `matmul_peak`
               (a square matmul's FLOP/s, the peak achieved FLOP/s are compared with)
   statistics  `quantile`, `stats`, `paired_ratio`, `linear_fit`
-  output      `write_json` (atomic)
+  output      `write_json`, `write_figure` (atomic)
 """
 
 from __future__ import annotations
@@ -406,6 +406,13 @@ def write_json(path: str | os.PathLike, doc: dict, *, indent: int = 1, default=N
         path.write_text(text)
         return
     atomic_write(path.resolve(), lambda f: f.write(text.encode("utf-8")))
+
+
+def write_figure(fig, path: str | os.PathLike, *, dpi: int = 100) -> None:
+    """Save a matplotlib figure as PNG to `path` with `shiftnas.atomic.atomic_write`."""
+    from shiftnas.atomic import atomic_write
+
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=dpi))
 
 
 def short_error(e: BaseException) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from harness import short_error
+from harness import short_error, write_figure
 from kernel_cases import (
     BASELINES,
     GPU_DENSE_TARGET,
@@ -183,7 +183,7 @@ def plot(doc: dict, path: Path) -> str | None:
         fontsize=9,
     )
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    write_figure(fig, path, dpi=110)
     plt.close(fig)
     return None
 

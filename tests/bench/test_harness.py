@@ -91,6 +91,18 @@ def test_new_doc_and_write_result(tmp_path):
     assert len(back["machine"]["loadavg_after"]) == 3 and not (tmp_path / "sub" / "probe.json.tmp").exists()
 
 
+def test_write_figure_writes_a_png_atomically(tmp_path):
+    matplotlib = pytest.importorskip("matplotlib")
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig = plt.figure(figsize=(1, 1))
+    out = tmp_path / "fig.png"
+    harness.write_figure(fig, out, dpi=20)
+    plt.close(fig)
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and [p.name for p in tmp_path.iterdir()] == ["fig.png"]
+
+
 def test_kernels_document_has_the_key_set():
     import bench_kernels
     import torch
