@@ -1,5 +1,5 @@
-// Small SIMD toolkit of the CPU kernels of elastic_dwconv.cpp (internal; not
-// part of the extension's interface).
+// Small SIMD toolkit of the CPU kernels of elastic_dwconv.cpp and
+// elastic_layer_norm.cpp (internal; not part of the extension's interface).
 //
 //  * simd_t<acc_t> is a 64-byte GCC/Clang vector (one AVX-512 register, two
 //    AVX2 or four SSE registers): the compiler lowers it to whatever the

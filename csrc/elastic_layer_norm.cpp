@@ -38,75 +38,17 @@
 #include <type_traits>
 #include <vector>
 
-#if !defined(__GNUC__) && !defined(__clang__)
-#error "shiftnas/csrc/elastic_layer_norm.cpp needs GCC or Clang (vector extensions)"
-#endif
-
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && \
-    defined(__linux__) && !defined(SHIFTNAS_NO_MULTIVERSION)
-#define SHIFTNAS_CLONES \
-  __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define SHIFTNAS_CLONES
-#endif
-
-#define SHIFTNAS_INLINE inline __attribute__((always_inline))
-
-// The SIMD helpers below pass 64-byte vectors by value. They are internal and
-// always inlined, so the "ABI changes without AVX-512" note is irrelevant.
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic ignored "-Wpsabi"
-#endif
-#define SHIFTNAS_RESTRICT __restrict__
+#include "cpu_simd.h"
 
 namespace shiftnas {
 namespace {
 
-// 64-byte SIMD value of the accumulation type; the compiler lowers it to the
-// widest registers the (cloned) function's target has.
+using simd::hsum;
+using simd::simd_t;
+using simd::vload;
+using simd::vstore;
 template <typename acc_t>
-struct Simd;
-template <>
-struct Simd<float> {
-  typedef float type __attribute__((vector_size(64)));
-};
-template <>
-struct Simd<double> {
-  typedef double type __attribute__((vector_size(64)));
-};
-template <typename acc_t>
-using simd_t = typename Simd<acc_t>::type;
-template <typename acc_t>
-constexpr int64_t kW = static_cast<int64_t>(64 / sizeof(acc_t));  // lanes
-
-template <typename acc_t>
-SHIFTNAS_INLINE simd_t<acc_t> vload(const acc_t* p) {
-  simd_t<acc_t> v;
-  std::memcpy(&v, p, sizeof(v));  // unaligned load
-  return v;
-}
-
-template <typename acc_t>
-SHIFTNAS_INLINE void vstore(acc_t* p, simd_t<acc_t> v) {
-  std::memcpy(p, &v, sizeof(v));
-}
-
-template <int W, typename acc_t>
-SHIFTNAS_INLINE void tree_fold(acc_t* s) {
-  if constexpr (W >= 1) {
-    for (int j = 0; j < W; ++j) s[j] += s[j + W];
-    tree_fold<W / 2>(s);
-  }
-}
-
-// Horizontal sum in log2(lanes) steps rather than a lanes-long serial chain.
-template <typename acc_t>
-SHIFTNAS_INLINE acc_t hsum(simd_t<acc_t> v) {
-  acc_t s[kW<acc_t>];
-  std::memcpy(s, &v, sizeof(v));
-  tree_fold<static_cast<int>(kW<acc_t> / 2)>(s);
-  return s[0];
-}
+constexpr int64_t kW = simd::kLanes<acc_t>;  // lanes
 
 // Row sum of x (kSqDev = false) or of (x - mu)^2 (kSqDev = true). Four
 // independent vector accumulators keep the add chains short (a 240-wide fp32
