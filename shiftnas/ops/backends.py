@@ -126,27 +126,20 @@ register(
 # bias+GELU was measured and removed: it beat F.gelu(x + b[:n]) alone (fp32 1.08-2.95x, bf16
 # 0.98-1.25x), but inside a linear it has to replace addmm's fused bias, and F.linear without bias
 # + bias+GELU measured 0.95-1.04x of ref.linear(..., "gelu").
+def _ext_backend(device: str, available, ops: dict, **limits) -> Backend:
+    """A `shiftnas._C` backend: named after the one device it runs on, every float dtype."""
+    return Backend(device, devices=(device,), dtypes=_FLOATS, available=available, ops=ops, **limits)
+
+
 register(
-    Backend(
-        "cpu",
-        devices=("cpu",),
-        dtypes=_FLOATS,
-        available=_ext_reason,
-        ops={"layer_norm": layer_norm_cpu, "dwconv": dwconv_cpu},
+    _ext_backend(
+        "cpu", _ext_reason, {"layer_norm": layer_norm_cpu, "dwconv": dwconv_cpu},
         op_dtypes={
             "dwconv": ((torch.float32, torch.bfloat16), "measured >= 1.0x ref in fp32 and bf16; fp16 not measured")
         },
     )
 )
-register(
-    Backend(
-        "cuda",
-        devices=("cuda",),
-        dtypes=_FLOATS,
-        available=_cuda_reason,
-        ops={"layer_norm": layer_norm_cuda, "dwconv": dwconv_cuda},
-    )
-)
+register(_ext_backend("cuda", _cuda_reason, {"layer_norm": layer_norm_cuda, "dwconv": dwconv_cuda}))
 register(
     Backend(
         "triton",
