@@ -16,26 +16,16 @@ from ._lazy import lazy_exports, when_imported
 
 __version__ = "0.1.0"  # the fallback of `shiftnas --version` when no package metadata is installed
 
-_EXPORTS = {
-    "ArchConfig": ".spaces",
-    "ArchGenerator": ".generator",
-    "ArchSample": ".spaces.arch_sample",
-    "CostBins": ".cost",
-    "FlopsBins": ".cost",
-    "SearchSpace": ".spaces",
-    "build_supernet": ".models.registry",
-    "count_flops": ".cost",
-    "count_params": ".cost",
-    "expected_cost": ".cost",
-    "export_subnet": ".models.export",
-    "flops_range": ".cost",
-    "get_cost": ".cost",
-    "get_space": ".spaces",
-    "list_spaces": ".spaces",
-    "load_subnet": ".models.export",
-    "save_subnet": ".models.export",
+_EXPORTS = {  # submodule -> the public names it defines
+    ".cost": ("CostBins", "FlopsBins", "count_flops", "count_params", "expected_cost",
+              "flops_range", "get_cost"),
+    ".generator": ("ArchGenerator",),
+    ".models.export": ("export_subnet", "load_subnet", "save_subnet"),
+    ".models.registry": ("build_supernet",),
+    ".spaces": ("ArchConfig", "SearchSpace", "get_space", "list_spaces"),
+    ".spaces.arch_sample": ("ArchSample",),
 }
-__all__ = list(_EXPORTS)
+__all__ = sorted(name for names in _EXPORTS.values() for name in names)
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 

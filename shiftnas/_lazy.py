@@ -12,9 +12,10 @@ import sys
 from collections.abc import Callable
 
 
-def lazy_exports(package: str, exports: dict[str, str]) -> tuple[Callable[[str], object], Callable[[], list[str]]]:
-    """(__getattr__, __dir__) for `package`: `exports` maps a public name to the submodule
-    (relative, e.g. ".cost") that defines it; the value is cached in the package on first use."""
+def lazy_exports(package: str, exports: dict[str, tuple[str, ...]]) -> tuple[Callable[[str], object], Callable[[], list[str]]]:
+    """(__getattr__, __dir__) for `package`: `exports` maps a submodule (relative, e.g. ".cost") to
+    the public names it defines; a name's value is cached in the package on first use."""
+    exports = {name: module for module, names in exports.items() for name in names}
 
     def __getattr__(name: str) -> object:
         module = exports.get(name)

@@ -7,13 +7,11 @@ none of them.
 """
 from .._lazy import lazy_exports
 
-_EXPORTS = {
-    "MBConvSupernet": ".mbconv",
-    "ViTSupernet": ".vit",
-    "build_supernet": ".registry",
-    "export_subnet": ".export",
-    "load_subnet": ".export",
-    "save_subnet": ".export",
+_EXPORTS = {  # submodule -> the public names it defines
+    ".export": ("export_subnet", "load_subnet", "save_subnet"),
+    ".mbconv": ("MBConvSupernet",),
+    ".registry": ("build_supernet",),
+    ".vit": ("ViTSupernet",),
 }
-__all__ = list(_EXPORTS)
+__all__ = sorted(name for names in _EXPORTS.values() for name in names)
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -5,18 +5,11 @@ torchrun/DDP plumbing (`distributed`), the loop (`engine.Trainer`), per-bin eval
 command line starts without torch."""
 from .._lazy import lazy_exports
 
-_EXPORTS = {
-    "MAX_BAD_STEPS": ".engine",
-    "TrainConfig": ".config",
-    "Trainer": ".engine",
-    "TrainingDiverged": ".engine",
-    "capture_rng_state": ".checkpoint",
-    "latest_checkpoint": ".checkpoint",
-    "load_checkpoint": ".checkpoint",
-    "load_config": ".config",
-    "restore_rng_state": ".checkpoint",
-    "safe_path": ".checkpoint",
-    "save_checkpoint": ".checkpoint",
+_EXPORTS = {  # submodule -> the public names it defines
+    ".checkpoint": ("capture_rng_state", "latest_checkpoint", "load_checkpoint",
+                    "restore_rng_state", "safe_path", "save_checkpoint"),
+    ".config": ("TrainConfig", "load_config"),
+    ".engine": ("MAX_BAD_STEPS", "Trainer", "TrainingDiverged"),
 }
-__all__ = list(_EXPORTS)
+__all__ = sorted(name for names in _EXPORTS.values() for name in names)
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
