@@ -7,7 +7,7 @@ import pytest
 import torch
 from shiftnas.kernels._env import interpret_mode
 
-__all__ = ["DEV", "DTYPES", "require_triton"]
+__all__ = ["DEV", "DTYPES", "require_triton", "run_with_grads"]
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 DTYPES = [torch.float32, torch.float16] + ([torch.bfloat16] if DEV == "cuda" else [])
@@ -18,3 +18,12 @@ def require_triton() -> None:
     if DEV != "cuda" and not interpret_mode():
         pytest.skip("needs CUDA or TRITON_INTERPRET=1", allow_module_level=True)
     pytest.importorskip("triton")
+
+
+def run_with_grads(fn, tensors, gy, dtype=None, device=DEV):
+    """fn(*tensors) and the grads of (y * gy).sum() w.r.t. every tensor that is not None, the
+    tensors first moved to `device` and cast to `dtype` (None: their own)."""
+    ts = [None if t is None else t.detach().to(device, dtype or t.dtype).requires_grad_(True) for t in tensors]
+    y = fn(*ts)
+    grads = torch.autograd.grad(y, [t for t in ts if t is not None], gy.to(device, y.dtype))
+    return y.detach(), list(grads)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from kernel_env import DEV, DTYPES, require_triton
+from kernel_env import DEV, DTYPES, require_triton, run_with_grads
 from tolerance import KERNEL_REL_ATOL, assert_within_2x_torch_scaled
 
 require_triton()
@@ -34,12 +34,6 @@ def _inputs(rows, c, cmax, dtype, seed=0):
     return x, w, b
 
 
-def _run(fn, tensors, gy, dtype=None, device=DEV):
-    ts = [t.detach().to(device, dtype or t.dtype).requires_grad_(True) for t in tensors]
-    y = fn(*ts)
-    return y.detach(), list(torch.autograd.grad(y, ts, gy.to(device, y.dtype)))
-
-
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
 def test_layer_norm_matches_ref(shape, dtype):
@@ -50,9 +44,9 @@ def test_layer_norm_matches_ref(shape, dtype):
     def op(fn):
         return lambda x, w, b: fn(x, w, b, active, EPS)
 
-    kernel = _run(op(K.layer_norm), (x, w, b), gy)
-    same = _run(op(K.layer_norm_ref), (x, w, b), gy, device="cpu")
-    ref = _run(op(K.layer_norm_ref), (x, w, b), gy, torch.float64, "cpu")
+    kernel = run_with_grads(op(K.layer_norm), (x, w, b), gy)
+    same = run_with_grads(op(K.layer_norm_ref), (x, w, b), gy, device="cpu")
+    ref = run_with_grads(op(K.layer_norm_ref), (x, w, b), gy, torch.float64, "cpu")
     assert_within_2x_torch_scaled("y", kernel[0], same[0], ref[0], ATOL[dtype])
     for name, a, s, r in zip(("dx", "dweight", "dbias"), kernel[1], same[1], ref[1]):
         assert_within_2x_torch_scaled(name, a, s, r, ATOL[dtype])
@@ -68,10 +62,10 @@ def test_layer_norm_fp32_params_under_fp16_activations():
     x, w, b = _inputs(rows, c, cmax, torch.float16)
     w, b = w.float(), b.float()
     gy = torch.randn(rows, active).to(torch.float16)
-    kernel = _run(lambda x, w, b: K.layer_norm(x, w, b, active, EPS), (x, w, b), gy)
+    kernel = run_with_grads(lambda x, w, b: K.layer_norm(x, w, b, active, EPS), (x, w, b), gy)
     assert kernel[0].dtype == torch.float16 and kernel[1][1].dtype == torch.float32
-    same = _run(lambda x, w, b: K.layer_norm_ref(x, w, b, active, EPS), (x, w, b), gy, torch.float16, "cpu")
-    ref = _run(lambda x, w, b: K.layer_norm_ref(x, w, b, active, EPS), (x, w, b), gy, torch.float64, "cpu")
+    same = run_with_grads(lambda x, w, b: K.layer_norm_ref(x, w, b, active, EPS), (x, w, b), gy, torch.float16, "cpu")
+    ref = run_with_grads(lambda x, w, b: K.layer_norm_ref(x, w, b, active, EPS), (x, w, b), gy, torch.float64, "cpu")
     for name, a, s, r in zip(("y", "dx", "dweight", "dbias"), [kernel[0], *kernel[1]], [same[0], *same[1]], [ref[0], *ref[1]]):
         assert_within_2x_torch_scaled(name, a, s, r, ATOL[torch.float16])
 

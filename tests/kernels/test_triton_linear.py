@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from kernel_env import DEV, DTYPES, require_triton
+from kernel_env import DEV, DTYPES, require_triton, run_with_grads
 from tolerance import KERNEL_REL_ATOL, assert_within_2x_torch_scaled
 
 require_triton()
@@ -33,23 +33,15 @@ def _params(rows, k, kmax, n, nmax, dtype, bias=True, seed=0):
     return x, w, b, gy
 
 
-def _run(fn, tensors, gy, dtype=None, device=DEV):
-    """fn(*tensors) and the grads of (y * gy).sum() w.r.t. every tensor, cast to `dtype`."""
-    ts = [None if t is None else t.detach().to(device, dtype or t.dtype).requires_grad_(True) for t in tensors]
-    y = fn(*ts)
-    grads = torch.autograd.grad(y, [t for t in ts if t is not None], gy.to(device, y.dtype))
-    return y.detach(), list(grads)
-
-
 @pytest.mark.parametrize("activation", [None, "gelu"])
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
 def test_linear_matches_ref(shape, dtype, activation):
     rows, k, kmax, n, nmax = shape
     x, w, b, gy = _params(rows, k, kmax, n, nmax, dtype)
-    kernel = _run(lambda x, w, b: K.linear(x, w, b, n, activation), (x, w, b), gy)
-    same = _run(lambda x, w, b: K.linear_ref(x, w, b, n, activation), (x, w, b), gy, device="cpu")
-    ref = _run(lambda x, w, b: K.linear_ref(x, w, b, n, activation), (x, w, b), gy, torch.float64, "cpu")
+    kernel = run_with_grads(lambda x, w, b: K.linear(x, w, b, n, activation), (x, w, b), gy)
+    same = run_with_grads(lambda x, w, b: K.linear_ref(x, w, b, n, activation), (x, w, b), gy, device="cpu")
+    ref = run_with_grads(lambda x, w, b: K.linear_ref(x, w, b, n, activation), (x, w, b), gy, torch.float64, "cpu")
     assert_within_2x_torch_scaled("y", kernel[0], same[0], ref[0], ATOL[dtype])
     for name, a, s, r in zip(("dx", "dweight", "dbias"), kernel[1], same[1], ref[1]):
         assert_within_2x_torch_scaled(name, a, s, r, ATOL[dtype])
@@ -62,8 +54,8 @@ def test_linear_no_bias_3d_input():
     x, w, _, _ = _params(2 * 25, 192, 216, 240, 256, torch.float32)
     x = x.reshape(2, 25, 192)
     gy = torch.randn(2, 25, 240)
-    kernel = _run(lambda x, w: K.linear(x, w, None, 240, "gelu"), (x, w), gy)
-    ref = _run(lambda x, w: K.linear_ref(x, w, None, 240, "gelu"), (x, w), gy, torch.float64, "cpu")
+    kernel = run_with_grads(lambda x, w: K.linear(x, w, None, 240, "gelu"), (x, w), gy)
+    ref = run_with_grads(lambda x, w: K.linear_ref(x, w, None, 240, "gelu"), (x, w), gy, torch.float64, "cpu")
     assert kernel[0].shape == (2, 25, 240)
     torch.testing.assert_close(kernel[0].cpu().double(), ref[0], rtol=1e-4, atol=1e-5)
     for a, r in zip(kernel[1], ref[1]):
@@ -74,10 +66,10 @@ def test_linear_mixed_precision_fp32_weights():
     """fp16 activations with fp32 master weights: tiles are cast in the kernel, grads stay fp32."""
     x, w, b, gy = _params(50, 216, 240, 192, 200, torch.float16)
     w, b = w.float(), b.float()
-    kernel = _run(lambda x, w, b: K.linear(x, w, b, 192, "gelu"), (x, w, b), gy)
+    kernel = run_with_grads(lambda x, w, b: K.linear(x, w, b, 192, "gelu"), (x, w, b), gy)
     assert kernel[0].dtype == torch.float16 and kernel[1][1].dtype == torch.float32
-    same = _run(lambda x, w, b: K.linear_ref(x, w, b, 192, "gelu"), (x, w, b), gy, torch.float16, "cpu")
-    ref = _run(lambda x, w, b: K.linear_ref(x, w, b, 192, "gelu"), (x, w, b), gy, torch.float64, "cpu")
+    same = run_with_grads(lambda x, w, b: K.linear_ref(x, w, b, 192, "gelu"), (x, w, b), gy, torch.float16, "cpu")
+    ref = run_with_grads(lambda x, w, b: K.linear_ref(x, w, b, 192, "gelu"), (x, w, b), gy, torch.float64, "cpu")
     for name, a, s, r in zip(("y", "dx", "dweight", "dbias"), [kernel[0], *kernel[1]], [same[0], *same[1]], [ref[0], *ref[1]]):
         assert_within_2x_torch_scaled(name, a, s, r, ATOL[torch.float16])
 
@@ -94,7 +86,7 @@ def test_masked_matches_ref(width, activation, dtype):
     ow = torch.tensor(width)
 
     def run(fn, dt, device):
-        return _run(lambda x, w, b, m: fn(x, w, b, n, activation, out_width=ow.to(device), mask=m),
+        return run_with_grads(lambda x, w, b, m: fn(x, w, b, n, activation, out_width=ow.to(device), mask=m),
                     (x, w, b, mask), gy, dt, device)
 
     kernel = run(K.linear_masked, None, DEV)
@@ -124,8 +116,8 @@ def test_masked_in_width_reads_only_the_prefix():
     """in_width (fc2 of an MLP): columns of x past it are ignored, their dx is zero."""
     x, w, b, gy = _params(50, 240, 240, 192, 200, torch.float32)
     iw = torch.tensor(100, device=DEV)
-    kernel = _run(lambda x, w, b: K.linear_masked(x, w, b, 192, in_width=iw), (x, w, b), gy)
-    ref = _run(lambda x, w, b: K.linear_ref(x[:, :100], w, b, 192), (x, w, b), gy, torch.float64, "cpu")
+    kernel = run_with_grads(lambda x, w, b: K.linear_masked(x, w, b, 192, in_width=iw), (x, w, b), gy)
+    ref = run_with_grads(lambda x, w, b: K.linear_ref(x[:, :100], w, b, 192), (x, w, b), gy, torch.float64, "cpu")
     torch.testing.assert_close(kernel[0].cpu().double(), ref[0], rtol=1e-4, atol=1e-5)
     for a, r in zip(kernel[1], ref[1]):
         torch.testing.assert_close(a.cpu().double(), r, rtol=1e-4, atol=1e-5)

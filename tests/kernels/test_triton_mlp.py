@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from kernel_env import DEV, DTYPES, require_triton
+from kernel_env import DEV, DTYPES, require_triton, run_with_grads
 from tolerance import KERNEL_REL_ATOL, assert_within_2x_torch_scaled
 
 require_triton()
@@ -38,12 +38,6 @@ def _params(rows, e, emax, h, hmax, dtype, seed=0):
     return (x, w1, b1, w2, b2, mask), gy
 
 
-def _run(fn, tensors, gy, dtype=None, device=DEV):
-    ts = [t.detach().to(device, dtype or t.dtype).requires_grad_(True) for t in tensors]
-    y = fn(*ts)
-    return y.detach(), list(torch.autograd.grad(y, ts, gy.to(device, y.dtype)))
-
-
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
 def test_mlp_matches_ref(shape, dtype):
@@ -53,9 +47,9 @@ def test_mlp_matches_ref(shape, dtype):
     def op(fn):
         return lambda x, w1, b1, w2, b2, m: fn(x, w1, b1, w2, b2, h, hidden_mask=m)
 
-    kernel = _run(op(K.mlp), tensors, gy)
-    same = _run(op(K.mlp_ref), tensors, gy, dtype, "cpu")
-    ref = _run(op(K.mlp_ref), tensors, gy, torch.float64, "cpu")
+    kernel = run_with_grads(op(K.mlp), tensors, gy)
+    same = run_with_grads(op(K.mlp_ref), tensors, gy, dtype, "cpu")
+    ref = run_with_grads(op(K.mlp_ref), tensors, gy, torch.float64, "cpu")
     assert_within_2x_torch_scaled("y", kernel[0], same[0], ref[0], ATOL[dtype])
     for name, a, s, r in zip(NAMES, kernel[1], same[1], ref[1]):
         assert_within_2x_torch_scaled(name, a, s, r, ATOL[dtype])
@@ -75,9 +69,9 @@ def test_mlp_masked_matches_ref(width, dtype):
         hw = torch.tensor(width, device=device)
         return lambda x, w1, b1, w2, b2, m: fn(x, w1, b1, w2, b2, h, hidden_width=hw, hidden_mask=m)
 
-    kernel = _run(op(K.mlp_masked, DEV), tensors, gy)
-    same = _run(op(K.mlp_masked_ref, "cpu"), tensors, gy, dtype, "cpu")
-    ref = _run(op(K.mlp_masked_ref, "cpu"), tensors, gy, torch.float64, "cpu")
+    kernel = run_with_grads(op(K.mlp_masked, DEV), tensors, gy)
+    same = run_with_grads(op(K.mlp_masked_ref, "cpu"), tensors, gy, dtype, "cpu")
+    ref = run_with_grads(op(K.mlp_masked_ref, "cpu"), tensors, gy, torch.float64, "cpu")
     assert_within_2x_torch_scaled("y", kernel[0], same[0], ref[0], ATOL[dtype])
     for name, a, s, r in zip(NAMES, kernel[1], same[1], ref[1]):
         assert_within_2x_torch_scaled(name, a, s, r, ATOL[dtype])
