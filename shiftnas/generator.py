@@ -23,19 +23,27 @@ generator has learned; the resource loss and the task loss shape *where* in the 
 Each decision is drawn with hard Gumbel-softmax on the masked logits (straight-through,
 docs/method.md Eq. 9); the supernet turns the one-hots into prefix masks, so the task loss and the
 resource loss L_RC = lambda * ((cost(p) - C) / F_max)^2 (Eq. 10) both reach the generator.
+
+A training decode is one autograd node (`_Decode`): its forward is the decode above, its
+backward a hand-written back-propagation through the steps (the LSTM, the heads, the Gumbel
+softmax, the embeddings), checked against autograd through the same decode
+(tests/test_generator_backward.py). L_RC reads the cost tables at the sample for its value and
+gradient (`resource_loss`). Both leave the samples as they were and cut the generator's share of
+a training step (bench/bench_train_step.py).
 """
 
 from __future__ import annotations
 
 import math
 import time
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .budget import budget_window, feasibility
-from .cost import Cost, as_cost, expected_cost, make_bins
+from .cost import Cost, as_cost, make_bins
 from .spaces import ArchConfig, SearchSpace, get_space
 from .spaces.arch_sample import ArchSample
 
@@ -47,15 +55,67 @@ def _key(kind: str) -> str:
     return kind.replace(".", "_")
 
 
-def _gumbel_hard(logits: torch.Tensor, tau: float, rng: torch.Generator | None) -> torch.Tensor:
+def _gumbel_hard(
+    logits: torch.Tensor, tau: float, rng: torch.Generator | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Hard Gumbel-softmax, straight-through (as `F.gumbel_softmax(hard=True)`, with a seedable
-    noise source). Masked candidates carry -inf logits and get probability 0."""
+    noise source): (the one-hot, the soft probabilities, the index chosen). Masked candidates
+    carry -inf logits and get probability 0."""
     u = torch.rand(logits.shape, generator=rng, device=logits.device, dtype=torch.float32)
     expo = -torch.log(u.clamp_min(1e-20))  # Exp(1)
     gumbel = -torch.log(expo.clamp_min(1e-20))
     soft = F.softmax((logits + gumbel.to(logits.dtype)) / tau, dim=-1)
-    hard = torch.zeros_like(soft).scatter_(-1, soft.detach().argmax(-1, keepdim=True), 1.0)
-    return hard - soft.detach() + soft
+    index = soft.detach().argmax(-1, keepdim=True)
+    hard = torch.zeros_like(soft).scatter_(-1, index, 1.0)
+    return hard - soft.detach() + soft, soft, index
+
+
+class _Step(NamedTuple):
+    """What the hand-written backward (`ArchGenerator._backward`) needs of one decoding step."""
+
+    x: torch.Tensor  # [1, embed]: the LSTM input
+    h0: torch.Tensor  # [1, hidden]: the state it read (zeros at the first step)
+    c0: torch.Tensor
+    left: torch.Tensor  # [2]: the budget input, in the weights' dtype
+    soft: torch.Tensor  # [n]: the Gumbel-softmax probabilities
+    p: torch.Tensor  # [n]: the straight-through one-hot's value
+
+
+class _Decode(torch.autograd.Function):
+    """A training decode as one autograd node: the forward is `ArchGenerator._decode` with no
+    graph (the same values), the backward `ArchGenerator._backward` (back-propagation through
+    the steps by hand, the weight gradients batched over the steps). Autograd through the
+    decode builds ~40 nodes per decision, and running them was most of the generator's step
+    (bench/bench_train_step.py). Outputs: the one-hots, in `space.decisions` order."""
+
+    @staticmethod
+    def forward(ctx, gen, window, tau, rng, indices, bin_vec, target, *params):
+        trace: list[_Step] = []
+        sample = gen._decode(bin_vec, target, window, tau, rng, trace)
+        indices.update(sample.indices())  # known on the host: the decode chose them
+        ctx.gen, ctx.tau, ctx.trace = gen, tau, trace
+        ctx.save_for_backward(bin_vec)
+        return tuple(sample.onehots.values())
+
+    @staticmethod
+    def backward(ctx, *d_onehots):
+        (bin_vec,) = ctx.saved_tensors
+        need_bin, need_target = ctx.needs_input_grad[5:7]
+        with torch.autocast(bin_vec.device.type, enabled=False):  # in the weights' dtype
+            d_bin, d_target, grads = ctx.gen._backward(ctx.trace, d_onehots, ctx.tau, bin_vec, need_bin, need_target)
+        return (None, None, None, None, None, d_bin, d_target, *grads)
+
+
+def _accumulate(grads: dict, param: torch.Tensor, g: torch.Tensor, n: int | None, rows: bool) -> None:
+    """grads[param] += g, where g covers the first `n` rows (`rows`) or columns of param (all of
+    it when `n` is None)."""
+    if n is None or g.shape == param.shape:
+        grads[param] = g if param not in grads else grads[param] + g
+        return
+    full = grads.get(param)
+    if full is None:
+        full = grads[param] = torch.zeros_like(param)
+    (full[:n] if rows else full[:, :n]).add_(g)
 
 
 class ArchGenerator(nn.Module):
@@ -105,6 +165,14 @@ class ArchGenerator(nn.Module):
         # Bin centres (in the cost's unit, float64); a buffer so it follows .to(device) and is saved.
         self.register_buffer("targets", self.bins.centers.clone(), persistent=False)
         self.feasibility = feasibility(self.space, self.cost)
+        # The cost's terms for `_cost_and_grad`: (decision positions, strides, flat values) each,
+        # and where each decision's one-hot starts in the concatenated one-hots.
+        pos_of = {d.name: i for i, d in enumerate(self.space.decisions)}
+        self._terms = [(tuple(pos_of[n] for n in t.names), t.strides, t.values) for t in self.cost.terms]
+        self._sizes = [len(d.choices) for d in self.space.decisions]
+        self._keys = [_key(d.kind) for d in self.space.decisions]
+        self._flat_start = [sum(self._sizes[:i]) for i in range(len(self._sizes))]
+        self._flat_size = sum(self._sizes)
 
     # -- temperature ---------------------------------------------------------------------------
     def tau_at(self, progress: float) -> float:
@@ -124,38 +192,46 @@ class ArchGenerator(nn.Module):
         window: tuple[float, float],
         tau: float | None,
         rng: torch.Generator | None = None,
-    ) -> dict[str, torch.Tensor]:
+        trace: list[_Step] | None = None,
+    ) -> ArchSample:
         """One-hots of every decision, each drawn among the candidates that can still land in
-        `window` (arg-max when `tau` is None, hard Gumbel-softmax otherwise)."""
+        `window` (arg-max when `tau` is None, hard Gumbel-softmax otherwise). `trace` collects
+        each step's `_Step` (the `_Decode` node's backward reads them)."""
         w = self.bin_embed.weight
         lo, hi = window
         feas = self.feasibility
         st = feas.start()
         scale = self.bins.hi
         target = target.to(device=w.device, dtype=torch.float64)
-        x = self.bin_embed(bin_vec.to(device=w.device, dtype=w.dtype))[None]
-        state = None
+        x = F.linear(bin_vec.to(device=w.device, dtype=w.dtype), w, self.bin_embed.bias)[None]
+        cell, budget = self.cell, self.budget_embed
+        h = c = x.new_zeros(1, self.hidden)  # the LSTM's initial state
         onehots: dict[str, torch.Tensor] = {}
-        for d in self.space.decisions:
-            k, n = _key(d.kind), len(d.choices)
-            left = torch.stack([target - st.cmin, st.cmax - target]) / scale
-            x = x + self.budget_embed(left.to(w.dtype))[None]
-            h, c = self.cell(x, state)
-            state = (h, c)
+        # Functional calls of the modules' own ops (their values), without the per-call module overhead.
+        for d, k, n in zip(self.space.decisions, self._keys, self._sizes):
+            left = (torch.stack([target - st.cmin, st.cmax - target]) / scale).to(w.dtype)
+            x = x + F.linear(left, budget.weight, budget.bias)[None]
+            h0, c0 = h, c
+            h, c = torch.lstm_cell(x, (h, c), cell.weight_ih, cell.weight_hh, cell.bias_ih, cell.bias_hh)
             allowed = feas.mask(st, lo, hi)
             if not any(allowed):  # only when the search guard ran out: the interval test alone
                 allowed = [b0 <= hi and b1 >= lo for b0, b1 in (feas.bounds(st, j) for j in range(n))]
-            logits = self.heads[k](h)[0, :n]
-            logits = logits.masked_fill(~torch.tensor(allowed, device=logits.device), float("-inf"))
+            head = self.heads[k]
+            logits = F.linear(h, head.weight, head.bias)[0, :n]
+            if not all(allowed):
+                logits = logits.masked_fill(~torch.tensor(allowed, device=logits.device), float("-inf"))
             if tau is None:
-                p = F.one_hot(logits.detach().argmax(), n).to(logits.dtype)
+                index = logits.detach().argmax()
+                p, soft = F.one_hot(index, n).to(logits.dtype), None
             else:
-                p = _gumbel_hard(logits, tau, rng)
-            feas.commit(st, int(p.detach().argmax()))
+                p, soft, index = _gumbel_hard(logits, tau, rng)
+            feas.commit(st, int(index))
             onehots[d.name] = p
+            if trace is not None:
+                trace.append(_Step(x, h0, c0, left, soft, p.detach()))
             emb = self.choice_embed[k]
             x = F.linear(p, emb.weight[:, :n], emb.bias)[None]
-        return onehots
+        return ArchSample.decoded(self.space.name, onehots, dict(zip(onehots, st.chosen)))
 
     def forward(
         self, bin_vec: torch.Tensor, tau: float | None = None, rng: torch.Generator | None = None
@@ -177,7 +253,92 @@ class ArchGenerator(nn.Module):
             )
         k = int(bin_vec.detach().argmax())
         target = bin_vec.double() @ self.targets.to(bin_vec.device)
-        return ArchSample(self.space.name, self._decode(bin_vec, target, self.bins.window(k), tau, rng))
+        window = self.bins.window(k)
+        if not torch.is_grad_enabled():
+            return self._decode(bin_vec, target, window, tau, rng)
+        indices: dict[str, int] = {}  # filled by the node's forward
+        onehots = _Decode.apply(self, window, tau, rng, indices, bin_vec, target, *self._params())
+        return ArchSample.decoded(self.space.name, dict(zip(indices, onehots)), indices)
+
+    def _params(self) -> list[nn.Parameter]:
+        """Every parameter, in the order `_backward` returns their gradients."""
+        out = [self.bin_embed.weight, self.bin_embed.bias, self.budget_embed.weight, self.budget_embed.bias,
+               self.cell.weight_ih, self.cell.weight_hh, self.cell.bias_ih, self.cell.bias_hh]
+        for k in self.space.kinds:
+            e, hd = self.choice_embed[_key(k)], self.heads[_key(k)]
+            out += [e.weight, e.bias, hd.weight, hd.bias]
+        return out
+
+    def _backward(self, trace: list[_Step], d_onehots, tau: float, bin_vec: torch.Tensor,
+                  need_bin: bool, need_target: bool):
+        """The gradients of a training decode (`_Decode`) given those of its one-hots: (of
+        bin_vec or None, of the target or None, of `_params()` in order, None where the decode
+        does not reach one: autograd's). The recurrence runs step by step on vectors; the
+        weights' gradients are summed over the steps in a few matrix products at the end."""
+        cell, hid, T = self.cell, self.hidden, len(trace)
+        dt = cell.weight_ih.dtype
+        if trace[0].x.dtype != dt or d_onehots[0].dtype != dt:  # a decode under autocast
+            trace = [_Step(*(v.to(dt) for v in t)) for t in trace]
+            d_onehots = [d.to(dt) for d in d_onehots]
+        X = torch.cat([t.x for t in trace])  # [T, embed]
+        H0, C0 = torch.cat([t.h0 for t in trace]), torch.cat([t.c0 for t in trace])
+        gates = torch.addmm(cell.bias_ih, X, cell.weight_ih.t()) + torch.addmm(cell.bias_hh, H0, cell.weight_hh.t())
+        i, f, g, o = gates.chunk(4, 1)
+        i, f, g, o = i.sigmoid(), f.sigmoid(), g.tanh(), o.sigmoid()
+        tc = (f * C0 + i * g).tanh()
+        dh_dc = o * (1 - tc * tc)  # d c / d h through h = o * tanh(c)
+        # d pre-activation / d(dc, dc, dc, dh), per gate (input, forget, cell, output)
+        scale = torch.cat([g * i * (1 - i), C0 * f * (1 - f), i * (1 - g * g), tc * o * (1 - o)], 1)
+        w_cat = torch.cat([cell.weight_ih, cell.weight_hh], 1)  # [4 hidden, embed + hidden]
+        E = X.shape[1]
+        dh = dc = X.new_zeros(hid)
+        dx = None
+        d_pre, d_x, d_y = [None] * T, [None] * T, [None] * T
+        w_emb = {kn: self.choice_embed[kn[0]].weight[:, :kn[1]] for kn in set(zip(self._keys, self._sizes))}
+        w_head = {kn: self.heads[kn[0]].weight[:kn[1]] for kn in w_emb}
+        for s in reversed(range(T)):
+            kn = self._keys[s], self._sizes[s]
+            soft, dp = trace[s].soft, d_onehots[s]
+            if dx is not None:  # step s's one-hot fed step s+1 through its kind's choice embedding
+                dp = dp + dx @ w_emb[kn]
+            dy = soft * (dp - (dp * soft).sum()) / tau  # through softmax((logits + gumbel) / tau)
+            dh = dh + dy @ w_head[kn]
+            dc = dc + dh * dh_dc[s]
+            d_pre[s] = torch.cat([dc, dc, dc, dh]) * scale[s]
+            dx, dh = (d_pre[s] @ w_cat).split([E, hid])
+            dc = dc * f[s]
+            d_x[s], d_y[s] = dx, dy
+        dP, dX = torch.stack(d_pre), torch.stack(d_x)
+        grads = {self.cell.weight_ih: dP.t() @ X, self.cell.weight_hh: dP.t() @ H0,
+                 self.cell.bias_ih: dP.sum(0), self.cell.bias_hh: dP.sum(0)}
+        grads[self.budget_embed.weight] = dX.t() @ torch.stack([t.left for t in trace])
+        grads[self.budget_embed.bias] = dX.sum(0)
+        b = bin_vec.to(dX.dtype)
+        grads[self.bin_embed.weight], grads[self.bin_embed.bias] = torch.outer(dX[0], b), dX[0]
+        H1 = torch.cat([H0[1:], (o[-1] * tc[-1])[None]])  # each step's output h
+        self._backward_kinds(trace, d_y, dX, H1, grads)
+        d_bin = (dX[0] @ self.bin_embed.weight).to(bin_vec.dtype) if need_bin else None
+        d_target = None
+        if need_target:  # left = (target - cmin, cmax - target) / bins.hi
+            d_left = (dX @ self.budget_embed.weight).double()
+            d_target = (d_left[:, 0] - d_left[:, 1]).sum() / self.bins.hi
+        return d_bin, d_target, [grads.get(p) for p in self._params()]
+
+    def _backward_kinds(self, trace, d_y, dX, H1, grads) -> None:
+        """The heads' and choice embeddings' gradients (`_backward`), per (kind, choice count)."""
+        groups: dict[tuple[str, int], list[int]] = {}
+        for s, key in enumerate(self._keys):
+            groups.setdefault((key, self._sizes[s]), []).append(s)
+        for (key, n), steps in groups.items():
+            head, emb = self.heads[key], self.choice_embed[key]
+            dy = torch.stack([d_y[s] for s in steps])
+            _accumulate(grads, head.weight, (dy.t() @ H1[steps]), n, rows=True)
+            _accumulate(grads, head.bias, dy.sum(0), n, rows=True)
+            fed = [s for s in steps if s + 1 < len(trace)]  # the last one-hot feeds nothing
+            if fed:
+                dxn = dX[[s + 1 for s in fed]]
+                _accumulate(grads, emb.weight, dxn.t() @ torch.stack([trace[s].p for s in fed]), n, rows=False)
+                _accumulate(grads, emb.bias, dxn.sum(0), None, rows=False)
 
     def bin_vector(self, k: int) -> torch.Tensor:
         """The hard one-hot of bin `k` (on the generator's device)."""
@@ -227,8 +388,7 @@ class ArchGenerator(nn.Module):
         lo, hi = self.window(budget, bin=bin, interval=interval)
         mid = (lo + hi) / 2
         k = self.bins.bin_of(min(max(mid, self.bins.lo), self.bins.hi))
-        onehots = self._decode(self.bin_vector(k), torch.tensor(mid, dtype=torch.float64), (lo, hi), None)
-        return ArchSample(self.space.name, onehots).hard()
+        return self._decode(self.bin_vector(k), torch.tensor(mid, dtype=torch.float64), (lo, hi), None).hard()
 
     # -- pre-training --------------------------------------------------------------------------
     def pretrain(self, steps: int, lr: float = 1e-2, rng: torch.Generator | None = None) -> dict:
@@ -256,11 +416,36 @@ class ArchGenerator(nn.Module):
     def resource_loss(self, sample: ArchSample, target_flops, lam: float = 1.0) -> torch.Tensor:
         """L_RC = lam * ((cost(p) - C) / F_max)^2 (docs/method.md Eq. 10), a float64 scalar.
 
+        `sample` is hard in value (the generator's straight-through one-hots): cost(p) is then
+        `expected_cost(sample)`, whose terms are multilinear in the one-hots, so its value is the
+        tables read at the sample's indices and its gradient w.r.t. decision i's one-hot is, per
+        candidate j, the tables read with j at i and the others at their indices. Both come from
+        `_cost_and_grad` (no per-term einsum graph to build and run backward through).
         `target_flops` may be a float or a tensor (e.g. C = G(B) @ centres, differentiable in B).
         """
-        cost = expected_cost(self.space, sample, self.cost)
+        idx = sample.indices()
+        names = [d.name for d in self.space.decisions]
+        value, grad = self._cost_and_grad([idx[n] for n in names])
+        p = torch.cat([sample.onehots[n] for n in names])
+        g = torch.tensor(grad, dtype=torch.float64, device=p.device)
+        cost = value + (p - p.detach()).double() @ g  # exactly `value`; d cost / d p = g
         target = torch.as_tensor(target_flops, dtype=torch.float64, device=cost.device)
         return lam * ((cost - target.to(torch.float64)) / self.bins.hi) ** 2
+
+    def _cost_and_grad(self, idx: list[int]) -> tuple[float, list[float]]:
+        """The cost at candidate indices `idx` (one per decision, in order, as decoded: inactive
+        ones too, which the gated terms ignore) and d expected_cost / d(the concatenated one-hots)
+        at those hard one-hots, from the cost's term tables (`self._terms`)."""
+        grad = [0.0] * self._flat_size
+        total = 0.0
+        for pos, strides, values in self._terms:
+            base = sum(idx[i] * s for i, s in zip(pos, strides))
+            total += values[base]
+            for i, s in zip(pos, strides):
+                off, start = base - idx[i] * s, self._flat_start[i]
+                for j in range(self._sizes[i]):
+                    grad[start + j] += values[off + j * s]
+        return total + self.cost.constant, grad
 
     def extra_repr(self) -> str:
         return (

@@ -145,17 +145,21 @@ def test_interval(gen):
 
 def test_pretrain_moves_samples_towards_the_bin_centre():
     # Inside the bin the resource loss decides where: after pre-training the arg-max archs sit
-    # nearer their bin centres than before (measured on vit-fmnist, 10 bins, lr 2e-2, seeds
-    # 0-2: mean |error| / bin width 0.36/0.32/0.37 before, 0.23/0.18/0.20 after 100 steps).
-    torch.manual_seed(0)
-    g = ArchGenerator(SPACE, n_bins=8, tau_start=1.0, tau_end=0.5)
+    # nearer their bin centres than before (measured on vit-fmnist, 8 bins, lr 2e-2, seeds
+    # 0-2: mean |error| / bin width 0.33/0.38/0.33 before, 0.19/0.18/0.12 after 100 steps with
+    # one thread). A single seed's path depends on float rounding (the thread count changes it:
+    # seed 0 ends at 0.19 or 0.27), so the test holds the mean over the three seeds.
+    befores, afters = [], []
+    for seed in range(3):
+        torch.manual_seed(seed)
+        g = ArchGenerator(SPACE, n_bins=8, tau_start=1.0, tau_end=0.5)
 
-    def err():
-        return sum(abs(count_flops(SPACE, g.generate(bin=k)) - float(c)) for k, c in enumerate(g.targets)) / (
-            8 * g.bins.width())
+        def err():
+            return sum(abs(count_flops(SPACE, g.generate(bin=k)) - float(c)) for k, c in enumerate(g.targets)) / (
+                8 * g.bins.width())
 
-    before = err()
-    rec = g.pretrain(100, lr=2e-2, rng=torch.Generator().manual_seed(0))
-    after = err()
-    assert rec["steps"] == 100 and rec["seconds"] > 0
-    assert after < 0.75 * before, (before, after)
+        befores.append(err())
+        rec = g.pretrain(100, lr=2e-2, rng=torch.Generator().manual_seed(0))
+        afters.append(err())
+        assert rec["steps"] == 100 and rec["seconds"] > 0
+    assert sum(afters) < 0.75 * sum(befores), (befores, afters)

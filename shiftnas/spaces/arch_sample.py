@@ -62,6 +62,14 @@ class ArchSample:
             onehots[d.name] = t.requires_grad_(requires_grad)
         return cls(arch.space, onehots)
 
+    @classmethod
+    def decoded(cls, space: str, onehots: Mapping[str, torch.Tensor], indices: Mapping[str, int]) -> "ArchSample":
+        """A sample whose arg-max `indices` the host already knows (the generator's decode made
+        them): `indices()` and `hard()` then need no host sync."""
+        s = cls(space, onehots)
+        object.__setattr__(s, "_indices", dict(indices))
+        return s
+
     def indices(self) -> dict[str, int]:
         """Arg-max candidate of every decision (one host sync for all of them, at the first call:
         the one-hots are not to be changed in place after it)."""
