@@ -76,3 +76,19 @@ def test_the_installed_wheel_trains_from_outside_the_source_tree(wheel_env, tmp_
     run = work / "runs" / "w"
     assert (run / "summary.json").is_file() and any(run.glob("checkpoint-*.pt"))
     assert yaml.safe_load((run / "config.yaml").read_text())["optim"]["steps"] == 3
+
+
+@pytest.mark.slow
+def test_the_installed_wheel_imports_every_kernel_module(wheel_env):
+    """`kernels/` ships as `shiftnas.kernels` (setup.py's package_dir): every module of it imports
+    from the installed wheel, outside the source tree."""
+    pytest.importorskip("triton")
+    py, env, work, _ = wheel_env
+    names = sorted(p.stem for p in (REPO / "kernels").glob("*.py") if p.stem != "__init__")
+    code = ("import importlib, shiftnas\n"
+            f"for n in {names!r}:\n"
+            "    m = importlib.import_module('shiftnas.kernels.' + n)\n"
+            "    assert 'site-packages' in m.__file__, m.__file__\n"
+            f"print('ok', {len(names)})\n")
+    env = {**env, "TRITON_INTERPRET": "1"}
+    assert _run([str(py), "-c", code], work, env, 300).stdout.split() == ["ok", str(len(names))]
