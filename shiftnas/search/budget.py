@@ -42,10 +42,10 @@ _TIME_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*(ms|us|s)?\s*$"
 
 
 def parse_latency(text: str | float, lo: float | None = None, hi: float | None = None,
-                  what: str = "--latency") -> float:
+                  what: str = "--latency", table: str | None = None) -> float:
     """Nanoseconds (the latency cost's unit) from `4ms` / `4000us` / `0.004s` / `4` (a plain
     number is milliseconds). With `lo`/`hi` (ns), a budget outside [lo, hi] is an error that
-    gives the range in ms."""
+    gives the range in ms (and the latency `table` that predicts it, when given)."""
     if isinstance(text, (int, float)) and not isinstance(text, bool):
         value = float(text) * 1e6
     else:
@@ -57,8 +57,9 @@ def parse_latency(text: str | float, lo: float | None = None, hi: float | None =
     if not math.isfinite(value) or value <= 0:
         raise ValueError(f"{what} {text!r}: a latency budget must be a positive finite time")
     if lo is not None and hi is not None and not lo <= value <= hi:
+        by = "its table's prediction" if table is None else f"predicted by latency table {str(table)!r}"
         raise ValueError(f"{what} {text!r} = {value / 1e6:.3f} ms is outside this run's latency range "
-                         f"{lo / 1e6:.3f} .. {hi / 1e6:.3f} ms (smallest to largest subnet, its table's prediction)")
+                         f"{lo / 1e6:.3f} .. {hi / 1e6:.3f} ms (smallest to largest subnet, {by})")
     return value
 
 

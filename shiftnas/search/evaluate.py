@@ -3,10 +3,11 @@
     run = load_run("runs/demo-shift")
     evaluate_run(run, split="val", max_images=2000)   # writes <run>/evaluate.json + plots/pareto-evaluate.png
 
-The rows are those of `Trainer.evaluate` (summary.json): per FLOPs bin, the generator's arch for
-the bin centre (shift runs) and, when asked, one fixed-seed random arch per bin (`bin_archs`,
-seed 0), so a ShiftNAS run and its baselines are judged on the same subnets. summary.json is
-left as training wrote it.
+The rows are those of `Trainer.evaluate` (summary.json): per bin of the run's cost (FLOPs, or
+`sampler.cost`: for latency the bins, rows, table and Pareto x axis are in ms), the generator's
+arch for the bin centre (shift runs) and, when asked, one fixed-seed random arch per bin
+(`bin_archs`, seed 0), so a ShiftNAS run and its baselines are judged on the same subnets.
+summary.json is left as training wrote it.
 """
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ def evaluate_run(run, split: str = "val", max_images: int | None = None,
     """
     from ..atomic import write_json_atomic
     from ..train.checkpoint import safe_path
-    from ..train.evaluate import arch_row, bin_archs
+    from ..train.evaluate import arch_row, bin_archs, bins_record
     from ..train.plots import plot_pareto
 
     if max_images is not None and (not isinstance(max_images, int) or max_images < 1):
@@ -67,10 +68,7 @@ def evaluate_run(run, split: str = "val", max_images: int | None = None,
         "split": split,
         "images_per_arch": rows[0]["images"] if rows else 0,
         "eval_s": round(time.perf_counter() - t0, 2),
-        "bins": {
-            "edges_mflops": [e / 1e6 for e in run.bins.edges.tolist()],
-            "centers_mflops": [c / 1e6 for c in run.bins.centers.tolist()],
-        },
+        "bins": bins_record(run.bins),  # as summary.json: edges_mflops, or edges + unit (e.g. ms) + cost
         "rows": rows,
     }
     write_json_atomic(out_json, result)
@@ -106,7 +104,8 @@ def add_evaluate_parser(subparsers) -> argparse.ArgumentParser:
         "evaluate",
         help="per-bin inherited top-1 of a trained run",
         description=(
-            "Evaluate a trained run per FLOPs bin: the generator's subnet for each bin centre\n"
+            "Evaluate a trained run per bin of its cost (FLOPs, or e.g. latency in ms for a run trained\n"
+            "with sampler.cost=latency): the generator's subnet for each bin centre\n"
             "(shift runs) and, when the run's eval.random_archs is set (always for baselines), one\n"
             "fixed-seed random subnet per bin, with the supernet's (EMA) weights; CNN subnets get\n"
             "their BatchNorm statistics recalibrated first. Writes RUN/evaluate.json and\n"

@@ -1,7 +1,8 @@
-"""The AutoFormer-style evolutionary search baseline under a FLOPs and/or params limit.
+"""The AutoFormer-style evolutionary search baseline under a FLOPs, params and/or latency limit.
 
     run = load_run("runs/fmnist-vit-shift")
     evolution_search(run, flops_limit=25e6)   # {"best": {...}, "evaluations", "history", ...}
+    evolution_search(run, latency_limit=4e6, latency_table="bench/results/latency/vit-fmnist-b1.json")
 
 AutoFormer (microsoft/Cream, AutoFormer/evolution.py; defaults of its `search` script): an
 initial population of 50 random subnets inside the limit; every generation keeps the top 10
@@ -12,7 +13,9 @@ tops the population up with random subnets; 20 generations. The fitness is the i
 on a held-out split (here `minival`, carved from train, so the test set is never searched on).
 
 `EvolutionSearch` is the algorithm over a space and any `fitness(arch) -> float` callable;
-`evolution_search` runs it with a trained run's inherited accuracy.
+`evolution_search` runs it with a trained run's inherited accuracy. Both take the same keywords
+(`SearchSettings` holds the hyperparameters once). A latency limit is in whole ns, on the
+prediction of a measured table (`get_cost(space, "latency", table=...)`), as training uses it.
 """
 from __future__ import annotations
 
@@ -22,17 +25,18 @@ import math
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from ..atomic import write_json_atomic
-from ..cost import cost_terms, count_flops, count_params
+from ..cost import Cost, as_cost, cost_range, count_cost, fast_cost, get_cost
 from ..spaces import ArchConfig, SearchSpace, get_space
-from .budget import format_budget, parse_budget
+from .budget import format_budget, parse_budget, parse_latency
 from .run import add_run_arguments
 
-__all__ = ["EvolutionResult", "EvolutionSearch", "add_search_parser", "evolution_search"]
+__all__ = ["EvolutionResult", "EvolutionSearch", "SearchSettings", "add_search_parser", "evolution_search",
+           "latency_cost"]
 
 Fitness = Callable[[ArchConfig], float]
 _TRIES_PER_ARCH = 20  # plain uniform draws (then as many walks) per random subnet wanted
@@ -51,31 +55,7 @@ class EvolutionResult:
     history: list[dict[str, Any]]
     evaluated: dict[ArchConfig, float] = field(repr=False)
     top: list[tuple[ArchConfig, float]] = field(repr=False)  # the final parents, best first
-
-
-class _CostTables:
-    """FLOPs and params from candidate indices of every decision (inactive ones too, read at
-    index 0 as `SearchSpace.indices` does): plain lists, for the many moves of `_walk`."""
-
-    def __init__(self, space: SearchSpace, num_classes: int | None):
-        self.decs = {d.name: d for d in space.decisions}
-        self.terms = {
-            what: [(t.names, t.table.tolist()) for t in cost_terms(space, what, num_classes)]
-            for what in ("flops", "params")
-        }
-
-    def active(self, name: str, idx: dict[str, int]) -> bool:
-        gate = self.decs[name].gate
-        return gate is None or self.decs[gate[0]].choices[idx[gate[0]]] > gate[1]
-
-    def cost(self, what: str, idx: dict[str, int]) -> int:
-        total = 0.0
-        for names, table in self.terms[what]:
-            v = table
-            for n in names:
-                v = v[idx[n] if self.active(n, idx) else 0]
-            total += v
-        return round(total)
+    latency_ns: int | None = None  # the best arch's predicted latency, when the search has a latency table
 
 
 def _check_int(name: str, value: Any, lo: int) -> int:
@@ -98,28 +78,68 @@ def _check_limit(name: str, value: Any) -> float | None:
     return float(value)
 
 
-def check_settings(*, population: int, mutations: int, crossovers: int, parents: int, generations: int,
-                   mutate_prob: float, depth_prob: float) -> None:
-    """Raise a ValueError naming the first bad hyperparameter (before any work is done)."""
-    _check_int("population", population, 1)
-    _check_int("mutations", mutations, 0)
-    _check_int("crossovers", crossovers, 0)
-    _check_int("parents", parents, 1)
-    _check_int("generations", generations, 0)
-    if parents > population:
-        raise ValueError(f"parents={parents} must be <= population={population} (the parents are the top of it)")
-    _check_prob("mutate_prob", mutate_prob)
-    _check_prob("depth_prob", depth_prob)
+@dataclass(frozen=True)
+class SearchSettings:
+    """AutoFormer's search hyperparameters (its `search` script's defaults) and the seed: the
+    keywords `EvolutionSearch`, `evolution_search` and `shiftnas search` share. Checked on
+    construction: a ValueError names the first bad one."""
+
+    population: int = 50
+    mutations: int = 25
+    crossovers: int = 25
+    parents: int = 10
+    generations: int = 20
+    mutate_prob: float = 0.2
+    depth_prob: float = 0.4
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name, lo in (("population", 1), ("mutations", 0), ("crossovers", 0), ("parents", 1), ("generations", 0)):
+            _check_int(name, getattr(self, name), lo)
+        if self.parents > self.population:
+            raise ValueError(f"parents={self.parents} must be <= population={self.population} (the parents are "
+                             "the top of it)")
+        for name in ("mutate_prob", "depth_prob"):
+            object.__setattr__(self, name, _check_prob(name, getattr(self, name)))
+
+    @classmethod
+    def of(cls, who: str, kwargs: dict[str, Any]) -> SearchSettings:
+        """The settings in `kwargs`; a keyword that is none of them is a TypeError naming `who`."""
+        names = [f.name for f in fields(cls)]
+        unknown = sorted(set(kwargs) - set(names))
+        if unknown:
+            raise TypeError(f"{who}() got unexpected keyword argument(s) {', '.join(map(repr, unknown))}; "
+                            f"its search settings are {', '.join(names)}")
+        return cls(**kwargs)
+
+
+def _latency_of(space: SearchSpace, table: Any) -> Cost:
+    """`table` as a latency `Cost` of `space`: a path, a LatencyTable or such a Cost."""
+    if table is None:
+        raise ValueError(f"a latency limit needs latency_table= (a table of space {space.name!r}, built by "
+                         f"`shiftnas latency build --space {space.name}`)")
+    cost = as_cost(space, table) if isinstance(table, Cost) else get_cost(space, "latency", table=table)
+    if cost.name != "latency":
+        raise ValueError(f"latency_table={cost!r} is a {cost.name} cost, not a latency table")
+    return cost
+
+
+def _fmt(what: str, value: float) -> str:
+    """A limit or cost for messages: ms for latency (ns inside), 25.0M for FLOPs and params."""
+    return f"{value / 1e6:.3f} ms" if what == "latency" else format_budget(value)
 
 
 class EvolutionSearch:
     """AutoFormer's genetic search over `space` maximising `fitness` inside a cost box.
 
-    Upper limits `flops_limit` / `params_limit` (at least one), optional lower limits
-    `flops_min` / `params_min`; costs use `num_classes` (default: the space's). Depth decisions
-    (kind "depth", or gating other decisions) mutate with `depth_prob`, the others with
-    `mutate_prob`; a layer a deeper mutation switches on gets random choices. All randomness
-    comes from `random.Random(seed)`, and no arch is evaluated twice.
+    Upper limits `flops_limit` / `params_limit` / `latency_limit` (at least one), optional lower
+    limits `flops_min` / `params_min` / `latency_min`. Latency is in whole ns, predicted by
+    `latency_table` (a `shiftnas latency build` file, a LatencyTable or a latency `Cost` of the
+    space): a latency limit needs one; a table alone is only reported. FLOPs and params use
+    `num_classes` (default: the space's). The other keywords are `SearchSettings`' (population,
+    ..., seed). Depth decisions (kind "depth", or gating other decisions) mutate with
+    `depth_prob`, the others with `mutate_prob`; a layer a deeper mutation switches on gets
+    random choices. All randomness comes from `random.Random(seed)`; no arch is evaluated twice.
     """
 
     def __init__(
@@ -131,43 +151,36 @@ class EvolutionSearch:
         params_limit: float | None = None,
         flops_min: float | None = None,
         params_min: float | None = None,
-        population: int = 50,
-        mutations: int = 25,
-        crossovers: int = 25,
-        parents: int = 10,
-        generations: int = 20,
-        mutate_prob: float = 0.2,
-        depth_prob: float = 0.4,
-        seed: int = 0,
+        latency_limit: float | None = None,
+        latency_min: float | None = None,
+        latency_table: Any = None,
         num_classes: int | None = None,
         log: Callable[[str], Any] | None = None,
+        **settings: Any,
     ):
         self.space = get_space(space)
-        check_settings(population=population, mutations=mutations, crossovers=crossovers, parents=parents,
-                       generations=generations, mutate_prob=mutate_prob, depth_prob=depth_prob)
-        self.fitness_fn = fitness
-        self.population, self.mutations, self.crossovers = population, mutations, crossovers
-        self.parents, self.generations = parents, generations
-        self.mutate_prob, self.depth_prob = float(mutate_prob), float(depth_prob)
-        self.seed, self.num_classes, self.log = seed, num_classes, log
+        self.settings = SearchSettings.of(type(self).__name__, settings)
+        self.fitness_fn, self.num_classes, self.log = fitness, num_classes, log
         self.limits = {
             "flops": (_check_limit("flops_min", flops_min), _check_limit("flops_limit", flops_limit)),
             "params": (_check_limit("params_min", params_min), _check_limit("params_limit", params_limit)),
         }
-        if flops_limit is None and params_limit is None:
-            raise ValueError("give a flops_limit and/or a params_limit: the search needs an upper limit")
+        self.cost = {w: as_cost(self.space, w, num_classes) for w in ("flops", "params")}
+        latency = (_check_limit("latency_min", latency_min), _check_limit("latency_limit", latency_limit))
+        if latency != (None, None) or latency_table is not None:
+            self.cost["latency"] = _latency_of(self.space, latency_table)
+            self.limits["latency"] = latency
+        if all(hi is None for _, hi in self.limits.values()):
+            raise ValueError("give a flops_limit, params_limit and/or latency_limit: the search needs an upper limit")
         gates = {d.gate[0] for d in self.space.decisions if d.gate is not None}
         self.depth_like = {d.name for d in self.space.decisions if d.kind == "depth" or d.name in gates}
-        self._tables = _CostTables(self.space, num_classes)
         self._check_range()
-        self._costs: dict[ArchConfig, tuple[int, int]] = {}
+        self._costs: dict[ArchConfig, dict[str, int]] = {}
         self.evaluated: dict[ArchConfig, float] = {}
 
     # -- the constraint --------------------------------------------------------------------------
     def _range(self, what: str) -> tuple[int, int]:
-        count = count_flops if what == "flops" else count_params
-        return (count(self.space, self.space.min(), self.num_classes),
-                count(self.space, self.space.max(), self.num_classes))
+        return cost_range(self.space, self.cost[what])
 
     def describe_limits(self) -> str:
         """E.g. "flops <= 25.0M (space 'vit-fmnist': 7.9M .. 62.9M)"."""
@@ -176,51 +189,57 @@ class EvolutionSearch:
             if lo is None and hi is None:
                 continue
             a, b = self._range(what)
-            box = (f"{format_budget(lo)} <= " if lo is not None else "") + what
-            box += f" <= {format_budget(hi)}" if hi is not None else ""
-            parts.append(f"{box} (space {self.space.name!r}: {format_budget(a)} .. {format_budget(b)})")
+            box = (f"{_fmt(what, lo)} <= " if lo is not None else "") + what
+            box += f" <= {_fmt(what, hi)}" if hi is not None else ""
+            parts.append(f"{box} (space {self.space.name!r}: {_fmt(what, a)} .. {_fmt(what, b)})")
         return "; ".join(parts)
 
     def _check_range(self) -> None:
         for what, (lo, hi) in self.limits.items():
             a, b = self._range(what)
-            rng = f"{self.space.name!r} spans {format_budget(a)} .. {format_budget(b)} {what}"
+            rng = f"{self.space.name!r} spans {_fmt(what, a)} .. {_fmt(what, b)} {what}"
+            if what == "latency":
+                rng += f" (predicted by {self.cost[what].source or 'the latency table'})"
             if lo is not None and hi is not None and lo > hi:
-                raise ValueError(f"{what} lower limit {format_budget(lo)} is above its upper limit {format_budget(hi)}")
+                raise ValueError(f"{what} lower limit {_fmt(what, lo)} is above its upper limit {_fmt(what, hi)}")
             if hi is not None and hi < a:
-                raise ValueError(
-                    f"{what} limit {format_budget(hi)} is below the smallest subnet: {rng}; raise the limit"
-                )
+                raise ValueError(f"{what} limit {_fmt(what, hi)} is below the smallest subnet: {rng}; raise the limit")
             if lo is not None and lo > b:
-                raise ValueError(
-                    f"{what} lower limit {format_budget(lo)} is above the largest subnet: {rng}; lower it"
-                )
+                raise ValueError(f"{what} lower limit {_fmt(what, lo)} is above the largest subnet: {rng}; lower it")
+
+    def values(self, arch: ArchConfig) -> dict[str, int]:
+        """{cost name: value} of `arch` (flops, params and, with a latency limit, latency in ns), cached."""
+        if arch not in self._costs:
+            self._costs[arch] = {w: count_cost(self.space, arch, c) for w, c in self.cost.items()}
+        return self._costs[arch]
 
     def costs(self, arch: ArchConfig) -> tuple[int, int]:
         """(FLOPs, params) of `arch`, cached."""
-        if arch not in self._costs:
-            self._costs[arch] = (count_flops(self.space, arch, self.num_classes),
-                                 count_params(self.space, arch, self.num_classes))
-        return self._costs[arch]
+        v = self.values(arch)
+        return v["flops"], v["params"]
 
-    def _inside(self, flops: float, params: float) -> bool:
-        for (lo, hi), v in zip(self.limits.values(), (flops, params)):
+    def _inside(self, values: dict[str, float]) -> bool:
+        for what, (lo, hi) in self.limits.items():
+            v = values[what]
             if (lo is not None and v < lo) or (hi is not None and v > hi):
                 return False
         return True
 
     def feasible(self, arch: ArchConfig) -> bool:
-        return self._inside(*self.costs(arch))
+        return self._inside(self.values(arch))
 
     # -- random subnets inside the limit ---------------------------------------------------------
     def _walk(self, rng: random.Random) -> ArchConfig | None:
         """A uniform draw walked into the box one candidate step at a time (as `sample_in_bin`
         does for a FLOPs bin): for budgets where plain rejection sampling almost never hits."""
-        t, decs = self._tables, self.space.decisions
+        decs = self.space.decisions
         limits = {w: lim for w, lim in self.limits.items() if lim != (None, None)}  # costs to compute
+        fast = {w: fast_cost(self.space, self.cost[w]) for w in limits}
+        t = next(iter(fast.values()))  # for `active`: the same for every cost
         idx = {d.name: rng.randrange(len(d.choices)) for d in decs}
         for _ in range(4 * sum(len(d.choices) for d in decs)):
-            cur = {w: t.cost(w, idx) for w in limits}
+            raw = {w: f.total(idx) for w, f in fast.items()}
+            cur = {w: round(v) for w, v in raw.items()}
             over = [w for w, (_, hi) in limits.items() if hi is not None and cur[w] > hi]
             under = [w for w, (lo, _) in limits.items() if lo is not None and cur[w] < lo]
             if not over and not under:
@@ -231,9 +250,7 @@ class EvolutionSearch:
                 new = idx[d.name] + step
                 if not t.active(d.name, idx) or not 0 <= new < len(d.choices):
                     continue
-                old, idx[d.name] = idx[d.name], new
-                nxt = {w: t.cost(w, idx) for w in limits}
-                idx[d.name] = old
+                nxt = {w: round(raw[w] + f.delta(idx, d.name, new)) for w, f in fast.items()}
                 if any((nxt[w] - cur[w]) * step > 0 for w in fix):
                     moves.append((d.name, new))
                     side = 0 if step < 0 else 1  # the limits this step must not jump past
@@ -265,7 +282,7 @@ class EvolutionSearch:
         for d in self.space.decisions:
             if not self.space.is_active(d, values):
                 continue
-            p = self.depth_prob if d.name in self.depth_like else self.mutate_prob
+            p = self.settings.depth_prob if d.name in self.depth_like else self.settings.mutate_prob
             if d.name not in old or rng.random() < p:
                 values[d.name] = rng.choice(d.choices)
             else:
@@ -304,40 +321,43 @@ class EvolutionSearch:
 
     def _top(self) -> list[tuple[ArchConfig, float]]:
         # sorted() is stable: ties keep evaluation order, so the ranking depends on the seed alone.
-        return sorted(self.evaluated.items(), key=lambda kv: -kv[1])[: self.parents]
+        return sorted(self.evaluated.items(), key=lambda kv: -kv[1])[: self.settings.parents]
 
     def _record(self, history: list[dict[str, Any]], g: int) -> list[ArchConfig]:
         top = self._top()
         best, fit = top[0]
-        flops, params = self.costs(best)
+        v = self.values(best)
         row = {
             "generation": g,
             "evaluations": len(self.evaluated),
             "best": fit,
             "mean_topk": sum(f for _, f in top) / len(top),
             "best_short": best.short(),
-            "best_mflops": flops / 1e6,
-            "best_params": params,
+            "best_mflops": v["flops"] / 1e6,
+            "best_params": v["params"],
         }
+        ms = f"  {v['latency'] / 1e6:7.3f} ms" if "latency" in v else ""
+        if ms:
+            row["best_latency_ms"] = v["latency"] / 1e6
         history.append(row)
         if self.log is not None:
             self.log(
-                f"gen {g:>3}/{self.generations}  evals {row['evaluations']:>5}  best {fit:8.3f}  "
-                f"top-{len(top)} mean {row['mean_topk']:8.3f}  {flops / 1e6:7.2f} MFLOPs  {best.short()}"
+                f"gen {g:>3}/{self.settings.generations}  evals {row['evaluations']:>5}  best {fit:8.3f}  "
+                f"top-{len(top)} mean {row['mean_topk']:8.3f}  {v['flops'] / 1e6:7.2f} MFLOPs{ms}  {best.short()}"
             )
         return [a for a, _ in top]
 
     def run(self) -> EvolutionResult:
-        t0 = time.perf_counter()
-        rng = random.Random(self.seed)
+        t0, s = time.perf_counter(), self.settings
+        rng = random.Random(s.seed)
         self.evaluated = {}
         taken: set[ArchConfig] = set()
         first: list[ArchConfig] = []
-        while len(first) < self.population:
+        while len(first) < s.population:
             arch = self._random(rng, taken)
             if arch is None:
                 raise ValueError(
-                    f"found only {len(first)} of population={self.population} distinct subnets inside "
+                    f"found only {len(first)} of population={s.population} distinct subnets inside "
                     f"the limit ({self.describe_limits()}) after {2 * _TRIES_PER_ARCH} tries for the next "
                     "one; loosen the limit or lower the population"
                 )
@@ -346,12 +366,12 @@ class EvolutionSearch:
         self._evaluate(first)
         history: list[dict[str, Any]] = []
         top = self._record(history, 0)
-        for g in range(1, self.generations + 1):
-            kids = self._children(self.mutations, lambda top=top: self.mutate(rng.choice(top), rng), taken)
+        for g in range(1, s.generations + 1):
+            kids = self._children(s.mutations, lambda top=top: self.mutate(rng.choice(top), rng), taken)
             kids += self._children(
-                self.crossovers, lambda top=top: self.crossover(rng.choice(top), rng.choice(top), rng), taken
+                s.crossovers, lambda top=top: self.crossover(rng.choice(top), rng.choice(top), rng), taken
             )
-            while len(kids) < self.population:  # AutoFormer tops the population up at random
+            while len(kids) < s.population:  # AutoFormer tops the population up at random
                 arch = self._random(rng, taken)
                 if arch is None:
                     break
@@ -360,11 +380,26 @@ class EvolutionSearch:
             self._evaluate(kids)
             top = self._record(history, g)
         best, fit = self._top()[0]
-        flops, params = self.costs(best)
+        v = self.values(best)
         return EvolutionResult(
-            best=best, fitness=fit, flops=flops, params=params, evaluations=len(self.evaluated),
+            best=best, fitness=fit, flops=v["flops"], params=v["params"], evaluations=len(self.evaluated),
             wall_s=time.perf_counter() - t0, history=history, evaluated=dict(self.evaluated), top=self._top(),
+            latency_ns=v.get("latency"),
         )
+
+
+def latency_cost(run, table: Any = None, flag: str = "latency_table=") -> Cost:
+    """The latency cost a search of `run` is limited by: `table` (a path, or a latency `Cost`),
+    else the table the run was trained with (`sampler.cost=latency`); for another run, no table
+    is a ValueError naming `flag` (what the caller calls the table)."""
+    if table is not None:
+        return _latency_of(run.space, table)
+    if run.cost_name == "latency":
+        return run.trainer.cost
+    sp = run.space.name
+    raise ValueError(f"a latency limit needs a latency table, and run {str(run.run_dir)!r} was trained with "
+                     f"sampler.cost={run.cost_name} (no table): give {flag} (a table of space {sp!r}, e.g. "
+                     f"bench/results/latency/{sp}-b1.json, or build one with `shiftnas latency build --space {sp}`)")
 
 
 def evolution_search(
@@ -372,68 +407,106 @@ def evolution_search(
     flops_limit: float | None = None,
     params_limit: float | None = None,
     *,
-    flops_min: float | None = None,
-    params_min: float | None = None,
-    population: int = 50,
-    mutations: int = 25,
-    crossovers: int = 25,
-    parents: int = 10,
-    generations: int = 20,
-    mutate_prob: float = 0.2,
-    depth_prob: float = 0.4,
+    latency_table: Any = None,
     images: int = 1000,
     split: str = "minival",
-    seed: int = 0,
     log: Callable[[str], Any] | None = None,
+    **options: Any,
 ) -> dict[str, Any]:
     """Evolutionary search on a loaded run (`load_run`): the fitness of a subnet is its inherited
     top-1 (%) on the first `images` of `split` (BN recalibrated for CNNs, inside `run.evaluate`).
 
-    Keys: method, space, limit {flops, params} (+ min {flops, params}), best {arch, short, flops,
-    mflops, params, fitness}, constraint_error ((best flops - flops_limit) / flops_limit, None
-    without a FLOPs limit), evaluations, wall_s, history (per generation: best and mean top-k
+    `options`: `EvolutionSearch`'s other keywords (flops_min, params_min, latency_limit and
+    latency_min in ns, and the `SearchSettings`: population, ..., seed); all are checked before
+    any subnet is evaluated. A latency limit reads `latency_table`, by default the table of a run
+    trained with sampler.cost=latency (`latency_cost`).
+
+    Keys: method, space, run, cost (`Cost.describe()` of the limit that counts: latency, with its
+    table, else flops, else params), limit and min {flops, params, + latency_ms}, best {arch, short,
+    flops, mflops, params, + latency_ms, fitness}, constraint_error ((best - limit) / limit of that
+    cost; None for params), evaluations, wall_s, history (per generation: best and mean top-k
     fitness, evaluations so far), top (the final parents), settings.
     """
     _check_int("images", images, 1)
-    settings = {"population": population, "mutations": mutations, "crossovers": crossovers, "parents": parents,
-                    "generations": generations, "mutate_prob": mutate_prob, "depth_prob": depth_prob}
-    check_settings(**settings)
-    run.loader(split)  # a missing split fails before the initial population is drawn
+    if options.get("latency_limit") is not None or options.get("latency_min") is not None:
+        latency_table = latency_cost(run, latency_table)
 
     def fitness(arch: ArchConfig) -> float:
         return float(run.evaluate(arch, split, max_images=images)["top1"])
 
-    search = EvolutionSearch(
-        run.space, fitness, flops_limit=flops_limit, params_limit=params_limit, flops_min=flops_min,
-        params_min=params_min, seed=seed, num_classes=run.num_classes, log=log, **settings,
-    )
+    search = EvolutionSearch(run.space, fitness, flops_limit=flops_limit, params_limit=params_limit,
+                             latency_table=latency_table, num_classes=run.num_classes, log=log, **options)
+    run.loader(split)  # a missing split fails before the initial population is drawn
     res = search.run()
 
     def row(arch: ArchConfig, fit: float) -> dict[str, Any]:
-        flops, params = search.costs(arch)
-        return {"arch": arch.to_dict(), "short": arch.short(), "flops": flops, "mflops": flops / 1e6,
-                "params": params, "fitness": fit}
+        v = search.values(arch)
+        ms = {"latency_ms": v["latency"] / 1e6} if "latency" in v else {}
+        return {"arch": arch.to_dict(), "short": arch.short(), "flops": v["flops"], "mflops": v["flops"] / 1e6,
+                "params": v["params"], **ms, "fitness": fit}
 
+    def box(side: int) -> dict[str, float | None]:
+        out = {w: search.limits[w][side] for w in ("flops", "params")}
+        if "latency" in search.limits:
+            lim = search.limits["latency"][side]
+            out["latency_ms"] = None if lim is None else lim / 1e6
+        return out
+
+    what = next(w for w in ("latency", "flops", "params") if search.limits.get(w, (None, None))[1] is not None)
+    limit, best = search.limits[what][1], search.values(res.best)[what]
     return {
         "method": "evolution",
         "space": run.space.name,
         "run": str(run.run_dir),
-        "limit": {"flops": flops_limit, "params": params_limit},
-        "min": {"flops": flops_min, "params": params_min},
+        "cost": search.cost[what].describe(),
+        "limit": box(1),
+        "min": box(0),
         "best": row(res.best, res.fitness),
-        "constraint_error": None if flops_limit is None else (res.flops - flops_limit) / flops_limit,
+        "constraint_error": None if what == "params" else (best - limit) / limit,
         "evaluations": res.evaluations,
         "wall_s": res.wall_s,
         "history": res.history,
         "top": [row(a, f) for a, f in res.top],
-        "settings": {**settings, "images": images, "split": split, "seed": seed, "fitness": f"top1 on {split}"},
+        "settings": {**asdict(search.settings), "images": images, "split": split, "fitness": f"top1 on {split}"},
     }
 
 
 # -- the command ------------------------------------------------------------------------------------
-def _params_range(run) -> tuple[float, float]:
-    sp = run.space
-    return (float(count_params(sp, sp.min(), run.num_classes)), float(count_params(sp, sp.max(), run.num_classes)))
+def _cli_limits(args, run) -> dict[str, Any]:
+    """The limits of `shiftnas search` as `evolution_search` keywords, checked against the run's
+    space (and for --latency, its table's range)."""
+    out: dict[str, Any] = {}
+    for what in ("flops", "params"):
+        lo, hi = (float(v) for v in cost_range(run.space, as_cost(run.space, what, run.num_classes)))
+        for opt, key in ((what, f"{what}_limit"), (f"min_{what}", f"{what}_min")):
+            text = getattr(args, opt)
+            if text is not None:
+                out[key] = parse_budget(text, lo, hi, "--" + opt.replace("_", "-"))
+    if args.latency is not None:
+        cost = latency_cost(run, args.latency_table, "--latency-table T.json")
+        lo, hi = cost_range(run.space, cost)
+        out["latency_limit"] = parse_latency(args.latency, lo, hi, table=cost.source)
+        out["latency_table"] = cost
+    return out
+
+
+def _print_result(r: dict[str, Any], args) -> None:
+    b, ms = r["best"], r["limit"].get("latency_ms")
+    lim = [f"latency <= {ms:.3f} ms"] if ms is not None else []
+    lim += [f"{k} <= {format_budget(v)}" for k, v in r["limit"].items() if v is not None and k != "latency_ms"]
+    ms = f"  {b['latency_ms']:.3f} ms predicted" if "latency_ms" in b else ""
+    print(f"best ({', '.join(lim)}): {b['short']}")
+    print(f"  {b['mflops']:.2f} MFLOPs  {b['params'] / 1e6:.3f}M params{ms}  top-1 {b['fitness']:.2f}% "
+          f"on {args.images} {args.split} images (inherited)")
+    if r["constraint_error"] is not None:
+        print(f"  constraint error {100 * r['constraint_error']:+.2f}% of the "
+              f"{'latency' if r['cost']['name'] == 'latency' else 'FLOPs'} limit")
+    if r["cost"].get("table"):
+        print(f"  latency table: {r['cost']['table']}")
+    print(f"  {r['evaluations']} subnets evaluated in {r['wall_s']:.1f} s")
+    print(f"  arch: {json.dumps(b['arch'])}")
+    if args.out is not None:
+        print(f"  written to {args.out}")
 
 
 def _cmd_search(args) -> int:
@@ -441,52 +514,33 @@ def _cmd_search(args) -> int:
 
     from .run import load_run
 
-    if args.flops is None and args.params is None:
-        raise ValueError("give --flops and/or --params: the search needs an upper limit")
-    check_settings(population=args.population, mutations=args.mutations, crossovers=args.crossovers,
-                   parents=args.parents, generations=args.generations, mutate_prob=args.mutate_prob,
-                   depth_prob=args.depth_prob)
+    if args.flops is None and args.params is None and args.latency is None:
+        raise ValueError("give --flops, --params and/or --latency: the search needs an upper limit")
+    if args.latency_table is not None and args.latency is None:
+        raise ValueError(f"--latency-table {args.latency_table!r} is only read with --latency: give --latency TIME")
+    settings = SearchSettings(**{f.name: getattr(args, f.name) for f in fields(SearchSettings)})
     _check_int("--images", args.images, 1)
     for what in ("flops", "params", "min_flops", "min_params"):  # malformed budgets fail before loading
         if getattr(args, what) is not None:
             parse_budget(getattr(args, what), what="--" + what.replace("_", "-"))
+    if args.latency is not None:
+        parse_latency(args.latency)
     if args.out is not None and Path(args.out).is_dir():
         raise ValueError(f"--out {args.out!r} is a folder; give a JSON file path")
     run = load_run(args.run, checkpoint=args.checkpoint, device=args.device)
-    flo, fhi = run.flops_range()
-    plo, phi = _params_range(run)
-    limits = {
-        "flops_limit": parse_budget(args.flops, flo, fhi, "--flops") if args.flops is not None else None,
-        "params_limit": parse_budget(args.params, plo, phi, "--params") if args.params is not None else None,
-        "flops_min": parse_budget(args.min_flops, flo, fhi, "--min-flops") if args.min_flops is not None else None,
-        "params_min": parse_budget(args.min_params, plo, phi, "--min-params") if args.min_params is not None else None,
-    }
+    limits = _cli_limits(args, run)
     stream = sys.stderr if args.json else sys.stdout  # --json keeps stdout one JSON document
 
     def log(line: str) -> None:
         print(line, file=stream, flush=True)
 
-    r = evolution_search(
-        run, **limits, population=args.population, mutations=args.mutations, crossovers=args.crossovers,
-        parents=args.parents, generations=args.generations, mutate_prob=args.mutate_prob,
-        depth_prob=args.depth_prob, images=args.images, split=args.split, seed=args.seed, log=log,
-    )
+    r = evolution_search(run, **limits, images=args.images, split=args.split, log=log, **asdict(settings))
     if args.out is not None:
         write_json_atomic(Path(args.out).expanduser(), r)
     if args.json:
         print(json.dumps(r))
     else:
-        b = r["best"]
-        lim = ", ".join(f"{k} <= {format_budget(v)}" for k, v in r["limit"].items() if v is not None)
-        print(f"best ({lim}): {b['short']}")
-        print(f"  {b['mflops']:.2f} MFLOPs  {b['params'] / 1e6:.3f}M params  top-1 {b['fitness']:.2f}% "
-              f"on {args.images} {args.split} images (inherited)")
-        if r["constraint_error"] is not None:
-            print(f"  constraint error {100 * r['constraint_error']:+.2f}% of the FLOPs limit")
-        print(f"  {r['evaluations']} subnets evaluated in {r['wall_s']:.1f} s")
-        print(f"  arch: {json.dumps(b['arch'])}")
-        if args.out is not None:
-            print(f"  written to {args.out}")
+        _print_result(r, args)
     return 0
 
 
@@ -497,14 +551,18 @@ def add_search_parser(subparsers) -> argparse.ArgumentParser:
         help="evolutionary search for the best subnet under a FLOPs/params limit (baseline)",
         description=(
             "Search a trained run's supernet for the subnet with the best inherited top-1 under a\n"
-            "FLOPs and/or params limit: AutoFormer's evolutionary search (a random initial population\n"
-            "inside the limit; each generation the top --parents breed --mutations mutations and\n"
-            "--crossovers crossovers; no subnet is evaluated twice). The fitness is top-1 on the first\n"
-            "--images of --split. Prints one line per generation, then the best subnet, its MFLOPs,\n"
-            "params, fitness, FLOPs constraint error, evaluations and wall time.\n\n"
+            "FLOPs, params and/or latency limit: AutoFormer's evolutionary search (a random initial\n"
+            "population inside the limit; each generation the top --parents breed --mutations mutations\n"
+            "and --crossovers crossovers; no subnet is evaluated twice). The fitness is top-1 on the\n"
+            "first --images of --split. A latency limit is on a measured table's prediction: the run's\n"
+            "own for a run trained with sampler.cost=latency, else --latency-table. Prints one line per\n"
+            "generation, then the best subnet, its MFLOPs, params (and predicted ms), fitness,\n"
+            "constraint error, evaluations and wall time.\n\n"
             "examples:\n"
             "  shiftnas search --run runs/fmnist-vit-shift --flops 25M\n"
             "  shiftnas search --run runs/fmnist-vit-shift --params 0.5M --generations 10 --json\n"
+            "  shiftnas search --run runs/fmnist-vit-shift --latency 4ms \\\n"
+            "      --latency-table bench/results/latency/vit-fmnist-b1.json\n"
             "  shiftnas search --run runs/fmnist-cnn-shift --flops 8M --out search-8M.json"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -516,6 +574,11 @@ def add_search_parser(subparsers) -> argparse.ArgumentParser:
                    help="upper parameter limit, same syntax (0.5M, 500k); with --flops both apply")
     p.add_argument("--min-flops", metavar="BUDGET", default=None, help="optional lower FLOPs limit")
     p.add_argument("--min-params", metavar="BUDGET", default=None, help="optional lower parameter limit")
+    p.add_argument("--latency", metavar="TIME", default=None,
+                   help="upper latency limit on the table's prediction: 4ms, 4000us, 0.004s or a number of ms")
+    p.add_argument("--latency-table", metavar="T.json", default=None,
+                   help="latency table of the run's space (`shiftnas latency build`); default: the run's own, "
+                        "for a run trained with sampler.cost=latency")
     p.add_argument("--method", default="evolution", choices=["evolution"], help="search method (default: evolution)")
     p.add_argument("--generations", type=int, default=20, help="generations after the initial population (default: 20)")
     p.add_argument("--population", type=int, default=50, help="initial population; later ones are topped up to it (default: 50)")

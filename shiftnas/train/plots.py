@@ -133,26 +133,30 @@ def plot_sampling(
 def plot_pareto(
     rows: Sequence[Mapping[str, Any]], path: str | os.PathLike, title: str | None = None
 ) -> Path:
-    """Top-1 (%) vs MFLOPs, one series per row "source", points joined in MFLOPs order.
+    """Top-1 (%) vs MFLOPs, one series per row "source", points joined in MFLOPs order; rows of
+    a run binned by another cost ("cost_unit", e.g. ms for latency) are plotted against that
+    cost ("cost", edges "lo_cost"/"hi_cost") instead.
 
     `rows`: `evaluate.arch_row` dicts with "top1". Bin edges ("lo_mflops"/"hi_mflops"), when
     present, are drawn as light vertical lines. Returns the written path.
     """
     if not rows:
         raise ValueError("plot_pareto: no rows to plot")
+    unit = next((r["cost_unit"] for r in rows if "cost_unit" in r), None)
+    xkey, lo, hi = ("mflops", "lo_mflops", "hi_mflops") if unit is None else ("cost", "lo_cost", "hi_cost")
     series: dict[str, list[tuple[float, float]]] = {}
     edges: set[float] = set()
     for i, r in enumerate(rows):
         try:
-            x, y = float(r["mflops"]), float(r["top1"])
+            x, y = float(r[xkey]), float(r["top1"])
         except (KeyError, TypeError, ValueError):
             raise ValueError(
-                f"plot_pareto: rows[{i}] needs numeric 'mflops' and 'top1', got keys {sorted(r)}"
+                f"plot_pareto: rows[{i}] needs numeric '{xkey}' and 'top1', got keys {sorted(r)}"
             ) from None
         if not (math.isfinite(x) and math.isfinite(y)):
-            raise ValueError(f"plot_pareto: rows[{i}] has non-finite mflops/top1 ({x}, {y})")
+            raise ValueError(f"plot_pareto: rows[{i}] has non-finite {xkey}/top1 ({x}, {y})")
         series.setdefault(str(r.get("source", "")), []).append((x, y))
-        for key in ("lo_mflops", "hi_mflops"):
+        for key in (lo, hi):
             if isinstance(r.get(key), (int, float)):
                 edges.add(float(r[key]))
 
@@ -170,9 +174,10 @@ def plot_pareto(
                 marker=markers[j % len(markers)],
                 label=source or "(no source)",
             )
-        ax.set_xlabel("MFLOPs (multiply-accumulates)")
+        xlabel = {None: "MFLOPs (multiply-accumulates)", "ms": "predicted latency (ms)"}.get(unit, unit)
+        ax.set_xlabel(xlabel)
         ax.set_ylabel("top-1 (%)")
-        ax.set_title(title or "top-1 vs FLOPs")
+        ax.set_title(title or f"top-1 vs {'FLOPs' if unit is None else xlabel}")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
         return _save(fig, path)

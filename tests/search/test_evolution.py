@@ -6,19 +6,20 @@ import json
 import math
 import random
 import shutil
+from pathlib import Path
 
 import pytest
 import yaml
 
 from shiftnas.cli import main
-from shiftnas.cost import count_flops, count_params
+from shiftnas.cost import cost_range, count_cost, count_flops, count_params, get_cost
 from shiftnas.search import load_run
-from shiftnas.search.evolution import EvolutionSearch, _CostTables
-from shiftnas.search.run import LoadedRun
+from shiftnas.search.evolution import EvolutionSearch, SearchSettings, evolution_search
 from shiftnas.spaces import ArchConfig, get_space
 
 SPACES = ["vit-fmnist", "cnn-fmnist"]
 SMALL = {"population": 20, "mutations": 10, "crossovers": 10, "parents": 5, "generations": 5}
+TABLES = Path(__file__).resolve().parents[2] / "bench" / "results" / "latency"
 
 
 def _distance_fitness(space, target):
@@ -42,14 +43,30 @@ def _range(sp, count=count_flops):
 
 
 @pytest.mark.parametrize("name", SPACES)
-def test_cost_tables_match_count_flops(name):
+def test_cached_costs_match_the_cost_model(name):
     sp, rng = get_space(name), random.Random(0)
-    tables = _CostTables(sp, None)
-    for _ in range(50):
-        idx = {d.name: rng.randrange(len(d.choices)) for d in sp.decisions}
-        arch = sp.from_indices(idx)
-        assert tables.cost("flops", idx) == count_flops(sp, arch)
-        assert tables.cost("params", idx) == count_params(sp, arch)
+    cost = get_cost(sp, "latency", table=TABLES / f"{name}-b1.json")
+    ev = EvolutionSearch(sp, lambda a: 0.0, flops_limit=1e9, latency_table=cost)
+    for _ in range(20):
+        arch = sp.sample(rng)
+        assert ev.values(arch) == {"flops": count_flops(sp, arch), "params": count_params(sp, arch),
+                                   "latency": count_cost(sp, arch, cost)}
+        assert ev.costs(arch) == (count_flops(sp, arch), count_params(sp, arch))
+
+
+@pytest.mark.parametrize("name", SPACES)
+def test_a_latency_limit_holds_for_every_evaluated_arch(name):
+    """A ceiling on the table's predicted latency (ns), tight enough that the walk is needed."""
+    sp = get_space(name)
+    cost = get_cost(sp, "latency", table=TABLES / f"{name}-b1.json")
+    lo, hi = cost_range(sp, cost)
+    limit = lo + 0.15 * (hi - lo)
+    fitness, calls = _recording(lambda a: float(count_params(sp, a)))  # bigger is better: pushes on the limit
+    res = EvolutionSearch(sp, fitness, latency_limit=limit, latency_table=cost, seed=0, **SMALL).run()
+    assert res.evaluations == len(calls) >= SMALL["population"]
+    assert all(count_cost(sp, a, cost) <= limit for a in calls)
+    assert res.latency_ns == count_cost(sp, res.best, cost) <= limit
+    assert all(h["best_latency_ms"] <= limit / 1e6 for h in res.history)
 
 
 @pytest.mark.parametrize("name", SPACES)
@@ -137,7 +154,14 @@ def test_operators():
     ({"flops_limit": 20e6, "flops_min": 30e6}, "lower limit 30.0M is above its upper limit 20.0M"),
     ({"flops_limit": 8.0e6, "population": 5, "parents": 2},
      r"found only 1 of population=5 distinct subnets inside the limit \(flops <= 8\.0M \(space 'vit-fmnist': 7\.9M \.\. 62\.9M\)\)"),
-    ({}, "give a flops_limit and/or a params_limit"),
+    ({}, "give a flops_limit, params_limit and/or latency_limit"),
+    ({"latency_limit": 4e6}, r"a latency limit needs latency_table= \(a table of space 'vit-fmnist'"),
+    ({"latency_limit": 4e6, "latency_table": TABLES / "cnn-fmnist-b1.json"},
+     "cnn-fmnist-b1.json is for space 'cnn-fmnist', not 'vit-fmnist'"),
+    ({"latency_limit": 1.0, "latency_table": TABLES / "vit-fmnist-b1.json"},
+     r"latency limit 0\.000 ms is below the smallest subnet: 'vit-fmnist' spans \d+\.\d{3} ms \.\. \d+\.\d{3} ms "
+     r"latency \(predicted by .*vit-fmnist-b1\.json\)"),
+    ({"latency_limit": math.inf, "latency_table": TABLES / "vit-fmnist-b1.json"}, "latency_limit=inf must be"),
     ({"flops_limit": -1.0}, "flops_limit=-1.0 must be a positive finite number"),
     ({"flops_limit": math.nan}, "flops_limit=nan must be a positive finite number"),
     ({"flops_limit": 3e7, "population": 0}, "population=0 must be an integer >= 1"),
@@ -154,31 +178,36 @@ def test_errors(kwargs, msg):
         EvolutionSearch("vit-fmnist", lambda a: 0.0, **kwargs).run()
 
 
+def test_settings_are_one_set_of_keywords():
+    """EvolutionSearch and evolution_search take SearchSettings' fields as keywords (checked,
+    with its defaults); any other keyword is a TypeError naming the allowed ones."""
+    ev = EvolutionSearch("vit-fmnist", lambda a: 0.0, flops_limit=3e7, population=12, seed=3)
+    assert ev.settings == SearchSettings(population=12, seed=3) and ev.settings.generations == 20
+    with pytest.raises(TypeError, match=r"EvolutionSearch\(\) got unexpected keyword argument\(s\) 'popsize'; "
+                                        r"its search settings are population, mutations, .*, seed"):
+        EvolutionSearch("vit-fmnist", lambda a: 0.0, flops_limit=3e7, popsize=7)
+
+    class NoRun:  # evolution_search checks every keyword before it touches the run's data
+        space, num_classes, cost_name = get_space("vit-fmnist"), 10, "flops"
+
+    with pytest.raises(TypeError, match="unexpected keyword argument\\(s\\) 'gens'"):
+        evolution_search(NoRun(), flops_limit=3e7, gens=2)
+    with pytest.raises(ValueError, match="parents=9 must be <= population=4"):
+        evolution_search(NoRun(), flops_limit=3e7, population=4, parents=9)
+
+
 # -- the command on trained runs -----------------------------------------------------------------------
 TINY = ["--population", "6", "--mutations", "3", "--crossovers", "3", "--parents", "2", "--generations", "2",
         "--images", "32", "--device", "cpu"]
 
 
-@pytest.fixture
-def evaluate_calls(monkeypatch):
-    """Every `LoadedRun.evaluate` call: (arch, split, max_images, top1)."""
-    calls, orig = [], LoadedRun.evaluate
-
-    def spy(self, arch, split="val", max_images=None):
-        m = orig(self, arch, split, max_images)
-        calls.append((arch, split, max_images, m["top1"]))
-        return m
-
-    monkeypatch.setattr(LoadedRun, "evaluate", spy)
-    return calls
-
-
 def _check_result(r, calls, run_dir, space, flops_limit=None, params_limit=None, population=6, generations=2):
     assert r["method"] == "evolution" and r["space"] == space.name
-    assert r["limit"] == {"flops": flops_limit, "params": params_limit}
+    assert r["limit"] == {"flops": flops_limit, "params": params_limit}  # no latency keys without a latency limit
+    assert r["cost"]["name"] == ("flops" if flops_limit is not None else "params") and "table" not in r["cost"]
     best = ArchConfig.from_dict(space.name, r["best"]["arch"])
     b = r["best"]
-    assert b["short"] == best.short()
+    assert b["short"] == best.short() and "latency_ms" not in b
     assert b["flops"] == count_flops(space, best) and b["mflops"] == pytest.approx(b["flops"] / 1e6)
     assert b["params"] == count_params(space, best)
     if flops_limit is not None:
@@ -242,7 +271,7 @@ def test_search_command_cnn_params(cnn_run, evaluate_calls, tmp_path, capsys):
     (["--flops", "30M", "--mutate-prob", "2"], "mutate_prob=2.0 must be a probability in [0, 1]"),
     (["--flops", "30M", "--images", "0"], "--images=0 must be an integer >= 1"),
     (["--flops", "abc"], "--flops 'abc': not a budget"),
-    ([], "give --flops and/or --params"),
+    ([], "give --flops, --params and/or --latency"),
     (["--flops", "30M", "--split", "nosuch"], "split 'nosuch' not found"),
 ])
 def test_search_command_errors(shift_run, extra, msg, capsys):

@@ -170,7 +170,9 @@ def test_evaluate_baseline_uses_random_archs(uniform_run, tmp_path, capsys):
     shutil.copytree(uniform_run, run_copy)
     rc, out, _ = _cli(capsys, "evaluate", "--run", str(run_copy), "--max-images", "8", "--json", "--device", "cpu")
     assert rc == 0
-    rows = json.loads(out)["rows"]
+    result = json.loads(out)
+    rows = result["rows"]
+    assert set(result["bins"]) == {"edges_mflops", "centers_mflops"}  # a FLOPs run's bins, as before
     assert rows and {r["source"] for r in rows} == {"random"}
     assert len({r["bin"] for r in rows}) == len(rows)
 
