@@ -6,12 +6,20 @@
 #   make install TORCH_SPEC='torch==2.14.1 torchvision==0.29.1'
 #   make test VENV=/path/to/venv
 #   make install SHIFTNAS_BUILD_CUDA=1   # compile the CUDA sources too, GPU or not (CI)
+#   make clean install EDITABLE_MODE=strict   # an editable install editors and linters resolve
 #
 # The CUDA sources of shiftnas._C are compiled only when a GPU is visible or
 # SHIFTNAS_BUILD_CUDA=1 (=0: never); see setup.py. The C++ (CPU) part is always
 # built: 3 files; about 8 min on 2 busy cores was measured here with a 4th (6 CPU-minutes), the
 # CPU bias+GELU kernel since removed, so a little less now.
 # After changing SHIFTNAS_BUILD_CUDA, `make clean install` rebuilds.
+#
+# EDITABLE_MODE: setuptools' editable mode. Unset, `pip install -e` puts an import hook on
+# sys.path that maps shiftnas.kernels to kernels/; Python follows it, static tools (pyright,
+# pylint, mypy, editors) do not. `strict` instead links every file into
+# build/__editable__.*/ (shiftnas/kernels/ included), a plain path the tools read; re-run
+# `make clean install EDITABLE_MODE=strict` after adding or removing a module.
+EDITABLE_MODE ?=
 
 VENV ?= .venv
 PYTHON ?= python3
@@ -50,7 +58,7 @@ $(STAMP): setup.py pyproject.toml kernels/__init__.py $(CSRC)
 	fi
 	$(PIP) install -q 'setuptools>=77' wheel ninja
 	@echo "building shiftnas._C (SHIFTNAS_BUILD_CUDA=$(if $(SHIFTNAS_BUILD_CUDA),$(SHIFTNAS_BUILD_CUDA),<unset: CUDA when a GPU is visible>))"
-	$(PIP) install --no-build-isolation -e '.[dev]'
+	$(PIP) install --no-build-isolation -e '.[dev]' $(if $(EDITABLE_MODE),--config-settings editable_mode=$(EDITABLE_MODE))
 	@$(PY) -c 'from shiftnas import _ext; m = _ext.load(); \
 		print("shiftnas._C:", "ok" if m else _ext.unavailable_reason(), "| CUDA ops:", _ext.has_cuda_ops())'
 	@touch $@
