@@ -561,7 +561,7 @@ def add_search_parser(subparsers) -> argparse.ArgumentParser:
             "examples:\n"
             "  shiftnas search --run runs/fmnist-vit-shift --flops 25M\n"
             "  shiftnas search --run runs/fmnist-vit-shift --params 0.5M --generations 10 --json\n"
-            "  shiftnas search --run runs/fmnist-vit-shift --latency 4ms \\\n"
+            "  shiftnas search --run runs/fmnist-vit-shift --latency 1.1ms \\\n"
             "      --latency-table bench/results/latency/vit-fmnist-b1.json\n"
             "  shiftnas search --run runs/fmnist-cnn-shift --flops 8M --out search-8M.json"
         ),

@@ -159,8 +159,8 @@ def test_operators():
     ({"latency_limit": 4e6, "latency_table": TABLES / "cnn-fmnist-b1.json"},
      "cnn-fmnist-b1.json is for space 'cnn-fmnist', not 'vit-fmnist'"),
     ({"latency_limit": 1.0, "latency_table": TABLES / "vit-fmnist-b1.json"},
-     r"latency limit 0\.000 ms is below the smallest subnet: 'vit-fmnist' spans \d+\.\d{3} ms \.\. \d+\.\d{3} ms "
-     r"latency \(predicted by .*vit-fmnist-b1\.json\)"),
+     (r"latency limit 0\.000 ms is below the smallest subnet: 'vit-fmnist' spans \d+\.\d{3} ms \.\. \d+\.\d{3} ms "
+     r"latency \(predicted by .*vit-fmnist-b1\.json\)")),
     ({"latency_limit": math.inf, "latency_table": TABLES / "vit-fmnist-b1.json"}, "latency_limit=inf must be"),
     ({"flops_limit": -1.0}, "flops_limit=-1.0 must be a positive finite number"),
     ({"flops_limit": math.nan}, "flops_limit=nan must be a positive finite number"),

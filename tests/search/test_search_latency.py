@@ -57,14 +57,14 @@ def test_search_a_flops_run_with_a_table_and_a_flops_limit(shift_run, capsys):
 
 
 @pytest.mark.parametrize("extra,msg", [
-    (["--latency", "3ms"], "a latency limit needs a latency table, and run {run!r} was trained with "
-                           "sampler.cost=flops (no table): give --latency-table T.json (a table of space 'vit-fmnist'"),
+    (["--latency", "3ms"], ("a latency limit needs a latency table, and run {run!r} was trained with "
+                           "sampler.cost=flops (no table): give --latency-table T.json (a table of space 'vit-fmnist'")),
     (["--latency", "3ms", "--latency-table", str(LATENCY_TABLES / "cnn-fmnist-b1.json")],
      "cnn-fmnist-b1.json is for space 'cnn-fmnist', not 'vit-fmnist'"),
     (["--latency", "3ms", "--latency-table", "nope.json"], "latency table 'nope.json' does not exist"),
     (["--latency", "1s", "--latency-table", str(LATENCY_TABLE)],
-     f"--latency '1s' = 1000.000 ms is outside this run's latency range {LO / 1e6:.3f} .. {HI / 1e6:.3f} ms "
-     f"(smallest to largest subnet, predicted by latency table {str(LATENCY_TABLE)!r})"),
+     (f"--latency '1s' = 1000.000 ms is outside this run's latency range {LO / 1e6:.3f} .. {HI / 1e6:.3f} ms "
+     f"(smallest to largest subnet, predicted by latency table {str(LATENCY_TABLE)!r})")),
     (["--latency", "4 sec"], "--latency '4 sec': not a latency; write a time with an optional unit ms/us/s"),
     (["--flops", "30M", "--latency-table", str(LATENCY_TABLE)], "is only read with --latency: give --latency TIME"),
 ])
