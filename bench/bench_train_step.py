@@ -48,8 +48,8 @@ The default configuration (`generator.explore`, 0.5) trains half the steps on a 
 inside the drawn bin with no generator: a uniform step after `sampler.next` (bin draw +
 `sample_in_bin`, timed as the path `explore`). The bench builds its trainer with explore 0, so
 every timed shift step is a generator step, and reports the default's mix apart (`default_mix`):
-per repeat, (1 - e) * (shift step + amortised update) + e * (uniform step + explore draw), over
-the uniform step on the same subnet.
+per repeat, (1 - e) * shift step + e * (uniform step + explore draw) + the amortised update of B
+(it runs every `update_every` steps, explore or not), over the uniform step on the same subnet.
 
 Targets (reported, not asserted): (gen fwd + gen bwd + amortised shift) / step total <= 10%;
 the shift step over the uniform step <= +10% (the generator step) and <= +5% (the default mix).
@@ -139,8 +139,9 @@ DEFINITIONS = {
     "derived.vs_uniform_pct": "(total_ms - median uniform.step) / median uniform.step",
     "mask_overhead_pct": "median shift.supernet_fwd_bwd / median uniform.fwd_bwd - 1",
     "default_mix": (
-        "the default generator.explore e: per repeat (1 - e) * (shift.step + amortised) + "
-        "e * (uniform.step + explore.next), over uniform.step; paired median"
+        "the default generator.explore e: per repeat (1 - e) * shift.step + "
+        "e * (uniform.step + explore.next) + amortised (B's update runs every update_every steps, "
+        "explore or not), over uniform.step; paired median"
     ),
     "same_arch_as_uniform": (
         "repeats whose regenerated arch equalled the one the uniform path trained "
@@ -456,11 +457,12 @@ def derive(rec: dict, med: dict, amort: dict) -> dict:
 
 def default_mix(rec: dict, amort: float) -> dict:
     """The default config's step (`generator.explore` e of the steps explore: a uniform step
-    after the explore draw) over the uniform step on the same subnet, per repeat."""
+    after the explore draw; the update of B amortised over every step) over the uniform step on
+    the same subnet, per repeat."""
     from shiftnas.train.config import GeneratorConfig
 
     e = GeneratorConfig().explore
-    mixed = [(1 - e) * (s + amort) + e * (u + x)
+    mixed = [(1 - e) * s + e * (u + x) + amort
              for s, u, x in zip(rec["shift"]["step"], rec["uniform"]["step"], rec["explore"]["next"])]
     paired = [m / u - 1 for m, u in zip(mixed, rec["uniform"]["step"])]
     pct = 100 * quantile(paired, 0.5)
