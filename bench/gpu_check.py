@@ -38,6 +38,8 @@ GPU_TESTS = (
     "tests/ops/test_ext_dwconv.py",
     "tests/ops/test_ext_layer_norm.py",
     "tests/ops/test_dispatch.py",
+    "tests/ops/test_backends_agree.py",
+    "tests/ops/test_compile_supernet.py",
     "tests/train/test_precision.py",
     "tests/data/test_data_loader.py",
     "tests/reliability/test_numerical_faults.py",

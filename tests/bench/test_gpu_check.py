@@ -18,6 +18,7 @@ import gpu_check  # noqa: E402
 # Test files that mention CUDA but run no CUDA code on a GPU machine, and why.
 NOT_GPU_TESTS = {
     "tests/conftest.py": "sets TRITON_INTERPRET when there is no GPU",
+    "tests/kernel_env.py": "a helper module (where the kernel tests run); the kernel tests that use it are listed",
     "tests/reliability/test_bad_input_config.py": "checks the refusal of run.device=cuda where no GPU is; skips on a GPU",
     "tests/data/test_data_bad_input.py": "checks the refusal of device=cuda where no GPU is",
     "tests/latency/test_latency_table.py": "checks the refusal of device=cuda where no GPU is; CPU tables",
