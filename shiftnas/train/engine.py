@@ -305,21 +305,10 @@ class Trainer:
             return float(t) / self.info.world_size
         return score
 
-    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
-        """One optimizer step on batch (x, y); returns the step's metrics (loss is the rank mean)."""
-        step = self.step
-        self.model.train()
-        rec = self.sampler.before_step(step, self._ctx)
-        if rec is not None:
-            self.log.log(step, {k: v for k, v in rec.items() if k != "step"}, kind="shift")
-
-        score_fn = self._score_fn(x, y) if self.sampler.needs_score_fn else None
-        picked = self.sampler.next(step, score_fn)
-        hard = [(a.hard() if isinstance(a, ArchSample) else a, a, role) for a, role in picked]
-
-        target = y
-        if self.mixup is not None:
-            x, target = self.mixup(x, y)
+    def _forward_backward(self, x: torch.Tensor, target: torch.Tensor, hard: list, step: int):
+        """Forward and backward of every (arch, fed, role) the sampler picked this step (DDP syncs
+        the gradients on the last only; the "max" subnet teaches the others where the sampler
+        distills). Returns the task losses and the sampler's extra losses, detached."""
         teacher = None
         losses, extras = [], []
         n = len(hard)
@@ -344,6 +333,25 @@ class Trainer:
                     extras.append(extra.detach())
                 backward(total, self.scaler)
                 losses.append(loss.detach().float())
+        return losses, extras
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
+        """One optimizer step on batch (x, y); returns the step's metrics (loss is the rank mean)."""
+        step = self.step
+        self.model.train()
+        rec = self.sampler.before_step(step, self._ctx)
+        if rec is not None:
+            self.log.log(step, {k: v for k, v in rec.items() if k != "step"}, kind="shift")
+
+        score_fn = self._score_fn(x, y) if self.sampler.needs_score_fn else None
+        picked = self.sampler.next(step, score_fn)
+        hard = [(a.hard() if isinstance(a, ArchSample) else a, a, role) for a, role in picked]
+
+        target = y
+        if self.mixup is not None:
+            x, target = self.mixup(x, y)
+        losses, extras = self._forward_backward(x, target, hard, step)
+        n = len(hard)
 
         loss_sum = torch.stack(losses).sum()
         stop = torch.tensor(float(self._signals.signum is not None), device=loss_sum.device)
