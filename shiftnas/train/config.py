@@ -23,7 +23,7 @@ from typing import Any
 import yaml
 
 SAMPLERS = ("shift", "uniform", "sandwich", "attentive", "bin_uniform")
-AMP_MODES = ("auto", "bf16", "fp16", "off")
+AMP_MODES = ("auto", "gpu", "bf16", "fp16", "off")
 DATA_BACKENDS = ("dali", "torch", "auto")
 ATTENTIVE_MODES = ("best", "worst")
 ESTIMATORS = ("delta", "literal")  # shiftnas.sampling.shift.ESTIMATORS (kept import-free here)

@@ -7,7 +7,9 @@
 (`avx512_bf16` or `amx_bf16` in /proc/cpuinfo), fp32 elsewhere. Without them oneDNN emulates
 bf16: on an AMD EPYC with AVX2 only, a single-thread `F.linear` took 827 ms in bf16 vs 58 ms in
 fp32 and a fmnist-vit-shift step 14 s vs 1.2 s. An explicit `optim.amp=bf16` is honoured there,
-with one warning per process. Training, `shiftnas evaluate/search/rank` and fine-tuning all take
+with one warning per process. `optim.amp=gpu` is bf16 on CUDA and fp32 on every CPU: the
+Fashion-MNIST ViT configs use it, because that small ViT trains ~1.3x faster in fp32 than in
+bf16 even on an AMX CPU (autocast's casts outweigh the small matmuls; README "Measured so far"). Training, `shiftnas evaluate/search/rank` and fine-tuning all take
 their dtype from the Trainer, so they follow the same rule.
 """
 from __future__ import annotations
@@ -77,18 +79,23 @@ def amp_name(dtype: torch.dtype | None) -> str:
 def amp_setup(mode: str, device: torch.device) -> tuple[torch.dtype | None, Any, str]:
     """(autocast dtype or None for fp32, a GradScaler for fp16 else None, one line: which and why).
 
-    `mode`: "auto" | "bf16" | "fp16" (CUDA only: a ValueError on CPU) | "off".
+    `mode`: "auto" | "gpu" (bf16 on CUDA, fp32 on CPU) | "bf16" | "fp16" (CUDA only: a
+    ValueError on CPU) | "off".
     """
     global _warned_slow_bf16
     cpu = device.type != "cuda"
     if mode == "off":
         return None, None, "amp: fp32 (optim.amp=off)"
+    if mode == "gpu":  # for models that train faster in fp32 on a CPU, even one with native bf16
+        if cpu:
+            return None, None, "amp: fp32 (optim.amp=gpu: bf16 on a CUDA device only)"
+        return torch.bfloat16, None, "amp: bf16 (optim.amp=gpu: a CUDA device)"
     if mode == "fp16":
         if cpu:
             raise ValueError("optim.amp=fp16 needs a GPU (GradScaler); on CPU use optim.amp=auto, bf16 or off")
         return torch.float16, torch.amp.GradScaler("cuda"), "amp: fp16 with a GradScaler (optim.amp=fp16)"
     if mode not in ("auto", "bf16"):
-        raise ValueError(f"optim.amp={mode!r}: allowed values are 'auto', 'bf16', 'fp16', 'off'")
+        raise ValueError(f"optim.amp={mode!r}: allowed values are 'auto', 'gpu', 'bf16', 'fp16', 'off'")
     feat = cpu_features() if cpu else None
     if mode == "auto":
         if not cpu:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -9,6 +10,8 @@ import torch
 from shiftnas.train import precision
 from shiftnas.train.config import load_config
 from shiftnas.train.precision import amp_name, amp_setup, cpu_features
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 EPYC_AVX2 = "processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu sse2 avx avx2 fma bmi2\n"
 SAPPHIRE_RAPIDS = ("model name\t: Intel(R) Xeon(R) Platinum 8480+\n"
@@ -79,9 +82,19 @@ def test_off_fp16_and_bad_modes():
     assert amp_setup("off", torch.device("cpu"))[:2] == (None, None)
     with pytest.raises(ValueError, match="fp16 needs a GPU"):
         amp_setup("fp16", torch.device("cpu"))
-    with pytest.raises(ValueError, match="'fp8'.*'auto', 'bf16', 'fp16', 'off'"):
+    with pytest.raises(ValueError, match="'fp8'.*'auto', 'gpu', 'bf16', 'fp16', 'off'"):
         amp_setup("fp8", torch.device("cpu"))
     assert [amp_name(d) for d in (torch.bfloat16, torch.float16, None)] == ["bf16", "fp16", "fp32"]
+
+
+def test_gpu_mode_is_bf16_on_cuda_and_fp32_on_every_cpu():
+    assert amp_setup("gpu", torch.device("cuda"))[:2] == (torch.bfloat16, None)
+    dtype, scaler, line = amp_setup("gpu", torch.device("cpu"))
+    assert (dtype, scaler) == (None, None) and line == "amp: fp32 (optim.amp=gpu: bf16 on a CUDA device only)"
+    for name in ("fmnist-vit-shift", "fmnist-vit-uniform", "fmnist-vit-binuniform", "fmnist-vit-sandwich",
+                 "fmnist-vit-attentive"):  # the small ViT trains faster in fp32 on CPU, AMX or not
+        assert load_config(CONFIGS / f"{name}.yaml", []).optim.amp == "gpu"
+    assert load_config(CONFIGS / "fmnist-cnn-shift.yaml", []).optim.amp == "auto"  # faster in bf16 with AMX
 
 
 def test_auto_is_the_default():

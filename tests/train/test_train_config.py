@@ -80,7 +80,7 @@ def test_unknown_key_close_matches(tmp_path):
     ("optim.lr=.nan", r"'optim.lr'.*not finite"),
     ("optim.steps=0", r"'optim.steps'.*>= 1"),
     ("sampler.name=foo", r"'sampler.name'.*'foo'.*\['shift', 'uniform', 'sandwich', 'attentive', 'bin_uniform'\]"),
-    ("optim.amp=fp32", r"'optim.amp'.*\['auto', 'bf16', 'fp16', 'off'\]"),
+    ("optim.amp=fp32", r"'optim.amp'.*\['auto', 'gpu', 'bf16', 'fp16', 'off'\]"),
     ("model.space=nope", r"'model.space'.*vit-fmnist"),
     ("run.name=../escape", r"'run.name'"),
     ("optim", r"section.key=value"),
