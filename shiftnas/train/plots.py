@@ -81,6 +81,7 @@ def plot_sampling(
     title: str | None = None,
     counts: Sequence[int] | None = None,
     unit: str = "MFLOPs",
+    cost: str = "flops",
 ) -> Path:
     """Bin probabilities over training as a heat map (bins x steps, colour = K * P(bin): white at
     uniform, red above, blue below), and beside it bars of the last entry's P(bin) and of the
@@ -88,7 +89,7 @@ def plot_sampling(
 
     `history`: dicts {"step": int, "probs": [K floats]}, e.g. softmax(B) at every update. With an
     empty history only the bars are drawn (K = len(centers_mflops)). `unit`: the centres' unit
-    (a run binned by latency gives "ms"). Returns the written path.
+    and `cost` the cost binned (a run binned by latency gives "ms" and "latency"). Returns the written path.
     """
     from matplotlib.colors import TwoSlopeNorm
 
@@ -112,7 +113,7 @@ def plot_sampling(
         ax.set_yticklabels([f"{b}" + (f" ({tick(centers[b])})" if centers is not None else "") for b in range(k)],
                            fontsize=7)
         ax.set_xlabel("step")
-        what = "FLOPs" if unit == "MFLOPs" else {"ms": "latency", "M params": "params"}.get(unit, unit)
+        what = "FLOPs" if cost == "flops" else cost
         ax.set_ylabel(f"{what} bin (centre, {unit})" if centers is not None else f"{what} bin")
         ax.set_title(title or "FLOPs-bin sampling distribution", fontsize=10)
         ys = list(range(k))
@@ -193,6 +194,7 @@ def plot_run(summary: Mapping[str, Any], sampling: Mapping[str, Any], sampling_p
     bins = summary["bins"]
     centers = bins["centers_mflops"] if "centers_mflops" in bins else bins["centers"]
     unit = bins.get("unit", "MFLOPs")
+    cost = bins.get("cost", {}).get("name", "flops")  # bins_record: "cost" is absent for FLOPs
     k = len(centers)
     if "final_probs" in summary:  # a learned distribution: softmax(B) at every update
         history = [{"step": 0, "probs": [1.0 / k] * k}] + [
@@ -206,6 +208,6 @@ def plot_run(summary: Mapping[str, Any], sampling: Mapping[str, Any], sampling_p
         ]
         title = f"{summary['sampler']}: sampled bin frequency per window"
     plot_sampling(history, sampling_png, centers_mflops=centers, title=title, counts=sampling.get("counts"),
-                  unit=unit)
+                  unit=unit, cost=cost)
     if summary["rows"]:
         plot_pareto(summary["rows"], pareto_png, title=f"{summary['space']} / {summary['sampler']}: inherited top-1")
