@@ -7,6 +7,7 @@
 
 #include "elastic_dwconv.h"
 #include "elastic_layer_norm.h"
+#include "mask_dot.h"
 
 namespace {
 
@@ -257,6 +258,41 @@ past C (weight's / x's dtype). Deterministic for any thread count.
 
 }  // namespace
 
+// --- mask dot (the prefix-path mask tap's gradient) ----------------------------
+
+namespace {
+
+at::Tensor mask_dot_checked(const at::Tensor& y_in, const at::Tensor& dy_in, int64_t dim) {
+  const char* fn = "mask_dot";
+  TORCH_CHECK(y_in.dim() >= 1, fn, ": y must have at least one dimension, got a 0-D tensor");
+  TORCH_CHECK(dim >= -y_in.dim() && dim < y_in.dim(), fn, ": dim must be in [", -y_in.dim(),
+              ", ", y_in.dim(), ") for y of shape ", y_in.sizes(), ", got ", dim);
+  TORCH_CHECK(y_in.scalar_type() == at::kFloat || y_in.scalar_type() == at::kBFloat16, fn,
+              ": y must be float32 or bfloat16, got ", y_in.scalar_type());
+  TORCH_CHECK(dy_in.scalar_type() == y_in.scalar_type(), fn,
+              ": dy must have the same dtype as y (", y_in.scalar_type(), "), got ",
+              dy_in.scalar_type());
+  TORCH_CHECK(dy_in.sizes() == y_in.sizes(), fn, ": dy must have y's shape ", y_in.sizes(),
+              ", got ", dy_in.sizes());
+  check_device(dy_in, "dy", y_in, false, fn);
+  check_device(y_in, "y", y_in, false, fn);
+  // Read as [outer, C, inner] in memory order; any other layout is copied once here.
+  return shiftnas::mask_dot_cpu(y_in.contiguous(), dy_in.contiguous(),
+                                dim < 0 ? dim + y_in.dim() : dim);
+}
+
+constexpr const char* kMaskDotDoc = R"doc(
+mask_dot(y, dy, dim) -> out
+
+out[c] = sum of y * dy over every dimension but `dim` (c < y.size(dim)):
+what a mask multiplied along `dim` receives as its gradient. y and dy are
+float32 or bfloat16 (the same), same shape, CPU; out is float32 [y.size(dim)],
+accumulated in fp32 without a y-sized temporary. Non-contiguous inputs are
+copied first. Deterministic for any thread count.
+)doc";
+
+}  // namespace
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "shiftnas compiled ops (import through shiftnas._ext, not directly).";
   namespace py = pybind11;
@@ -334,4 +370,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       py::arg("bias_size"), py::arg("output_mask"), "CUDA variant of elastic_dwconv_backward.",
       release);
 #endif
+  m.def(
+      "mask_dot",
+      [](const at::Tensor& y, const at::Tensor& dy, int64_t dim) {
+        return mask_dot_checked(y, dy, dim);
+      },
+      py::arg("y"), py::arg("dy"), py::arg("dim"), kMaskDotDoc, release);
 }

@@ -14,6 +14,7 @@ Functions exposed by ``shiftnas._C`` (all take/return ``torch.Tensor``)::
     elastic_dwconv_forward(x, weight, bias, stride, padding) -> y
     elastic_dwconv_backward(grad_y, x, weight, stride, padding, bias_size, output_mask)
         -> (grad_x, grad_weight, grad_bias)
+    mask_dot(y, dy, dim) -> out   # fp32 [y.shape[dim]]: sum of y * dy over the other dims (CPU)
     # only when built with CUDA (see has_cuda_ops()):
     elastic_layer_norm_forward_cuda(...), elastic_layer_norm_backward_cuda(...)
     elastic_dwconv_forward_cuda(...), elastic_dwconv_backward_cuda(...)

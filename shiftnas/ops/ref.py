@@ -11,7 +11,8 @@ Masks (docs/method.md Eq. 9): `mask_mul` multiplies an op's output by a mask (th
 path, where the mask has zeros past the subnet). On the prefix path (`ArchSample`,
 `full_width=False`) the mask's forward value is 1, so the multiply exists only for the mask's
 gradient: `mask_tap` returns y itself (a view: no multiply, no copy) and, in the backward, passes
-dy through and gives the mask sum(y * dy) over the non-channel dims, what `mask_mul` gives it.
+dy through and gives the mask sum(y * dy) over the non-channel dims (`mask_dot`, dispatched: the
+cpu backend has a kernel without the [y]-sized product), what `mask_mul` gives it.
 The ops that take a mask (`mlp`, `attention_masked`, `attention_relpos`) take `tap` to choose.
 """
 from __future__ import annotations
@@ -20,9 +21,10 @@ import torch
 import torch.nn.functional as F
 
 from ..kernels._ref import attention, dwconv, layer_norm, linear
+from . import dispatch
 
 __all__ = ["apply_mask", "attention", "attention_masked", "attention_relpos", "batch_norm", "conv2d", "dwconv",
-           "layer_norm", "linear", "mask_mul", "mask_tap", "mlp"]
+           "layer_norm", "linear", "mask_dot", "mask_mul", "mask_tap", "mlp"]
 
 
 def _mask_shape(y: torch.Tensor, mask: torch.Tensor, dim: int | None) -> list[int] | None:
@@ -49,9 +51,23 @@ def mask_mul(y: torch.Tensor, mask: torch.Tensor, dim: int | None) -> torch.Tens
 _DOT_DTYPES = (torch.float32, torch.float64)
 
 
+def mask_dot(y: torch.Tensor, dy: torch.Tensor, dim: int | None) -> torch.Tensor:
+    """What `mask_mul`'s mask gets for the output gradient dy: sum(y * dy) over every dim but
+    `dim` ([y.shape[dim]]), or over all of them for a gate (dim=None, 0-d). y's dtype."""
+    dot = y.dtype == dy.dtype and y.dtype in _DOT_DTYPES and y.is_contiguous() and dy.is_contiguous()
+    if dim is None and dot:
+        # no [y]-sized temporary: 2.2x mul + sum in fp32 (CPU, 1 thread); bf16 dot is 30x slower
+        return torch.dot(y.view(-1), dy.view(-1))
+    if dim is None:
+        return (y * dy).sum()
+    d = dim % y.dim()
+    return (y * dy).sum([i for i in range(y.dim()) if i != d])
+
+
 class _MaskTap(torch.autograd.Function):
-    """Forward: y (a view). Backward: dy for y, sum(y * dy) over the non-`dim` dims for the mask.
-    Saves y, which the next op usually saves anyway (no extra memory then)."""
+    """Forward: y (a view). Backward: dy for y, sum(y * dy) over the non-`dim` dims for the mask
+    (the dispatched op `mask_dot`: `ref.mask_dot` or the cpu backend's kernel). Saves y, which the
+    next op usually saves anyway (no extra memory then)."""
 
     @staticmethod
     def forward(ctx, y, mask, dim):
@@ -63,16 +79,7 @@ class _MaskTap(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, dy):
         (y,) = ctx.saved_tensors
-        dot = y.dtype == dy.dtype and y.dtype in _DOT_DTYPES and y.is_contiguous() and dy.is_contiguous()
-        if ctx.dim is None and dot:
-            # no [y]-sized temporary: 2.2x mul + sum in fp32 (CPU, 1 thread); bf16 dot is 30x slower
-            dmask = torch.dot(y.view(-1), dy.view(-1))
-        elif ctx.dim is None:
-            dmask = (y * dy).sum()
-        else:
-            d = ctx.dim % y.dim()
-            dmask = (y * dy).sum([i for i in range(y.dim()) if i != d])
-        return dy, dmask.to(ctx.mask_dtype), None
+        return dy, dispatch.call("mask_dot", y, dy, ctx.dim).to(ctx.mask_dtype), None
 
 
 def mask_tap(y: torch.Tensor, mask: torch.Tensor, dim: int | None) -> torch.Tensor:

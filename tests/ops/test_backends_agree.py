@@ -29,6 +29,8 @@ def _inputs(op: str, g: torch.Generator) -> tuple[list, tuple]:
         return [r(2, 3, 9, 32), r(2, 3, 9, 32), r(2, 3, 9, 32), torch.rand(4, generator=g)], ()
     if op == "dwconv":
         return [r(2, 5, 11, 11), r(8, 1, 5, 5), r(8)], (2, 2)
+    if op == "mask_dot":
+        return [r(3, 5, 7, 9), r(3, 5, 7, 9)], (1,)
     return [], ()  # an op no backend but ref implements: nothing to compare
 
 
