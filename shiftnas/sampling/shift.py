@@ -3,7 +3,7 @@
 
 B (K logits, zeros = uniform) picks a FLOPs bin each step through hard Gumbel-softmax G(B),
 giving the target C = G(B) . centres. After a warm-up (B stays uniform while the generator
-learns to hit targets) B takes an Adam step every `update_every` steps. Two estimators of the
+learns to hit targets) B takes an Adam step every `update_every` steps. Three estimators of the
 direction (`estimator`):
 
 - "delta" (the default): the paper's intent, "bins whose validation loss is still dropping
@@ -15,6 +15,13 @@ direction (`estimator`):
 
   The same a_k (and the same images) are used at both ends of the interval, so Delta_k
   measures how much training moved bin k's loss, not the batch or the arch. No weight copies.
+- "rate": "delta" per unit of training share. A bin's loss drops in part because it was drawn:
+  the more probability B gives it, the faster it drops, so "delta" rewards the bins B already
+  favours (a rich-get-richer loop, measured in bench/shift_mechanism.py). "rate" divides each
+  Delta_k by K p_k, the bin's sampling share over the interval relative to uniform, so B
+  follows the improvement per draw; under a uniform B it equals "delta". Its gradient,
+  (Delta_i - p_i sum_j Delta_j) / K, is that of (1/K) sum_k Delta_k log softmax(B)_k: while
+  every bin improves, B settles where each bin's probability is its share of the improvement.
 - "literal": docs/method.md Eq. 7-8 as written: one bin drawn from G(B), one arch, the difference
   L_val(w_t) - L_val(w_{t-1}) against the weights one optimizer step back, back-propagated to
   B through the generator's bin input. Measured (bench/shift_mechanism.py): it does not move B
@@ -63,7 +70,7 @@ def shift_lr(lr: float | None, movement: float, warmup_steps: int, update_every:
     n = max(0, (steps - 1) // update_every - (first - 1) // update_every)
     return min(float(movement) / max(1, n), float(max_lr))
 
-ESTIMATORS = ("delta", "literal")
+ESTIMATORS = ("delta", "rate", "literal")
 
 
 @torch.no_grad()
@@ -233,7 +240,9 @@ class ProbabilityShift(nn.Module):
 
         `deltas` [K]: each bin's validation-loss change over the last interval (the "delta"
         estimator). Bins whose loss dropped more than the softmax(B)-weighted mean gain
-        probability. Returns (and records) the update.
+        probability. The "rate" estimator first divides deltas_k by K p_k, the share of the
+        draws softmax(B) gave bin k over the interval (B only changes here) relative to uniform.
+        Returns (and records) the update; "deltas" in the record are the measured changes.
         """
         d = torch.as_tensor(deltas, dtype=torch.float32, device=self.B.device).detach()
         if d.shape != (self.n_bins,) or not bool(torch.isfinite(d).all()):
@@ -241,7 +250,10 @@ class ProbabilityShift(nn.Module):
                 f"ProbabilityShift.step_expected: deltas must be {self.n_bins} finite numbers, got {d.tolist()}"
             )
         p = F.softmax(self.B.detach(), dim=0)
-        self.B.grad = p * (d - (p * d).sum())
+        if self.estimator == "rate":  # p_i (g_i - sum_j p_j g_j) with g = d / (K p), division-free
+            self.B.grad = (d - p * d.sum()) / self.n_bins
+        else:
+            self.B.grad = p * (d - (p * d).sum())
         self.optimizer.step()
         rec = {"step": int(step), "probs": self.probs().tolist(), "deltas": d.tolist(),
                "grad_norm": float(self.B.grad.norm()), **extra}

@@ -142,7 +142,7 @@ class GeneratorConfig:
 class ShiftConfig:
     warmup_frac: float = 0.25  # B stays uniform for this fraction of the steps
     update_every: int = 100  # steps between updates of B (paper: 100)
-    estimator: str = "delta"  # delta: per-bin loss change over the interval | literal: PAPER Eq. 7-8
+    estimator: str = "delta"  # delta: per-bin loss change over the interval | rate: delta / (K p_k) | literal: PAPER Eq. 7-8
     lr: float | None = None  # Adam on B; None: min(movement / (number of updates in the run), max_lr)
     movement: float = 5.6  # total movement budget of B's logits (paper: ~5,600 updates x lr 1e-3)
     max_lr: float = 0.075  # the derived lr's cap: short runs move B less (sampling/shift.py MAX_DERIVED_LR)

@@ -160,6 +160,45 @@ def test_expected_improvement_step_favours_fast_dropping_bins():
         ProbabilityShift(torch.arange(4.0), estimator="oracle")
 
 
+def test_rate_estimator_follows_the_improvement_per_draw():
+    """"rate" divides each bin's loss change by its sampling share: its gradient is that of
+    (1/K) sum_k Delta_k log p_k, equal to "delta"'s under a uniform B."""
+    deltas = torch.tensor([-0.01, -0.02, -0.20, -0.05])
+    B = torch.tensor([0.5, -1.0, 0.2, 0.0], requires_grad=True)
+    (torch.log_softmax(B, 0) * deltas).sum().div(4).backward()
+    rate = ProbabilityShift(torch.arange(4.0), estimator="rate", lr=0.1)
+    with torch.no_grad():
+        rate.B.copy_(B)
+    grads = []
+    rate.optimizer.step = lambda: grads.append(rate.B.grad.clone())  # read the gradient, skip the step
+    rate.step_expected(deltas, 0)
+    p = torch.softmax(B.detach(), 0)
+    g = deltas / (4 * p)
+    assert torch.allclose(grads[0], B.grad) and torch.allclose(grads[0], p * (g - (p * g).sum()))
+    # uniform B: the same step as "delta"
+    a, b = ProbabilityShift(torch.arange(4.0), estimator="rate"), ProbabilityShift(torch.arange(4.0))
+    a.step_expected(deltas, 0), b.step_expected(deltas, 0)
+    assert torch.equal(a.B, b.B)
+
+
+@pytest.mark.parametrize("estimator, moves", [("rate", False), ("delta", True)])
+def test_a_bin_that_improves_only_because_it_is_drawn_more_gains_nothing_under_rate(estimator, moves):
+    """Every bin improves by the same amount per draw, so each Delta_k is proportional to the
+    bin's share p_k. "rate" leaves B where it is (no bin is under-trained); "delta" pushes the
+    favoured bin further up: the rich-get-richer loop "rate" removes."""
+    shift = ProbabilityShift(torch.arange(4.0), estimator=estimator, lr=0.1)
+    with torch.no_grad():
+        shift.B.copy_(torch.tensor([1.0, 0.0, 0.0, -0.5]))
+    p0 = shift.probs()
+    for step in range(5):
+        shift.step_expected(-0.3 * shift.probs(), step)
+    p = shift.probs()
+    if moves:
+        assert float(p[0]) > float(p0[0]) + 0.1, (p0.tolist(), p.tolist())
+    else:
+        assert torch.allclose(p, p0, atol=1e-5), (p0.tolist(), p.tolist())
+
+
 def test_shift_lr_spreads_the_movement_over_the_updates():
     from shiftnas.sampling.shift import shift_lr
 
