@@ -115,3 +115,14 @@ def test_yaml_round_trip(tmp_path):
     assert load_config(f) == cfg
     assert TrainConfig.from_dict(cfg.to_dict()) == cfg
     assert load_config(None, []).to_dict()["optim"]["amp"] == "auto"
+
+
+def test_config_choice_lists_match_the_sampler_modules():
+    """The config keeps its own import-free copies of the samplers' choice lists; they must agree."""
+    from shiftnas.sampling.shift import ESTIMATORS
+    from shiftnas.sampling.shift_sampler import GRAD_PATHS
+    from shiftnas.train import config
+
+    assert config.ESTIMATORS == ESTIMATORS and config.GRAD_PATHS == GRAD_PATHS
+    cfg = load_config(None, ["shift.estimator=rate"])
+    assert cfg.shift.estimator == "rate"
