@@ -92,6 +92,7 @@ def run_mechanism(
     batch: int = 64,
     lr: float = 1e-3,
     movement: float = 5.6,
+    max_lr: float = float("inf"),
 ) -> dict:
     """Phase 1 on the `half` ("lower" | "upper") of the bins, phase 2 with the shift sampler.
 
@@ -111,8 +112,9 @@ def run_mechanism(
     sampler = ShiftSampler(
         space, seed=seed, n_bins=n_bins, total_steps=phase2, tau_start=1.0, tau_end=0.5, lam=1.0,
         warmup_steps=0, update_every=update_every, estimator=estimator,
-        # the whole movement over phase 2's few updates, uncapped (the recorded results used it)
-        shift_lr=shift_lr(None, movement, 0, update_every, phase2, max_lr=float("inf")),
+        # the whole movement over phase 2's few updates, uncapped unless max_lr is given (the
+        # recorded results before shift_mechanism_capped.json used it uncapped)
+        shift_lr=shift_lr(None, movement, 0, update_every, phase2, max_lr=max_lr),
     )
     first = list(range(n_bins // 2)) if half == "lower" else list(range(n_bins // 2, n_bins))
     x_all, y_all = train
@@ -166,6 +168,8 @@ def main() -> None:
     ap.add_argument("--phase2", type=int, default=200)
     ap.add_argument("--update-every", type=int, default=10)
     ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--max-lr", type=float, default=float("inf"),
+                    help="cap on B's derived lr per update (training's default: 0.075; default: none)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "shift_mechanism.json"))
     a = ap.parse_args()
@@ -179,7 +183,7 @@ def main() -> None:
             start = train_phase1(train, half=half, seed=seed, phase1=a.phase1, batch=a.batch)
             for est in a.estimators:  # every estimator from the same phase-1 supernet
                 r = run_mechanism(train, minival, half=half, estimator=est, seed=seed, phase1=start,
-                                  phase2=a.phase2, update_every=a.update_every, batch=a.batch)
+                                  phase2=a.phase2, update_every=a.update_every, batch=a.batch, max_lr=a.max_lr)
                 runs.append(r)
                 print(f"{est:8s} {half:5s} seed {seed}: mass on the untrained half {r['mass_untrained_half']:.3f} "
                       f"({r['seconds']['phase1']:.0f}+{r['seconds']['phase2']:.0f} s)", flush=True)
