@@ -51,9 +51,8 @@ VARIANTS = {
     # (shift_explore = the default since it was measured; shift_paper = the paper's sampler)
     "shift_explore": ("shift", ["generator.explore=0.5"]),
     "shift_paper": ("shift", ["generator.explore=0"]),
-    # B's estimator: "rate" (the loss change per unit of sampling share) vs "delta"
+    # B's estimator "rate" (the loss change per unit of sampling share); `shift` runs the default, delta
     "shift_rate": ("shift", ["shift.estimator=rate"]),
-    "shift_delta": ("shift", ["shift.estimator=delta"]),
     "sandwich_warm": ("sandwich", ["sampler.distill_warmup_frac=0.3", "sampler.distill_ramp_frac=0.2"]),
     "attentive_warm": ("attentive", ["sampler.distill_warmup_frac=0.3", "sampler.distill_ramp_frac=0.2"]),
 }
