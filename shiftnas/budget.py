@@ -74,10 +74,18 @@ class Feasibility:
         return (st.cmin + self.cost.delta(st.idx_min, name, c),
                 st.cmax + self.cost.delta(st.idx_max, name, c))
 
-    def commit(self, st: DecodeState, c: int) -> None:
-        """Fix decision `st.pos` to candidate `c` (in place)."""
+    def candidate_bounds(self, st: DecodeState) -> list[tuple[float, float]]:
+        """`bounds(st, c)` for every candidate c of decision `st.pos`."""
         name = self.decs[st.pos].name
-        st.cmin, st.cmax = self.bounds(st, c)
+        lo = self.cost.deltas(st.idx_min, name)
+        hi = self.cost.deltas(st.idx_max, name)
+        return [(st.cmin + a, st.cmax + b) for a, b in zip(lo, hi)]
+
+    def commit(self, st: DecodeState, c: int, bounds: tuple[float, float] | None = None) -> None:
+        """Fix decision `st.pos` to candidate `c` (in place); `bounds`: its `bounds(st, c)` when
+        already known."""
+        name = self.decs[st.pos].name
+        st.cmin, st.cmax = self.bounds(st, c) if bounds is None else bounds
         st.idx_min[name] = st.idx_max[name] = c
         st.chosen.append(c)
         st.pos += 1
@@ -91,10 +99,11 @@ class Feasibility:
     def mask(self, st: DecodeState, lo: float, hi: float) -> list[bool]:
         """For each candidate of decision `st.pos`: can the architecture still cost in [lo, hi]?"""
         budget = [self.search_limit]
-        return [self._feasible(st, c, lo, hi, budget) for c in range(len(self.decs[st.pos].choices))]
+        return [self._feasible(st, c, lo, hi, budget, b) for c, b in enumerate(self.candidate_bounds(st))]
 
-    def _feasible(self, st: DecodeState, c: int, lo: float, hi: float, budget: list[int]) -> bool:
-        cmin, cmax = self.bounds(st, c)
+    def _feasible(self, st: DecodeState, c: int, lo: float, hi: float, budget: list[int],
+                  bounds: tuple[float, float]) -> bool:
+        cmin, cmax = bounds
         if cmin > hi or cmax < lo:
             return False
         if lo <= cmin <= hi or lo <= cmax <= hi:
@@ -103,7 +112,7 @@ class Feasibility:
             return False  # cmin == cmax when nothing is left, and it is outside the window
         name = self.decs[st.pos].name
         saved = (st.idx_min[name], st.idx_max[name], st.cmin, st.cmax)
-        self.commit(st, c)
+        self.commit(st, c, bounds)
         try:
             if hi - lo >= self.gap_bound(st):
                 return True
@@ -170,14 +179,13 @@ class Feasibility:
         if budget[0] < 0:
             return False
         order = []
-        for c in range(len(self.decs[st.pos].choices)):
-            b0, b1 = self.bounds(st, c)
+        for c, (b0, b1) in enumerate(self.candidate_bounds(st)):
             if b0 > hi or b1 < lo:
                 continue
             if lo <= b0 <= hi or lo <= b1 <= hi:
                 return True
-            order.append((min(b1 - hi, lo - b0), c))
-        return any(self._feasible(st, c, lo, hi, budget) for _, c in sorted(order))
+            order.append((min(b1 - hi, lo - b0), c, (b0, b1)))
+        return any(self._feasible(st, c, lo, hi, budget, b) for _, c, b in sorted(order))
 
     # -- whole architectures ------------------------------------------------------------------
     def fmt(self, v: float) -> str:

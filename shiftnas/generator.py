@@ -24,9 +24,14 @@ Each decision is drawn with hard Gumbel-softmax on the masked logits (straight-t
 docs/method.md Eq. 9); the supernet turns the one-hots into prefix masks, so the task loss and the
 resource loss L_RC = lambda * ((cost(p) - C) / F_max)^2 (Eq. 10) both reach the generator.
 
-A training decode is one autograd node (`_Decode`): its forward is the decode above, its
-backward a hand-written back-propagation through the steps (the LSTM, the heads, the Gumbel
-softmax, the embeddings), checked against autograd through the same decode
+The decode runs on the host in numpy (float32): one step is a few hundred multiply-adds and
+a feasibility mask that needs the chosen index on the host anyway, so torch's per-op overhead
+(and, on a GPU, one device sync per decision) would be most of its cost. The weights come
+over in one copy per decode, the Gumbel noise in one draw from `rng` (on the generator's
+device), and the one-hots go back in one tensor. A training decode is one autograd node
+(`_Decode`): its forward is the decode above, its backward a hand-written back-propagation
+through the steps (the LSTM, the heads, the Gumbel softmax, the embeddings), also on the host,
+checked against autograd through the same decode written with torch ops
 (tests/test_generator_backward.py). L_RC reads the cost tables at the sample for its value and
 gradient (`resource_loss`). Both leave the samples as they were and cut the generator's share of
 a training step (bench/bench_train_step.py).
@@ -38,6 +43,7 @@ import math
 import time
 from typing import NamedTuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -55,30 +61,39 @@ def _key(kind: str) -> str:
     return kind.replace(".", "_")
 
 
-def _gumbel_hard(
-    logits: torch.Tensor, tau: float, rng: torch.Generator | None
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Hard Gumbel-softmax, straight-through (as `F.gumbel_softmax(hard=True)`, with a seedable
-    noise source): (the one-hot, the soft probabilities, the index chosen). Masked candidates
-    carry -inf logits and get probability 0."""
-    u = torch.rand(logits.shape, generator=rng, device=logits.device, dtype=torch.float32)
-    expo = -torch.log(u.clamp_min(1e-20))  # Exp(1)
-    gumbel = -torch.log(expo.clamp_min(1e-20))
-    soft = F.softmax((logits + gumbel.to(logits.dtype)) / tau, dim=-1)
-    index = soft.detach().argmax(-1, keepdim=True)
-    hard = torch.zeros_like(soft).scatter_(-1, index, 1.0)
-    return hard - soft.detach() + soft, soft, index
+def _gumbel_noise(n: int, rng: torch.Generator | None, device) -> np.ndarray:
+    """n Gumbel(0, 1) draws as float32 on the host, from one `torch.rand` of `rng` (on `device`):
+    -log(-log u), u clamped away from 0 as `F.gumbel_softmax`'s exponential draw is."""
+    u = torch.rand(n, generator=rng, device=device, dtype=torch.float32).cpu().numpy()
+    return -np.log(np.maximum(-np.log(np.maximum(u, 1e-20)), 1e-20))
 
 
-class _Step(NamedTuple):
-    """What the hand-written backward (`ArchGenerator._backward`) needs of one decoding step."""
+# The LSTM gates' pre-activation scale: sigmoid(z) = (1 + tanh(z / 2)) / 2 for the input, forget
+# and output gates (no overflow for any z), tanh(z) for the cell gate.
+def _gate_scale(hidden: int) -> np.ndarray:
+    return np.concatenate([np.full(2 * hidden, 0.5), np.ones(hidden), np.full(hidden, 0.5)]).astype(np.float32)
 
-    x: torch.Tensor  # [1, embed]: the LSTM input
-    h0: torch.Tensor  # [1, hidden]: the state it read (zeros at the first step)
-    c0: torch.Tensor
-    left: torch.Tensor  # [2]: the budget input, in the weights' dtype
-    soft: torch.Tensor  # [n]: the Gumbel-softmax probabilities
-    p: torch.Tensor  # [n]: the straight-through one-hot's value
+
+def _lstm_gates(z: np.ndarray, half: np.ndarray):
+    """(i, f, g, o) of an LSTM cell from its pre-activations z [..., 4 hidden]."""
+    t = np.tanh(z * half)
+    n = t.shape[-1] // 4
+    s = (1 + t) / 2
+    return s[..., :n], s[..., n:2 * n], t[..., 2 * n:3 * n], s[..., 3 * n:]
+
+
+class _Trace(NamedTuple):
+    """What the hand-written backward (`ArchGenerator._backward`) needs of a training decode,
+    on the host: per step (rows) the LSTM input, the state it read, the budget input; the
+    Gumbel-softmax probabilities of every decision, concatenated; the weights it ran with."""
+
+    x: np.ndarray  # [T, embed]
+    h0: np.ndarray  # [T, hidden] (zeros at the first step)
+    c0: np.ndarray
+    left: np.ndarray  # [T, 2]
+    soft: np.ndarray  # [sum of choice counts]
+    chosen: list[int]
+    weights: list[np.ndarray]  # `_host_params()` at the decode
 
 
 class _Decode(torch.autograd.Function):
@@ -90,10 +105,10 @@ class _Decode(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, gen, window, tau, rng, indices, bin_vec, target, *params):
-        trace: list[_Step] = []
+        trace: list[_Trace] = []
         sample = gen._decode(bin_vec, target, window, tau, rng, trace)
         indices.update(sample.indices())  # known on the host: the decode chose them
-        ctx.gen, ctx.tau, ctx.trace = gen, tau, trace
+        ctx.gen, ctx.tau, ctx.trace = gen, tau, trace[0]
         ctx.save_for_backward(bin_vec)
         return tuple(sample.onehots.values())
 
@@ -101,21 +116,35 @@ class _Decode(torch.autograd.Function):
     def backward(ctx, *d_onehots):
         (bin_vec,) = ctx.saved_tensors
         need_bin, need_target = ctx.needs_input_grad[5:7]
-        with torch.autocast(bin_vec.device.type, enabled=False):  # in the weights' dtype
-            d_bin, d_target, grads = ctx.gen._backward(ctx.trace, d_onehots, ctx.tau, bin_vec, need_bin, need_target)
+        d_bin, d_target, grads = ctx.gen._backward(ctx.trace, d_onehots, ctx.tau, bin_vec, need_bin, need_target)
         return (None, None, None, None, None, d_bin, d_target, *grads)
 
 
-def _accumulate(grads: dict, param: torch.Tensor, g: torch.Tensor, n: int | None, rows: bool) -> None:
-    """grads[param] += g, where g covers the first `n` rows (`rows`) or columns of param (all of
-    it when `n` is None)."""
-    if n is None or g.shape == param.shape:
-        grads[param] = g if param not in grads else grads[param] + g
+def _accumulate(grads: dict, slot: int, shape: tuple, g: np.ndarray, n: int | None, rows: bool) -> None:
+    """grads[slot] += g, where g covers the first `n` rows (`rows`) or columns of a parameter of
+    `shape` (all of it when `n` is None or g has the full shape)."""
+    if n is None or g.shape == shape:
+        grads[slot] = g if slot not in grads else grads[slot] + g
         return
-    full = grads.get(param)
+    full = grads.get(slot)
     if full is None:
-        full = grads[param] = torch.zeros_like(param)
-    (full[:n] if rows else full[:, :n]).add_(g)
+        full = grads[slot] = np.zeros(shape, np.float32)
+    (full[:n] if rows else full[:, :n])[...] += g
+
+
+def _to_params(grads: dict[int, np.ndarray], params: list[torch.Tensor]) -> list[torch.Tensor | None]:
+    """Host gradients by parameter slot -> tensors like `params` (None where absent), in one
+    transfer: views of one buffer, disjoint."""
+    sizes = [p.numel() if j in grads else 0 for j, p in enumerate(params)]
+    flat = np.empty(sum(sizes), np.float32)
+    at = 0
+    for j, n in enumerate(sizes):
+        if n:
+            flat[at:at + n] = grads[j].reshape(-1)
+            at += n
+    w = params[0]
+    parts = torch.from_numpy(flat).to(device=w.device, dtype=w.dtype).split(sizes)
+    return [part.view(p.shape) if n else None for part, p, n in zip(parts, params, sizes)]
 
 
 class ArchGenerator(nn.Module):
@@ -173,6 +202,8 @@ class ArchGenerator(nn.Module):
         self._keys = [_key(d.kind) for d in self.space.decisions]
         self._flat_start = [sum(self._sizes[:i]) for i in range(len(self._sizes))]
         self._flat_size = sum(self._sizes)
+        # Where each kind's (choice embedding weight, bias, head weight, bias) sit in `_params()`.
+        self._slot = {_key(k): 8 + 4 * j for j, k in enumerate(self.space.kinds)}
 
     # -- temperature ---------------------------------------------------------------------------
     def tau_at(self, progress: float) -> float:
@@ -185,6 +216,16 @@ class ArchGenerator(nn.Module):
         return self.tau_start * (self.tau_end / self.tau_start) ** p
 
     # -- decoding ------------------------------------------------------------------------------
+    def _host_params(self) -> list[np.ndarray]:
+        """`_params()` as float32 numpy arrays on the host, in one copy (one sync on a GPU)."""
+        ps = self._params()
+        flat = torch.cat([p.detach().reshape(-1).float() for p in ps]).cpu().numpy()
+        out, i = [], 0
+        for p in ps:
+            out.append(flat[i:i + p.numel()].reshape(p.shape))
+            i += p.numel()
+        return out
+
     def _decode(
         self,
         bin_vec: torch.Tensor,
@@ -192,46 +233,54 @@ class ArchGenerator(nn.Module):
         window: tuple[float, float],
         tau: float | None,
         rng: torch.Generator | None = None,
-        trace: list[_Step] | None = None,
+        trace: list[_Trace] | None = None,
     ) -> ArchSample:
         """One-hots of every decision, each drawn among the candidates that can still land in
-        `window` (arg-max when `tau` is None, hard Gumbel-softmax otherwise). `trace` collects
-        each step's `_Step` (the `_Decode` node's backward reads them)."""
+        `window` (arg-max when `tau` is None, hard Gumbel-softmax otherwise), computed on the
+        host (module docstring). `trace`, when given, receives the `_Trace` the `_Decode`
+        node's backward reads."""
         w = self.bin_embed.weight
+        P = self._host_params()
+        bin_w, bin_b, bud_w, bud_b, w_ih, w_hh, b_ih, b_hh = P[:8]
+        bias, half = b_ih + b_hh, _gate_scale(self.hidden)
         lo, hi = window
         feas = self.feasibility
         st = feas.start()
-        scale = self.bins.hi
-        target = target.to(device=w.device, dtype=torch.float64)
-        x = F.linear(bin_vec.to(device=w.device, dtype=w.dtype), w, self.bin_embed.bias)[None]
-        cell, budget = self.cell, self.budget_embed
-        h = c = x.new_zeros(1, self.hidden)  # the LSTM's initial state
-        onehots: dict[str, torch.Tensor] = {}
-        # Functional calls of the modules' own ops (their values), without the per-call module overhead.
-        for d, k, n in zip(self.space.decisions, self._keys, self._sizes):
-            left = (torch.stack([target - st.cmin, st.cmax - target]) / scale).to(w.dtype)
-            x = x + F.linear(left, budget.weight, budget.bias)[None]
-            h0, c0 = h, c
-            h, c = torch.lstm_cell(x, (h, c), cell.weight_ih, cell.weight_hh, cell.bias_ih, cell.bias_hh)
+        scale, goal = self.bins.hi, float(target)
+        noise = None if tau is None else _gumbel_noise(self._flat_size, rng, w.device)
+        x = bin_w @ bin_vec.detach().float().cpu().numpy() + bin_b
+        h = c = np.zeros(self.hidden, np.float32)
+        rows, soft = [], np.zeros(self._flat_size, np.float32)
+        for key, n, start in zip(self._keys, self._sizes, self._flat_start):
+            left = np.array([(goal - st.cmin) / scale, (st.cmax - goal) / scale], np.float32)
+            x = x + bud_w @ left + bud_b
+            i, f, g, o = _lstm_gates(w_ih @ x + w_hh @ h + bias, half)
+            rows.append((x, h, c, left))
+            c = f * c + i * g
+            h = o * np.tanh(c)
             allowed = feas.mask(st, lo, hi)
             if not any(allowed):  # only when the search guard ran out: the interval test alone
-                allowed = [b0 <= hi and b1 >= lo for b0, b1 in (feas.bounds(st, j) for j in range(n))]
-            head = self.heads[k]
-            logits = F.linear(h, head.weight, head.bias)[0, :n]
+                allowed = [b0 <= hi and b1 >= lo for b0, b1 in feas.candidate_bounds(st)]
+            emb_w, emb_b, head_w, head_b = P[self._slot[key]:self._slot[key] + 4]
+            z = head_w[:n] @ h + head_b[:n]
+            if noise is not None:
+                z = (z + noise[start:start + n]) / tau
             if not all(allowed):
-                logits = logits.masked_fill(~torch.tensor(allowed, device=logits.device), float("-inf"))
-            if tau is None:
-                index = logits.detach().argmax()
-                p, soft = F.one_hot(index, n).to(logits.dtype), None
-            else:
-                p, soft, index = _gumbel_hard(logits, tau, rng)
-            feas.commit(st, int(index))
-            onehots[d.name] = p
-            if trace is not None:
-                trace.append(_Step(x, h0, c0, left, soft, p.detach()))
-            emb = self.choice_embed[k]
-            x = F.linear(p, emb.weight[:, :n], emb.bias)[None]
-        return ArchSample.decoded(self.space.name, onehots, dict(zip(onehots, st.chosen)))
+                z = np.where(allowed, z, -np.inf)
+            index = int(z.argmax())
+            if noise is not None:
+                e = np.exp(z - z[index])
+                soft[start:start + n] = e / e.sum()
+            feas.commit(st, index)
+            x = emb_w[:, index] + emb_b  # the choice embedding of the one-hot
+        hot = np.zeros(self._flat_size, np.float32)
+        hot[[s0 + j for s0, j in zip(self._flat_start, st.chosen)]] = 1.0
+        names = [d.name for d in self.space.decisions]
+        onehots = torch.from_numpy(hot).to(device=w.device, dtype=w.dtype).split(self._sizes)
+        if trace is not None:
+            x_, h_, c_, l_ = (np.stack(v) for v in zip(*rows))
+            trace.append(_Trace(x_, h_, c_, l_, soft, list(st.chosen), P))
+        return ArchSample.decoded(self.space.name, dict(zip(names, onehots)), dict(zip(names, st.chosen)))
 
     def forward(
         self, bin_vec: torch.Tensor, tau: float | None = None, rng: torch.Generator | None = None
@@ -269,76 +318,74 @@ class ArchGenerator(nn.Module):
             out += [e.weight, e.bias, hd.weight, hd.bias]
         return out
 
-    def _backward(self, trace: list[_Step], d_onehots, tau: float, bin_vec: torch.Tensor,
+    def _backward(self, trace: _Trace, d_onehots, tau: float, bin_vec: torch.Tensor,
                   need_bin: bool, need_target: bool):
         """The gradients of a training decode (`_Decode`) given those of its one-hots: (of
         bin_vec or None, of the target or None, of `_params()` in order, None where the decode
-        does not reach one: autograd's). The recurrence runs step by step on vectors; the
-        weights' gradients are summed over the steps in a few matrix products at the end."""
-        cell, hid, T = self.cell, self.hidden, len(trace)
-        dt = cell.weight_ih.dtype
-        if trace[0].x.dtype != dt or d_onehots[0].dtype != dt:  # a decode under autocast
-            trace = [_Step(*(v.to(dt) for v in t)) for t in trace]
-            d_onehots = [d.to(dt) for d in d_onehots]
-        X = torch.cat([t.x for t in trace])  # [T, embed]
-        H0, C0 = torch.cat([t.h0 for t in trace]), torch.cat([t.c0 for t in trace])
-        gates = torch.addmm(cell.bias_ih, X, cell.weight_ih.t()) + torch.addmm(cell.bias_hh, H0, cell.weight_hh.t())
-        i, f, g, o = gates.chunk(4, 1)
-        i, f, g, o = i.sigmoid(), f.sigmoid(), g.tanh(), o.sigmoid()
-        tc = (f * C0 + i * g).tanh()
+        does not reach one: autograd's). On the host, with the weights the decode ran with:
+        the recurrence step by step on vectors, the weights' gradients summed over the steps
+        in a few matrix products at the end."""
+        P, hid, T = trace.weights, self.hidden, len(trace.chosen)
+        bin_w, _, bud_w, _, w_ih, w_hh, b_ih, b_hh = P[:8]
+        X, H0, C0 = trace.x, trace.h0, trace.c0
+        D = torch.cat([d.reshape(-1) for d in d_onehots]).float().cpu().numpy()
+        i, f, g, o = _lstm_gates(X @ w_ih.T + H0 @ w_hh.T + (b_ih + b_hh), _gate_scale(hid))
+        tc = np.tanh(f * C0 + i * g)
         dh_dc = o * (1 - tc * tc)  # d c / d h through h = o * tanh(c)
         # d pre-activation / d(dc, dc, dc, dh), per gate (input, forget, cell, output)
-        scale = torch.cat([g * i * (1 - i), C0 * f * (1 - f), i * (1 - g * g), tc * o * (1 - o)], 1)
-        w_cat = torch.cat([cell.weight_ih, cell.weight_hh], 1)  # [4 hidden, embed + hidden]
+        scale = np.concatenate([g * i * (1 - i), C0 * f * (1 - f), i * (1 - g * g), tc * o * (1 - o)], 1)
+        w_cat = np.concatenate([w_ih, w_hh], 1)  # [4 hidden, embed + hidden]
         E = X.shape[1]
-        dh = dc = X.new_zeros(hid)
-        dx = None
-        d_pre, d_x, d_y = [None] * T, [None] * T, [None] * T
-        w_emb = {kn: self.choice_embed[kn[0]].weight[:, :kn[1]] for kn in set(zip(self._keys, self._sizes))}
-        w_head = {kn: self.heads[kn[0]].weight[:kn[1]] for kn in w_emb}
+        dh, dc, dx = np.zeros(hid, np.float32), np.zeros(hid, np.float32), None
+        d_pre = np.empty((T, 4 * hid), np.float32)
+        d_x = np.empty((T, E), np.float32)
+        d_y = [None] * T
         for s in reversed(range(T)):
-            kn = self._keys[s], self._sizes[s]
-            soft, dp = trace[s].soft, d_onehots[s]
+            key, n, start = self._keys[s], self._sizes[s], self._flat_start[s]
+            emb_w, _, head_w, _ = P[self._slot[key]:self._slot[key] + 4]
+            soft, dp = trace.soft[start:start + n], D[start:start + n]
             if dx is not None:  # step s's one-hot fed step s+1 through its kind's choice embedding
-                dp = dp + dx @ w_emb[kn]
+                dp = dp + dx @ emb_w[:, :n]
             dy = soft * (dp - (dp * soft).sum()) / tau  # through softmax((logits + gumbel) / tau)
-            dh = dh + dy @ w_head[kn]
+            dh = dh + dy @ head_w[:n]
             dc = dc + dh * dh_dc[s]
-            d_pre[s] = torch.cat([dc, dc, dc, dh]) * scale[s]
-            dx, dh = (d_pre[s] @ w_cat).split([E, hid])
+            d_pre[s] = np.concatenate([dc, dc, dc, dh]) * scale[s]
+            back = d_pre[s] @ w_cat
+            dx, dh = back[:E], back[E:]
             dc = dc * f[s]
             d_x[s], d_y[s] = dx, dy
-        dP, dX = torch.stack(d_pre), torch.stack(d_x)
-        grads = {self.cell.weight_ih: dP.t() @ X, self.cell.weight_hh: dP.t() @ H0,
-                 self.cell.bias_ih: dP.sum(0), self.cell.bias_hh: dP.sum(0)}
-        grads[self.budget_embed.weight] = dX.t() @ torch.stack([t.left for t in trace])
-        grads[self.budget_embed.bias] = dX.sum(0)
-        b = bin_vec.to(dX.dtype)
-        grads[self.bin_embed.weight], grads[self.bin_embed.bias] = torch.outer(dX[0], b), dX[0]
-        H1 = torch.cat([H0[1:], (o[-1] * tc[-1])[None]])  # each step's output h
-        self._backward_kinds(trace, d_y, dX, H1, grads)
-        d_bin = (dX[0] @ self.bin_embed.weight).to(bin_vec.dtype) if need_bin else None
+        grads = {4: d_pre.T @ X, 5: d_pre.T @ H0, 6: d_pre.sum(0), 7: d_pre.sum(0)}
+        grads[2], grads[3] = d_x.T @ trace.left, d_x.sum(0)
+        b = bin_vec.detach().float().cpu().numpy()
+        grads[0], grads[1] = np.outer(d_x[0], b), d_x[0]
+        H1 = np.concatenate([H0[1:], (o[-1] * tc[-1])[None]])  # each step's output h
+        params = self._params()
+        self._backward_kinds(trace, d_y, d_x, H1, grads, [tuple(p.shape) for p in params])
+        dev = bin_vec.device
+        d_bin = torch.from_numpy(d_x[0] @ bin_w).to(device=dev, dtype=bin_vec.dtype) if need_bin else None
         d_target = None
         if need_target:  # left = (target - cmin, cmax - target) / bins.hi
-            d_left = (dX @ self.budget_embed.weight).double()
-            d_target = (d_left[:, 0] - d_left[:, 1]).sum() / self.bins.hi
-        return d_bin, d_target, [grads.get(p) for p in self._params()]
+            d_left = (d_x @ bud_w).astype(np.float64)
+            d_target = torch.tensor((d_left[:, 0] - d_left[:, 1]).sum() / self.bins.hi, dtype=torch.float64, device=dev)
+        return d_bin, d_target, _to_params(grads, params)
 
-    def _backward_kinds(self, trace, d_y, dX, H1, grads) -> None:
+    def _backward_kinds(self, trace: _Trace, d_y, d_x, H1, grads, shapes) -> None:
         """The heads' and choice embeddings' gradients (`_backward`), per (kind, choice count)."""
         groups: dict[tuple[str, int], list[int]] = {}
         for s, key in enumerate(self._keys):
             groups.setdefault((key, self._sizes[s]), []).append(s)
+        eye = {}
         for (key, n), steps in groups.items():
-            head, emb = self.heads[key], self.choice_embed[key]
-            dy = torch.stack([d_y[s] for s in steps])
-            _accumulate(grads, head.weight, (dy.t() @ H1[steps]), n, rows=True)
-            _accumulate(grads, head.bias, dy.sum(0), n, rows=True)
-            fed = [s for s in steps if s + 1 < len(trace)]  # the last one-hot feeds nothing
+            slot = self._slot[key]
+            dy = np.stack([d_y[s] for s in steps])
+            _accumulate(grads, slot + 2, shapes[slot + 2], dy.T @ H1[steps], n, rows=True)
+            _accumulate(grads, slot + 3, shapes[slot + 3], dy.sum(0), n, rows=True)
+            fed = [s for s in steps if s + 1 < len(trace.chosen)]  # the last one-hot feeds nothing
             if fed:
-                dxn = dX[[s + 1 for s in fed]]
-                _accumulate(grads, emb.weight, dxn.t() @ torch.stack([trace[s].p for s in fed]), n, rows=False)
-                _accumulate(grads, emb.bias, dxn.sum(0), None, rows=False)
+                dxn = d_x[[s + 1 for s in fed]]
+                hot = eye.setdefault(n, np.eye(n, dtype=np.float32))[[trace.chosen[s] for s in fed]]
+                _accumulate(grads, slot, shapes[slot], dxn.T @ hot, n, rows=False)
+                _accumulate(grads, slot + 1, shapes[slot + 1], dxn.sum(0), None, rows=False)
 
     def bin_vector(self, k: int) -> torch.Tensor:
         """The hard one-hot of bin `k` (on the generator's device)."""

@@ -1,9 +1,11 @@
-"""The generator's training decode is one autograd node with a hand-written backward
-(`shiftnas.generator._Decode`); its resource loss reads the cost tables at the sample. Both give
-what autograd through the same decode and `expected_cost` give."""
+"""The generator's training decode is one autograd node with a hand-written backward, both on
+the host (`shiftnas.generator._Decode`); its resource loss reads the cost tables at the sample.
+Both give what autograd through the same decode written with torch ops, and `expected_cost`,
+give."""
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from shiftnas.cost import expected_cost
 from shiftnas.generator import ArchGenerator
@@ -15,6 +17,32 @@ def _grads(g, bin_vec):
     g.zero_grad(set_to_none=True)
     bin_vec.grad = None
     return out
+
+
+def _autograd_decode(g, bin_vec, target, window, tau, rng):
+    """The decode with torch ops, differentiable by autograd: the reference for the node. The
+    same steps as `ArchGenerator._decode` (budget input, LSTM cell, feasibility mask, hard
+    Gumbel-softmax from one draw of `rng`, choice embedding)."""
+    feas, (lo, hi) = g.feasibility, window
+    st = feas.start()
+    u = torch.rand(g._flat_size, generator=rng)
+    gumbel = -torch.log((-torch.log(u.clamp_min(1e-20))).clamp_min(1e-20))
+    x = g.bin_embed(bin_vec)[None]
+    h = c = torch.zeros(1, g.hidden)
+    onehots = {}
+    for d, key, n, start in zip(g.space.decisions, g._keys, g._sizes, g._flat_start):
+        left = (torch.stack([target - st.cmin, st.cmax - target]) / g.bins.hi).float()
+        x = x + g.budget_embed(left)[None]
+        h, c = g.cell(x, (h, c))
+        allowed = torch.tensor(feas.mask(st, lo, hi))
+        z = ((g.heads[key](h)[0, :n] + gumbel[start:start + n]) / tau).masked_fill(~allowed, float("-inf"))
+        soft = F.softmax(z, -1)
+        index = int(soft.detach().argmax())
+        p = F.one_hot(torch.tensor(index), n).float() - soft.detach() + soft
+        feas.commit(st, index)
+        onehots[d.name] = p
+        x = F.linear(p, g.choice_embed[key].weight[:, :n], g.choice_embed[key].bias)[None]
+    return onehots, dict(zip(onehots, st.chosen))
 
 
 def _loss(g, sample, bin_vec, weights):
@@ -37,12 +65,12 @@ def test_decode_backward_matches_autograd(space):
 
         # autograd through the same decode (same noise): the same one-hots, the same gradients
         target = bin_vec.double() @ g.targets
-        ref = g._decode(bin_vec, target, g.bins.window(k), 1.3, torch.Generator().manual_seed(seed))
-        assert s.indices() == ref.indices()
-        for n, p in ref.onehots.items():
+        ref, idx = _autograd_decode(g, bin_vec, target, g.bins.window(k), 1.3, torch.Generator().manual_seed(seed))
+        assert s.indices() == idx
+        for n, p in ref.items():
             assert torch.equal(p.detach(), s.onehots[n].detach()), n
-        loss = sum((p * w).sum() for p, w in zip(ref.onehots.values(), weights))
-        cost = expected_cost(g.space, ref)
+        loss = sum((p * w).sum() for p, w in zip(ref.values(), weights))
+        cost = expected_cost(g.space, type(s)(s.space, ref))
         (loss + (3.0 * ((cost - target) / g.bins.hi) ** 2).float()).backward()
         want = _grads(g, bin_vec)
         assert got.keys() == want.keys()  # the same parameters reached (None where autograd's is)
@@ -61,7 +89,7 @@ def test_resource_loss_is_expected_cost_at_the_sample():
     sample = type(s)(s.space, {n: p.detach().clone().requires_grad_(True) for n, p in s.onehots.items()})
     c = float(g.targets[2])
     loss = g.resource_loss(sample, c)
-    assert float(loss.detach()) == pytest.approx(((float(cost) - c) / g.bins.hi) ** 2, rel=1e-12)
+    assert float(loss.detach()) == pytest.approx(((float(cost.detach()) - c) / g.bins.hi) ** 2, rel=1e-12)
     loss.backward()
     scale = 2 * (float(cost) - c) / g.bins.hi ** 2  # d loss / d cost
     for n, p in sample.onehots.items():  # a decision no cost term reads: no gradient (zeros here)

@@ -148,6 +148,7 @@ class FastCost:
         for d in space.decisions:
             if d.gate is not None:
                 gated_by.setdefault(d.gate[0], set()).add(d.name)
+        self.gates = set(gated_by)  # the decisions that switch others on or off
         # Terms whose value can change when decision n moves (directly or by (de)activation).
         self.touch = {
             d.name: [
@@ -188,6 +189,29 @@ class FastCost:
         after = sum(self.term(i, idx) for i in touched)
         idx[name] = old
         return after - before
+
+    def deltas(self, idx: dict[str, int], name: str) -> list[float]:
+        """`delta(idx, name, c)` for every candidate c of `name`, in one pass: a decision that
+        gates no other moves along one stride of each term it is active in, so each term's
+        offset is computed once; a gate (de)activates others' axes and is read per candidate."""
+        n = len(self.decs[name].choices)
+        if name in self.gates:
+            return [self.delta(idx, name, c) for c in range(n)]
+        out, old = [0.0] * n, idx[name]
+        for i in self.touch[name]:
+            _, axes, flat = self.terms[i]
+            off = stride = 0
+            for m, s, gate, choices, layer in axes:
+                if gate is None or choices[idx[gate]] > layer:
+                    if m == name:
+                        stride = s
+                    else:
+                        off += idx[m] * s
+            if stride:  # inactive here (its gate is off): this term does not move
+                base = flat[off + old * stride]
+                for c in range(n):
+                    out[c] += flat[off + c * stride] - base
+        return out
 
 
 @functools.cache

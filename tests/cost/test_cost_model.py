@@ -183,3 +183,19 @@ def test_every_decode_lands_in_its_latency_window(name):
 def test_cost_is_compared_by_identity():
     cost = get_cost("vit-fmnist", "latency", table=table_path("vit-fmnist-b1"))
     assert isinstance(cost, Cost) and cost != Cost("latency", "vit-fmnist", cost.terms, cost.constant)
+
+
+@pytest.mark.parametrize("space", ["vit-fmnist", "cnn-fmnist", "autoformer-t", "cnn-bignas"])
+def test_fast_cost_deltas_are_the_single_deltas(space):
+    """`FastCost.deltas` (one pass over every candidate) gives `delta` of each candidate, gates
+    and inactive decisions included, and leaves the indices as they were."""
+    sp = get_space(space)
+    fc = fast_cost(sp)
+    rng = random.Random(0)
+    for i in range(40):  # configs, and raw indices (inactive decisions off their index 0)
+        idx = sp.indices(sp.sample(rng)) if i % 2 else {d.name: rng.randrange(len(d.choices)) for d in sp.decisions}
+        for d in sp.decisions:
+            before = dict(idx)
+            got = fc.deltas(idx, d.name)
+            assert idx == before
+            assert got == pytest.approx([fc.delta(idx, d.name, c) for c in range(len(d.choices))], rel=1e-12, abs=1e-6)
