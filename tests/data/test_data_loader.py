@@ -330,3 +330,36 @@ def test_workers_do_not_finalize_the_callers_garbage(fmnist_root, tmp_path, monk
     del ld
     gc.collect()
     assert marker.read_text().split() == [str(os.getpid())]
+
+
+def test_a_loader_freed_by_the_cycle_collector_stops_its_workers_at_once(fmnist_root, monkeypatch):
+    """The persistent workers of a loader that only the cycle collector frees (a Trainer holds
+    its loaders in a cycle) get the stop message and exit by themselves. Left to the DataLoader
+    iterator's __del__, the collector first ended its queues' feeder threads, the message never
+    left, and each worker was terminated after a 5 s join: whatever test happened to trigger the
+    collection stalled (202-263 s in `make test`)."""
+    import multiprocessing.process
+    import time
+
+    from torch.utils.data._utils import MP_STATUS_CHECK_INTERVAL
+
+    terminated = []
+    terminate = multiprocessing.process.BaseProcess.terminate
+
+    def record(self):
+        terminated.append(self.pid)
+        terminate(self)
+
+    monkeypatch.setattr(multiprocessing.process.BaseProcess, "terminate", record)
+    ld = build_loader(fmnist_root, "val", 8, 28, train=False, backend="torch", num_threads=2, device="cpu")
+    assert next(iter(ld))[0].shape == (8, 1, 28, 28)  # the workers start, and persist
+    workers = list(ld._dl._iterator._workers)
+    assert len(workers) == 2 and all(w.is_alive() for w in workers)
+    ld.me = ld  # a cycle: only the collector frees it
+    del ld
+    t0 = time.perf_counter()
+    gc.collect()
+    took = time.perf_counter() - t0
+    assert not any(w.is_alive() for w in workers)
+    assert terminated == []  # stopped, not killed
+    assert took < MP_STATUS_CHECK_INTERVAL, f"the collection took {took:.1f} s"
