@@ -61,6 +61,27 @@ def _key(kind: str) -> str:
     return kind.replace(".", "_")
 
 
+# numpy's BLAS (OpenBLAS here) runs larger products on threads of its own, which then spin for
+# ~0.1 s and take a core from torch's threads in the step that follows (measured: the supernet's
+# optimizer step after a generator backward 8 -> up to 130 ms). So no numpy product here calls
+# BLAS: vectors go through einsum (its own loops), matrices through torch (its thread pool).
+def _mv(w: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """w @ v for a matrix and a vector, without BLAS."""
+    return np.einsum("ij,j->i", w, v)
+
+
+def _vm(v: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """v @ w for a vector and a matrix, without BLAS."""
+    return np.einsum("i,ij->j", v, w)
+
+
+def _mm(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """a @ b for two matrices, by torch (its own threads, not numpy's BLAS), in float32 even
+    under a CPU autocast."""
+    with torch.autocast("cpu", enabled=False):
+        return (torch.from_numpy(a) @ torch.from_numpy(b)).numpy()
+
+
 def _gumbel_noise(n: int, rng: torch.Generator | None, device) -> np.ndarray:
     """n Gumbel(0, 1) draws as float32 on the host, from one `torch.rand` of `rng` (on `device`):
     -log(-log u), u clamped away from 0 as `F.gumbel_softmax`'s exponential draw is."""
@@ -248,13 +269,13 @@ class ArchGenerator(nn.Module):
         st = feas.start()
         scale, goal = self.bins.hi, float(target)
         noise = None if tau is None else _gumbel_noise(self._flat_size, rng, w.device)
-        x = bin_w @ bin_vec.detach().float().cpu().numpy() + bin_b
+        x = _mv(bin_w, bin_vec.detach().float().cpu().numpy()) + bin_b
         h = c = np.zeros(self.hidden, np.float32)
         rows, soft = [], np.zeros(self._flat_size, np.float32)
         for key, n, start in zip(self._keys, self._sizes, self._flat_start):
             left = np.array([(goal - st.cmin) / scale, (st.cmax - goal) / scale], np.float32)
-            x = x + bud_w @ left + bud_b
-            i, f, g, o = _lstm_gates(w_ih @ x + w_hh @ h + bias, half)
+            x = x + _mv(bud_w, left) + bud_b
+            i, f, g, o = _lstm_gates(_mv(w_ih, x) + _mv(w_hh, h) + bias, half)
             rows.append((x, h, c, left))
             c = f * c + i * g
             h = o * np.tanh(c)
@@ -262,7 +283,7 @@ class ArchGenerator(nn.Module):
             if not any(allowed):  # only when the search guard ran out: the interval test alone
                 allowed = [b0 <= hi and b1 >= lo for b0, b1 in feas.candidate_bounds(st)]
             emb_w, emb_b, head_w, head_b = P[self._slot[key]:self._slot[key] + 4]
-            z = head_w[:n] @ h + head_b[:n]
+            z = _mv(head_w[:n], h) + head_b[:n]
             if noise is not None:
                 z = (z + noise[start:start + n]) / tau
             if not all(allowed):
@@ -329,7 +350,7 @@ class ArchGenerator(nn.Module):
         bin_w, _, bud_w, _, w_ih, w_hh, b_ih, b_hh = P[:8]
         X, H0, C0 = trace.x, trace.h0, trace.c0
         D = torch.cat([d.reshape(-1) for d in d_onehots]).float().cpu().numpy()
-        i, f, g, o = _lstm_gates(X @ w_ih.T + H0 @ w_hh.T + (b_ih + b_hh), _gate_scale(hid))
+        i, f, g, o = _lstm_gates(_mm(X, w_ih.T) + _mm(H0, w_hh.T) + (b_ih + b_hh), _gate_scale(hid))
         tc = np.tanh(f * C0 + i * g)
         dh_dc = o * (1 - tc * tc)  # d c / d h through h = o * tanh(c)
         # d pre-activation / d(dc, dc, dc, dh), per gate (input, forget, cell, output)
@@ -345,27 +366,27 @@ class ArchGenerator(nn.Module):
             emb_w, _, head_w, _ = P[self._slot[key]:self._slot[key] + 4]
             soft, dp = trace.soft[start:start + n], D[start:start + n]
             if dx is not None:  # step s's one-hot fed step s+1 through its kind's choice embedding
-                dp = dp + dx @ emb_w[:, :n]
+                dp = dp + _vm(dx, emb_w[:, :n])
             dy = soft * (dp - (dp * soft).sum()) / tau  # through softmax((logits + gumbel) / tau)
-            dh = dh + dy @ head_w[:n]
+            dh = dh + _vm(dy, head_w[:n])
             dc = dc + dh * dh_dc[s]
             d_pre[s] = np.concatenate([dc, dc, dc, dh]) * scale[s]
-            back = d_pre[s] @ w_cat
+            back = _vm(d_pre[s], w_cat)
             dx, dh = back[:E], back[E:]
             dc = dc * f[s]
             d_x[s], d_y[s] = dx, dy
-        grads = {4: d_pre.T @ X, 5: d_pre.T @ H0, 6: d_pre.sum(0), 7: d_pre.sum(0)}
-        grads[2], grads[3] = d_x.T @ trace.left, d_x.sum(0)
+        grads = {4: _mm(d_pre.T, X), 5: _mm(d_pre.T, H0), 6: d_pre.sum(0), 7: d_pre.sum(0)}
+        grads[2], grads[3] = _mm(d_x.T, trace.left), d_x.sum(0)
         b = bin_vec.detach().float().cpu().numpy()
         grads[0], grads[1] = np.outer(d_x[0], b), d_x[0]
         H1 = np.concatenate([H0[1:], (o[-1] * tc[-1])[None]])  # each step's output h
         params = self._params()
         self._backward_kinds(trace, d_y, d_x, H1, grads, [tuple(p.shape) for p in params])
         dev = bin_vec.device
-        d_bin = torch.from_numpy(d_x[0] @ bin_w).to(device=dev, dtype=bin_vec.dtype) if need_bin else None
+        d_bin = torch.from_numpy(_vm(d_x[0], bin_w)).to(device=dev, dtype=bin_vec.dtype) if need_bin else None
         d_target = None
         if need_target:  # left = (target - cmin, cmax - target) / bins.hi
-            d_left = (d_x @ bud_w).astype(np.float64)
+            d_left = _mm(d_x, bud_w).astype(np.float64)
             d_target = torch.tensor((d_left[:, 0] - d_left[:, 1]).sum() / self.bins.hi, dtype=torch.float64, device=dev)
         return d_bin, d_target, _to_params(grads, params)
 
@@ -378,13 +399,13 @@ class ArchGenerator(nn.Module):
         for (key, n), steps in groups.items():
             slot = self._slot[key]
             dy = np.stack([d_y[s] for s in steps])
-            _accumulate(grads, slot + 2, shapes[slot + 2], dy.T @ H1[steps], n, rows=True)
+            _accumulate(grads, slot + 2, shapes[slot + 2], _mm(dy.T, H1[steps]), n, rows=True)
             _accumulate(grads, slot + 3, shapes[slot + 3], dy.sum(0), n, rows=True)
             fed = [s for s in steps if s + 1 < len(trace.chosen)]  # the last one-hot feeds nothing
             if fed:
                 dxn = d_x[[s + 1 for s in fed]]
                 hot = eye.setdefault(n, np.eye(n, dtype=np.float32))[[trace.chosen[s] for s in fed]]
-                _accumulate(grads, slot, shapes[slot], dxn.T @ hot, n, rows=False)
+                _accumulate(grads, slot, shapes[slot], _mm(dxn.T, hot), n, rows=False)
                 _accumulate(grads, slot + 1, shapes[slot + 1], dxn.sum(0), None, rows=False)
 
     def bin_vector(self, k: int) -> torch.Tensor:

@@ -163,3 +163,40 @@ def test_pretrain_moves_samples_towards_the_bin_centre():
         afters.append(err())
         assert rec["steps"] == 100 and rec["seconds"] > 0
     assert sum(afters) < 0.75 * sum(befores), (befores, afters)
+
+
+_SPIN_CHECK = """
+import os, sys, time, torch
+torch.set_num_threads(1)  # torch starts no worker threads: any busy thread is another library's
+from shiftnas.generator import ArchGenerator
+
+def others():  # CPU ticks of every thread but the main one
+    me, total = str(os.getpid()), 0
+    for t in os.listdir("/proc/self/task"):
+        if t != me:
+            f = open(f"/proc/self/task/{t}/stat").read().rsplit(")", 1)[1].split()
+            total += int(f[11]) + int(f[12])
+    return total
+
+g = ArchGenerator("cnn-fmnist", 10)
+rng = torch.Generator().manual_seed(0)
+t0 = others()
+for k in range(10):
+    s = g(g.bin_vector(k), tau=1.0, rng=rng)
+    g.resource_loss(s, g.targets[k]).backward()
+    g.generate(bin=k)
+time.sleep(0.5)
+print(others() - t0)
+"""
+
+
+@pytest.mark.skipif(not __import__("os").path.isdir("/proc/self/task"), reason="reads Linux /proc")
+def test_decode_leaves_no_thread_spinning():
+    """The host decode and backward call no numpy BLAS product: OpenBLAS's own threads would
+    spin ~0.1 s after each and slow the supernet's next step (16 ticks of other threads' CPU
+    for these 10 steps when they did)."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", _SPIN_CHECK], capture_output=True, text=True, timeout=120, check=True)
+    assert int(out.stdout.split()[-1]) <= 2, out.stdout
