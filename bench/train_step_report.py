@@ -9,7 +9,8 @@ UPDATE_EVERY_MIN = 50  # the paper's ablated minimum (amortised number only)
 # How the paths are timed (written into the JSON).
 METHOD = (
     "per repeat: a fresh arch (sampler RNG reseeded per repeat; every path starts from "
-    "that state); paths shift (split), uniform, trainer, update run once each, "
+    "that state) and one untimed forward+backward of it first (Bench.warm: the first run of "
+    "new shapes is ~8% slower); paths shift (split), uniform, trainer, update run once each, "
     "interleaved, the starting path rotating; time.perf_counter; median and p20/p80 over "
     "the repeats after warm-up. Generator backward split off via a leaf copy of the "
     "one-hots (see the module docstring); checked against the fused backward "
