@@ -13,7 +13,22 @@ meanwhile (on a 2-core machine anything above ~0.1 makes 2-thread numbers suspec
 under more than ``--max-foreign-load`` waits for a quiet machine and is retried, and the
 least-disturbed try is kept. Writes ``bench/results/cpu_ops.json``.
 
+``--overhead``: what the op layer costs per call on top of the bare kernels, for the three ops
+of ``shiftnas._C`` (LayerNorm, depthwise conv, mask dot) at a few supernet shapes. Per case,
+interleaved in one process (`harness.time_cpu`, median over ``--repeats``):
+  * ``op``   the call a model makes (``layer_norm_cpu`` / ``dwconv_cpu``: the registered
+             ``shiftnas::ext_*`` op with its autograd), forward + backward,
+  * ``fn``   a plain single-output ``torch.autograd.Function`` around the bare kernels (what a
+             model paid before the ops were registered), forward + backward,
+  * ``bare`` the bare kernels' forward and backward calls, no autograd (the floor),
+and forward-only under no_grad (``op`` / ``bare``). ``op_minus_fn_us`` is the median of the
+per-repeat differences. The bare kernels are ``shiftnas._C``'s Python functions where it has
+them, else the ops called below autograd (``bare_kernels`` in the JSON says which). mask_dot
+(no autograd, as the mask tap's backward calls it): ``mask_dot_cpu``, the op, the bare kernel.
+Writes ``bench/results/cpu_ops_overhead.json``.
+
 Usage: python bench/bench_cpu_ops.py [--threads 2] [--repeats 20] [--dtype float32|bfloat16]
+       python bench/bench_cpu_ops.py --overhead [--threads 2] [--repeats 400]
 """
 
 from __future__ import annotations
@@ -101,6 +116,276 @@ def _time_case(row, pairs, repeats, warmup):
     return row
 
 
+# --overhead: (rows as [B, N], C, active) of ViT LayerNorms; (B, C, H, k, stride) of cnn-fmnist
+# depthwise layers; (shape, dim) of cnn-fmnist / vit-fmnist mask taps (bf16, as autocast runs them).
+OVERHEAD_LN = ((64, 50, 192, 160), (64, 50, 240, 240), (8, 197, 256, 256))
+OVERHEAD_DW = ((64, 96, 14, 5, 1), (64, 144, 28, 3, 2), (64, 16, 28, 3, 1))
+OVERHEAD_MASK_DOT = (
+    ((64, 96, 14, 14), 1),
+    ((64, 16, 28, 28), 1),
+    ((64, 50, 192), 2),
+    ((64, 320), 1),
+)
+
+
+def _bare_kernels():
+    """The kernels without autograd: shiftnas._C's Python functions where it has them, else the
+    registered ops called below autograd. Returns (label, ln_fwd, ln_bwd, dw_fwd, dw_bwd, mask_dot)
+    with the functions' signatures (x 2-D for LayerNorm; output_mask a 3-tuple)."""
+    C = _ext.load()
+    if hasattr(C, "elastic_layer_norm_forward"):
+        return (
+            "shiftnas._C functions",
+            C.elastic_layer_norm_forward,
+            C.elastic_layer_norm_backward,
+            C.elastic_dwconv_forward,
+            C.elastic_dwconv_backward,
+            C.mask_dot,
+        )
+    ops = torch.ops.shiftnas
+
+    def below(op):
+        def call(*args):
+            with torch._C._AutoDispatchBelowAutograd():
+                return op(*args)
+
+        return call
+
+    return (
+        "ops below autograd",
+        below(ops.ext_layer_norm.default),
+        below(ops.ext_layer_norm_backward.default),
+        below(ops.ext_dwconv.default),
+        below(ops.ext_dwconv_backward.default),
+        below(ops.ext_mask_dot.default),
+    )
+
+
+def _plain_functions(k):
+    """Single-output torch.autograd.Functions around the bare kernels `k` (`_bare_kernels`)."""
+    _, ln_fwd, ln_bwd, dw_fwd, dw_bwd, _ = k
+
+    class LayerNorm(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x, weight, bias, active, eps):
+            y, mean, rstd = ln_fwd(x.reshape(-1, x.shape[-1]), weight, bias, active, eps)
+            ctx.save_for_backward(x, weight, mean, rstd)
+            ctx.active = active
+            return y.reshape(*x.shape[:-1], active)
+
+        @staticmethod
+        def backward(ctx, gy):
+            x, weight, mean, rstd = ctx.saved_tensors
+            gx, gw, gb = ln_bwd(
+                gy.reshape(-1, ctx.active).contiguous(),
+                x.reshape(-1, x.shape[-1]),
+                weight,
+                mean,
+                rstd,
+                ctx.active,
+            )
+            return gx.reshape(x.shape), gw, gb, None, None
+
+    class DWConv(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x, weight, bias, stride, padding):
+            ctx.save_for_backward(x, weight)
+            ctx.stride, ctx.padding = stride, padding
+            ctx.bias_size = 0 if bias is None else bias.shape[0]
+            return dw_fwd(x, weight, bias, stride, padding)
+
+        @staticmethod
+        def backward(ctx, gy):
+            x, weight = ctx.saved_tensors
+            need_x, need_w, need_b = ctx.needs_input_grad[:3]
+            gx, gw, gb = dw_bwd(
+                gy.contiguous(),
+                x,
+                weight,
+                ctx.stride,
+                ctx.padding,
+                ctx.bias_size,
+                (need_x, need_w, need_b and ctx.bias_size > 0),
+            )
+            return gx, gw, gb, None, None
+
+    return LayerNorm, DWConv
+
+
+def _diff_us(a_ms, b_ms) -> float:
+    """Median of the per-repeat differences a - b, in us."""
+    from harness import quantile
+
+    return round(quantile([a - b for a, b in zip(a_ms, b_ms)], 0.5) * 1e3, 1)
+
+
+def _overhead_rows(fb: dict, f: dict, t_fb, t_f) -> dict:
+    us = lambda t, n: round(t.median(n) * 1e3, 1)
+    return {
+        "fwd_bwd_us": {n: us(t_fb, n) for n in fb},
+        "fwd_us": {n: us(t_f, n) for n in f},
+        "fwd_bwd_op_minus_fn_us": _diff_us(t_fb.ms["op"], t_fb.ms["fn"]),
+        "fwd_bwd_op_over_fn": round(t_fb.median("op") / t_fb.median("fn"), 3),
+        "fwd_bwd_op_minus_bare_us": _diff_us(t_fb.ms["op"], t_fb.ms["bare"]),
+        "fwd_op_minus_bare_us": _diff_us(t_f.ms["op"], t_f.ms["bare"]),
+        "foreign_cpu_load": max(t_fb.foreign_cpu_load or 0.0, t_f.foreign_cpu_load or 0.0),
+    }
+
+
+def _overhead_ln(case, k, fns, dtype, repeats, warmup):
+    from shiftnas.ops.layer_norm_ext import layer_norm_cpu
+
+    b, n, c, active = case
+    ln_fwd, ln_bwd = k[1], k[2]
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(b, n, c, generator=g).to(dtype)
+    w, bias = (
+        (torch.randn(c, generator=g) * 0.5 + 1).to(dtype),
+        (torch.randn(c, generator=g) * 0.1).to(dtype),
+    )
+    gy = torch.randn(b, n, active, generator=g).to(dtype)
+    xr, wr, br = (t.clone().requires_grad_(True) for t in (x, w, bias))
+    x2, gy2 = x.reshape(-1, c), gy.reshape(-1, active)
+
+    def grad_none():
+        xr.grad = wr.grad = br.grad = None
+
+    def bare_fb():
+        _, mean, rstd = ln_fwd(x2, w, bias, active, 1e-5)
+        ln_bwd(gy2, x2, w, mean, rstd, active)
+
+    def bare_f():
+        ln_fwd(x2, w, bias, active, 1e-5)
+
+    def op_f():
+        with torch.no_grad():
+            layer_norm_cpu(x, w, bias, active, 1e-5)
+
+    fb = {
+        "op": lambda: layer_norm_cpu(xr, wr, br, active, 1e-5).backward(gy),
+        "fn": lambda: fns[0].apply(xr, wr, br, active, 1e-5).backward(gy),
+        "bare": bare_fb,
+    }
+    f = {"op": op_f, "bare": bare_f}
+    t_fb = time_cpu(fb, warmup, repeats, before=grad_none)
+    t_f = time_cpu(f, warmup, repeats)
+    return {
+        "op": "layer_norm",
+        "x": [b, n, c],
+        "active": active,
+        **_overhead_rows(fb, f, t_fb, t_f),
+    }
+
+
+def _overhead_dw(case, k, fns, dtype, repeats, warmup):
+    from shiftnas.ops.dwconv_ext import dwconv_cpu
+
+    b, c, h, ks, s = case
+    dw_fwd, dw_bwd = k[3], k[4]
+    p = ks // 2
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(b, c, h, h, generator=g).to(dtype)
+    w = (torch.randn(c + CMAX_EXTRA, 1, ks, ks, generator=g) / ks).to(dtype)
+    ho = (h + 2 * p - ks) // s + 1
+    gy = torch.randn(b, c, ho, ho, generator=g).to(dtype)
+    xr, wr = x.clone().requires_grad_(True), w.clone().requires_grad_(True)
+
+    def grad_none():
+        xr.grad = wr.grad = None
+
+    def bare_fb():
+        dw_fwd(x, w, None, s, p)
+        dw_bwd(gy, x, w, s, p, 0, (True, True, False))
+
+    def op_f():
+        with torch.no_grad():
+            dwconv_cpu(x, w, None, s, p)
+
+    fb = {
+        "op": lambda: dwconv_cpu(xr, wr, None, s, p).backward(gy),
+        "fn": lambda: fns[1].apply(xr, wr, None, s, p).backward(gy),
+        "bare": bare_fb,
+    }
+    f = {"op": op_f, "bare": lambda: dw_fwd(x, w, None, s, p)}
+    t_fb = time_cpu(fb, warmup, repeats, before=grad_none)
+    t_f = time_cpu(f, warmup, repeats)
+    row = {"op": "dwconv", "x": [b, c, h, h], "Cmax": c + CMAX_EXTRA, "k": ks, "stride": s}
+    return {**row, **_overhead_rows(fb, f, t_fb, t_f)}
+
+
+def _overhead_mask_dot(case, k, repeats, warmup):
+    from shiftnas.ops.mask_dot_ext import mask_dot_cpu
+
+    shape, dim = case
+    g = torch.Generator().manual_seed(0)
+    y, dy = (torch.randn(shape, generator=g).bfloat16() for _ in range(2))
+    fns = {
+        "mask_dot_cpu": lambda: mask_dot_cpu(y, dy, dim),
+        "op": lambda: torch.ops.shiftnas.ext_mask_dot.default(y, dy, dim),
+        "bare": lambda: k[5](y, dy, dim),
+    }
+    with torch.no_grad():
+        t = time_cpu(fns, warmup, repeats)
+    return {
+        "op": "mask_dot",
+        "y": list(shape),
+        "dim": dim,
+        "dtype": "bfloat16",
+        "us": {n: round(t.median(n) * 1e3, 1) for n in fns},
+        "op_minus_bare_us": _diff_us(t.ms["op"], t.ms["bare"]),
+        "mask_dot_cpu_minus_bare_us": _diff_us(t.ms["mask_dot_cpu"], t.ms["bare"]),
+        "foreign_cpu_load": t.foreign_cpu_load,
+    }
+
+
+def overhead(args, malloc_tuned: bool) -> int:
+    """--overhead: the op layer's cost per call over a plain autograd.Function and the bare kernels."""
+    dtype = getattr(torch, args.dtype)
+    k = _bare_kernels()
+    fns = _plain_functions(k)
+    doc = new_doc(
+        "cpu_ops_overhead",
+        op="shiftnas.ops.layer_norm_ext.layer_norm_cpu / dwconv_ext.dwconv_cpu: the registered shiftnas::ext_* ops",
+        fn="a plain single-output torch.autograd.Function around the bare kernels",
+        bare_kernels=k[0],
+        malloc_tuned=malloc_tuned,
+        dtype=args.dtype,
+        repeats=args.repeats,
+        warmup=args.warmup,
+    )
+    rows = []
+    print(
+        f"{'case':<34} | {'op':>8} {'fn':>8} {'bare':>8} {'op-fn':>7} {'op/fn':>6} | fwd: {'op':>7} {'bare':>7} {'op-bare':>7} | load  (us, median)"
+    )
+    for case in OVERHEAD_LN + OVERHEAD_DW:
+        if len(case) == 4:
+            r = _overhead_ln(case, k, fns, dtype, args.repeats, args.warmup)
+            label = f"layer_norm x{r['x']} act {r['active']}"
+        else:
+            r = _overhead_dw(case, k, fns, dtype, args.repeats, args.warmup)
+            label = f"dwconv x{r['x']} k{r['k']} s{r['stride']}"
+        rows.append(r)
+        fb, f = r["fwd_bwd_us"], r["fwd_us"]
+        print(
+            f"{label:<34} | {fb['op']:>8.1f} {fb['fn']:>8.1f} {fb['bare']:>8.1f} {r['fwd_bwd_op_minus_fn_us']:>7.1f} "
+            f"{r['fwd_bwd_op_over_fn']:>6.3f} | {f['op']:>11.1f} {f['bare']:>7.1f} {r['fwd_op_minus_bare_us']:>7.1f} | "
+            f"{r['foreign_cpu_load']}",
+            flush=True,
+        )
+    for case in OVERHEAD_MASK_DOT:
+        r = _overhead_mask_dot(case, k, args.repeats, args.warmup)
+        rows.append(r)
+        print(
+            f"mask_dot y{r['y']} dim {r['dim']} bf16: {r['us']}, op - bare {r['op_minus_bare_us']} us, "
+            f"mask_dot_cpu - bare {r['mask_dot_cpu_minus_bare_us']} us | {r['foreign_cpu_load']}",
+            flush=True,
+        )
+    doc["results"] = rows
+    write_result(args.out, doc, indent=2)
+    print(f"wrote {args.out}")
+    return 0
+
+
 def _wait_quiet(max_load: float, timeout_s: float) -> float | None:
     """Wait (up to timeout_s) for a 1-s window in which other processes use <= max_load CPUs."""
     deadline = time.monotonic() + timeout_s
@@ -157,21 +442,32 @@ def main() -> int:
     ap.add_argument(
         "--quiet-timeout", type=float, default=60.0, help="seconds to wait for a quiet machine"
     )
+    ap.add_argument(
+        "--overhead",
+        action="store_true",
+        help="the op layer's cost per call over a plain autograd.Function and the bare kernels",
+    )
     add_malloc_tuning_arg(ap)
-    ap.add_argument("--out", type=Path, default=RESULTS_DIR / "cpu_ops.json")
+    ap.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="default bench/results/cpu_ops.json (--overhead: cpu_ops_overhead.json)",
+    )
     args = ap.parse_args()
     if args.repeats < 10:
         ap.error("--repeats must be >= 10")
+    if args.out is None:
+        args.out = RESULTS_DIR / ("cpu_ops_overhead.json" if args.overhead else "cpu_ops.json")
 
     C = _ext.load()
-    if C is None or not hasattr(C, "elastic_dwconv_forward"):
-        print(
-            _ext.unavailable_reason() or "shiftnas._C predates these ops: rebuild it",
-            file=sys.stderr,
-        )
+    if C is None:
+        print(_ext.unavailable_reason(), file=sys.stderr)
         return 1
     torch.set_num_threads(args.threads)
     malloc_tuned = tune_malloc() if args.malloc_tuning else False
+    if args.overhead:
+        return overhead(args, malloc_tuned)
     dtype = getattr(torch, args.dtype)
 
     result = new_doc(
