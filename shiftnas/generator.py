@@ -76,10 +76,9 @@ def _vm(v: np.ndarray, w: np.ndarray) -> np.ndarray:
 
 
 def _mm(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """a @ b for two matrices, by torch (its own threads, not numpy's BLAS), in float32 even
-    under a CPU autocast."""
-    with torch.autocast("cpu", enabled=False):
-        return (torch.from_numpy(a) @ torch.from_numpy(b)).numpy()
+    """a @ b for two matrices, by torch (its own threads, not numpy's BLAS); float32 (the
+    backward that calls it turns a CPU autocast off)."""
+    return (torch.from_numpy(a) @ torch.from_numpy(b)).numpy()
 
 
 def _gumbel_noise(n: int, rng: torch.Generator | None, device) -> np.ndarray:
@@ -137,7 +136,8 @@ class _Decode(torch.autograd.Function):
     def backward(ctx, *d_onehots):
         (bin_vec,) = ctx.saved_tensors
         need_bin, need_target = ctx.needs_input_grad[5:7]
-        d_bin, d_target, grads = ctx.gen._backward(ctx.trace, d_onehots, ctx.tau, bin_vec, need_bin, need_target)
+        with torch.autocast("cpu", enabled=False):  # its products (`_mm`) in float32
+            d_bin, d_target, grads = ctx.gen._backward(ctx.trace, d_onehots, ctx.tau, bin_vec, need_bin, need_target)
         return (None, None, None, None, None, d_bin, d_target, *grads)
 
 
