@@ -13,8 +13,8 @@ sum over (B, N, d) of dO * O_unmasked, zero for heads that were not computed.
 Layering (Triton tutorial 06-fused-attention): `@triton.jit` kernels -> launchers (checks,
 allocation, grid) -> custom ops `shiftnas::elastic_attention` / `..._backward` (+ fake impls,
 so torch.compile traces them; autograd through `torch.library.register_autograd`) ->
-`elastic_attention`, `elastic_attention_masked`; `attention_ref` is
-the pure-PyTorch definition they must match.
+`elastic_attention`, `elastic_attention_masked`. The pure-PyTorch definitions they must match:
+`shiftnas.ops.ref.attention` and `shiftnas.ops.ref.attention_heads`.
 
 References: Dao, "FlashAttention-2" (arXiv:2307.08691), Algorithms 1 and 2; Triton tutorial
 06-fused-attention.
@@ -26,13 +26,11 @@ import torch
 import triton
 import triton.language as tl
 
-from . import _ref as ref
 from ._common import KERNEL_DTYPES, dot_precision
 
 __all__ = [
     "DTYPES",
     "HEAD_DIMS",
-    "attention_ref",
     "elastic_attention",
     "elastic_attention_masked",
 ]
@@ -538,20 +536,3 @@ def elastic_attention_masked(
         _check_inputs(q, k, v, head_mask, num_heads)  # raises the ValueError
     return torch.ops.shiftnas.elastic_attention(q, k, v, head_mask, num_heads)[0]
 
-
-def attention_ref(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    head_mask: torch.Tensor | None = None,
-    num_heads: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """The definition: `ref.attention` (SDPA) * head_mask[:H]; heads >= num_heads give 0."""
-    o = ref.attention(q, k, v)
-    H = q.shape[1]
-    if num_heads is not None:
-        keep = torch.arange(H, device=q.device) < num_heads.reshape(())
-        o = o * keep.view(1, H, 1, 1).to(o.dtype)
-    if head_mask is not None:
-        o = o * head_mask[:H].view(1, H, 1, 1).to(o.dtype)
-    return o

@@ -13,8 +13,9 @@ its gradient, sum_{b,h,w} dY * Y_unmasked, is returned for the computed channels
 
 Layering (Triton tutorials / Liger): `@triton.jit` kernels -> launchers (checks, allocation,
 grid) -> custom ops `shiftnas::elastic_dwconv{,_backward}` (+ fake impls for tracing; autograd
-through `torch.library.register_autograd`) -> `elastic_dwconv` / `elastic_dwconv_masked`; `dwconv_ref` is the
-PyTorch definition the tests hold the kernels to.
+through `torch.library.register_autograd`) -> `elastic_dwconv` / `elastic_dwconv_masked`. The
+PyTorch definitions the tests hold them to: `shiftnas.ops.ref.dwconv` (padding k // 2) and
+`shiftnas.ops.ref.dwconv_masked`.
 """
 from __future__ import annotations
 
@@ -22,14 +23,12 @@ import torch
 import triton
 import triton.language as tl
 
-from . import _ref as ref
 from ._common import KERNEL_DTYPES, check_width, interpret_mode
 
 __all__ = [
     "KERNEL_SIZES",
     "MAX_BATCH",
     "STRIDES",
-    "dwconv_ref",
     "elastic_dwconv",
     "elastic_dwconv_masked",
 ]
@@ -533,14 +532,3 @@ def elastic_dwconv_masked(
     """
     return torch.ops.shiftnas.elastic_dwconv(x, weight, bias, stride, active, mask)
 
-
-def dwconv_ref(x, weight, bias=None, stride: int = 1, active=None, mask=None):
-    """PyTorch definition of both variants (`ref.dwconv`, padding k // 2, then active/mask)."""
-    C = x.shape[1]
-    y = ref.dwconv(x, weight, bias, stride, weight.shape[-1] // 2)
-    if active is not None:
-        live = torch.arange(C, device=x.device) < active.reshape(())
-        y = y * live.to(y.dtype).view(1, C, 1, 1)
-    if mask is not None:
-        y = y * mask[:C].to(y.dtype).view(1, C, 1, 1)
-    return y

@@ -7,8 +7,8 @@ the input dtype; weight and bias may be fp32 master parameters under fp16/bf16 a
 (read as fp32, no cast copy).
 
 Layering: `@triton.jit` kernels -> `layer_norm_forward` / `layer_norm_backward` (checks,
-allocation, grid) -> `torch.library.custom_op` with autograd -> `layer_norm`;
-`layer_norm_ref` is the pure-PyTorch twin.
+allocation, grid) -> `torch.library.custom_op` with autograd -> `layer_norm`; its pure-PyTorch
+definition is `shiftnas.ops.ref.layer_norm`.
 """
 from __future__ import annotations
 
@@ -16,7 +16,6 @@ import torch
 import triton
 import triton.language as tl
 
-from . import _ref as ref
 from ._common import (
     KERNEL_DTYPES,
     check_device,
@@ -26,7 +25,7 @@ from ._common import (
     partial_programs,
 )
 
-__all__ = ["MAX_ACTIVE", "layer_norm", "layer_norm_backward", "layer_norm_forward", "layer_norm_ref"]
+__all__ = ["MAX_ACTIVE", "layer_norm", "layer_norm_backward", "layer_norm_forward"]
 
 # One row is one tile (no loop over channels): past 64 KiB per row the tile spills registers.
 # The same bound as Liger-Kernel's MAX_FUSED_SIZE; ViT widths are far below it.
@@ -287,8 +286,4 @@ def layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, active
     """LayerNorm over the first `active` channels of x (x may be wider); output width `active`."""
     y, _, _ = torch.ops.shiftnas.elastic_layer_norm(x, weight, bias, active, eps)
     return y
-
-
-def layer_norm_ref(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, active: int, eps: float = 1e-5) -> torch.Tensor:
-    return ref.layer_norm(x, weight, bias, active, eps)
 

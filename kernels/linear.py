@@ -13,7 +13,8 @@ generator (docs/method.md Eq. 9).
 
 Layering: `@triton.jit` kernels -> launchers (`_matmul`, `_act_backward`, `linear_forward`,
 `linear_backward`; checks, allocation, grid) -> `torch.library.custom_op` with autograd ->
-`linear` / `linear_masked`; `linear_ref` / `linear_masked_ref` are the pure-PyTorch twins.
+`linear` / `linear_masked`; their pure-PyTorch definitions are `shiftnas.ops.ref.linear` /
+`shiftnas.ops.ref.linear_masked`.
 """
 from __future__ import annotations
 
@@ -23,7 +24,6 @@ import torch
 import triton
 import triton.language as tl
 
-from . import _ref as ref
 from ._common import (
     KERNEL_DTYPES,
     check_device,
@@ -41,7 +41,7 @@ from ._common import (
     prune_matmul_configs,
 )
 
-__all__ = ["linear", "linear_backward", "linear_forward", "linear_masked", "linear_masked_ref", "linear_ref"]
+__all__ = ["linear", "linear_backward", "linear_forward", "linear_masked"]
 
 _ACTIVATIONS = {None: 0, "gelu": 1}
 
@@ -518,25 +518,3 @@ def linear_masked(x, weight, bias, out_features: int, activation: str | None = N
     )
     return y
 
-
-def linear_ref(x, weight, bias, out_features: int, activation: str | None = None) -> torch.Tensor:
-    return ref.linear(x, weight, bias, out_features, activation)
-
-
-def _prefix(width: torch.Tensor | None, n: int, like: torch.Tensor) -> torch.Tensor | None:
-    if width is None:
-        return None
-    return (torch.arange(n, device=like.device) < width.reshape(())).to(like.dtype)
-
-
-def linear_masked_ref(x, weight, bias, out_features: int, activation: str | None = None, *,
-                      out_width=None, in_width=None, mask=None) -> torch.Tensor:
-    """Pure-PyTorch `linear_masked`: full width, then the prefix masks multiply."""
-    keep_in = _prefix(in_width, x.shape[-1], x)
-    if keep_in is not None:
-        x = x * keep_in
-    y = ref.linear(x, weight, bias, out_features, activation)
-    if mask is not None:
-        y = y * mask
-    keep_out = _prefix(out_width, out_features, y)
-    return y if keep_out is None else y * keep_out

@@ -11,6 +11,8 @@ recomputes h inside the d(W2) matmul (a GELU prologue on its B tiles), so the op
 
 The masked variant takes the hidden width as a device tensor: fc1's tiles past it are
 skipped, and fc2's reduction stops at it.
+
+The pure-PyTorch definitions: `shiftnas.ops.ref.mlp` and `shiftnas.ops.ref.mlp_masked`.
 """
 from __future__ import annotations
 
@@ -18,11 +20,10 @@ import math
 
 import torch
 
-from . import _ref as ref
 from ._common import KERNEL_DTYPES, check_device, check_width, fake_grad, fill_empty, needs_grad
-from .linear import _act_backward, _matmul, linear_backward, linear_forward, linear_masked_ref
+from .linear import _act_backward, _matmul, linear_backward, linear_forward
 
-__all__ = ["mlp", "mlp_backward", "mlp_forward", "mlp_masked", "mlp_masked_ref", "mlp_ref"]
+__all__ = ["mlp", "mlp_backward", "mlp_forward", "mlp_masked"]
 
 
 def _check_mlp(x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, hidden, hidden_width, hidden_mask) -> None:
@@ -213,15 +214,3 @@ def mlp_masked(x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, hidden: int, *,
     )
     return y
 
-
-def mlp_ref(x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, hidden: int, hidden_mask=None) -> torch.Tensor:
-    h = ref.linear(x, fc1_weight, fc1_bias, hidden, "gelu")
-    if hidden_mask is not None:
-        h = h * hidden_mask
-    return ref.linear(h, fc2_weight, fc2_bias, x.shape[-1])
-
-
-def mlp_masked_ref(x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, hidden: int, *, hidden_width=None,
-                   hidden_mask=None) -> torch.Tensor:
-    h = linear_masked_ref(x, fc1_weight, fc1_bias, hidden, "gelu", out_width=hidden_width, mask=hidden_mask)
-    return linear_masked_ref(h, fc2_weight, fc2_bias, x.shape[-1], in_width=hidden_width)

@@ -1,8 +1,8 @@
 """Pure-PyTorch reference of every elastic op: the definition the other backends must match.
 
-`linear`, `layer_norm`, `attention` and `dwconv` are defined in `shiftnas.kernels._ref` (the
-Triton kernels, a leaf package that never imports shiftnas, are tested against them) and imported
-here: this module stays the one place the rest of the package takes its references from.
+Every reference is defined here, once: the `ref` backend serves these functions, and the tests of
+the other backends compare with them. The Triton kernels (`shiftnas.kernels`, a leaf package that
+never imports shiftnas) have no references of their own; their tests import this module.
 
 Each op reads the *active prefix* of max-size parameters: slicing a leading prefix gives a
 strided view (no copy), and BLAS takes the leading dimension as is.
@@ -14,17 +14,53 @@ gradient: `mask_tap` returns y itself (a view: no multiply, no copy) and, in the
 dy through and gives the mask sum(y * dy) over the non-channel dims (`mask_dot`, dispatched: the
 cpu backend has a kernel without the [y]-sized product), what `mask_mul` gives it.
 The ops that take a mask (`mlp`, `attention_masked`, `attention_relpos`) take `tap` to choose.
+
+The Triton kernels' masked variants (`shiftnas.kernels`: the active width a *device* tensor, never
+read on the host; outputs keep their allocated width, zero past it) are defined here too, for
+their tests: `linear_masked`, `mlp_masked`, `attention_heads`, `dwconv_masked`. No backend
+dispatches them.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-from ..kernels._ref import attention, dwconv, layer_norm, linear
 from . import dispatch
 
-__all__ = ["apply_mask", "attention", "attention_masked", "attention_relpos", "batch_norm", "conv2d", "dwconv",
-           "layer_norm", "linear", "mask_dot", "mask_mul", "mask_tap", "mlp"]
+__all__ = ["apply_mask", "attention", "attention_heads", "attention_masked", "attention_relpos",
+           "batch_norm", "conv2d", "dwconv", "dwconv_masked", "layer_norm", "linear", "linear_masked",
+           "mask_dot", "mask_mul", "mask_tap", "mlp", "mlp_masked"]
+
+
+def linear(x, weight, bias, out_features: int, activation: str | None = None):
+    """y = act(x @ W[:out, :in]^T + b[:out]) with in = x.shape[-1]."""
+    w = weight[:out_features, : x.shape[-1]]
+    y = F.linear(x, w, None if bias is None else bias[:out_features])
+    if activation == "gelu":
+        y = F.gelu(y)
+    elif activation is not None:
+        raise ValueError(f"activation={activation!r}; allowed: None, 'gelu'")
+    return y
+
+
+def layer_norm(x, weight, bias, active: int, eps: float):
+    """LayerNorm over the first `active` channels of x (x may be wider); output width `active`."""
+    if x.shape[-1] != active:
+        x = x[..., :active]
+    return F.layer_norm(x, (active,), weight[:active], bias[:active], eps)
+
+
+def attention(q, k, v):
+    """softmax(q k^T / sqrt(d)) v over [B, heads, N, d] tensors (fused SDPA)."""
+    return F.scaled_dot_product_attention(q, k, v)
+
+
+def dwconv(x, weight, bias, stride: int, padding: int):
+    """Depthwise conv of x [B, C, H, W] with the first C channels of `weight` [Cmax, 1, k, k]
+    (already cropped / transformed to the active kernel) and of `bias`."""
+    c = x.shape[1]
+    b = None if bias is None else bias[:c]
+    return F.conv2d(x, weight[:c], b, stride, padding, 1, c)
 
 
 def _mask_shape(y: torch.Tensor, mask: torch.Tensor, dim: int | None) -> list[int] | None:
@@ -135,6 +171,65 @@ def attention_relpos(q, k, v, k_tables, v_tables, index, head_mask=None, tap: bo
     if head_mask is not None:
         o = apply_mask(o, head_mask[: q.shape[1]], 1, tap)
     return o
+
+
+
+# --------------------------------------------------------------- the Triton kernels' masked variants
+def _prefix(width: torch.Tensor, n: int, like: torch.Tensor) -> torch.Tensor:
+    """[n] in like's dtype: 1 for the first `width` entries (a 0-d or 1-element int tensor; any
+    value, clamped to [0, n]), 0 past them."""
+    return (torch.arange(n, device=like.device) < width.reshape(())).to(like.dtype)
+
+
+def linear_masked(x, weight, bias, out_features: int, activation: str | None = None, *,
+                  out_width: torch.Tensor | None = None, in_width: torch.Tensor | None = None,
+                  mask: torch.Tensor | None = None) -> torch.Tensor:
+    """`shiftnas.kernels.linear.linear_masked`: y[..., n] = mask[n] * act(x[..., :in_width] @
+    W[n, :in_width] + b[n]) for n < out_width, 0 for n >= out_width; output width `out_features`.
+
+    Computed at full width: `linear` on x with its columns past `in_width` zeroed, then `mask`
+    (one entry per output channel) and the `out_width` prefix multiply (`mask_mul`), so every
+    gradient past a width is zero."""
+    if in_width is not None:
+        x = mask_mul(x, _prefix(in_width, x.shape[-1], x), -1)
+    y = linear(x, weight, bias, out_features, activation)
+    if mask is not None:
+        y = mask_mul(y, mask, -1)
+    return y if out_width is None else mask_mul(y, _prefix(out_width, out_features, y), -1)
+
+
+def mlp_masked(x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, hidden: int, *,
+               hidden_width: torch.Tensor | None = None,
+               hidden_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """`shiftnas.kernels.mlp.mlp_masked`: `mlp` (without `tap`) over `hidden` allocated hidden
+    channels of which the first `hidden_width` (a device tensor) are computed and the rest act as
+    zero: fc1 (GELU, times `hidden_mask`) to width `hidden_width`, fc2 reading that prefix
+    (`linear_masked`)."""
+    h = linear_masked(x, fc1_weight, fc1_bias, hidden, "gelu", out_width=hidden_width,
+                      mask=hidden_mask)
+    return linear_masked(h, fc2_weight, fc2_bias, x.shape[-1], in_width=hidden_width)
+
+
+def attention_heads(q, k, v, head_mask: torch.Tensor | None = None,
+                    num_heads: torch.Tensor | None = None) -> torch.Tensor:
+    """`shiftnas.kernels.attention.elastic_attention_masked`: `attention_masked` (without `tap`;
+    `attention` when no mask is given) over [B, heads, N, d] tensors, with the output of heads
+    >= num_heads (a device int tensor) zero."""
+    o = attention(q, k, v) if head_mask is None else attention_masked(q, k, v, head_mask)
+    return o if num_heads is None else mask_mul(o, _prefix(num_heads, q.shape[1], o), 1)
+
+
+def dwconv_masked(x, weight, bias=None, stride: int = 1, active: torch.Tensor | None = None,
+                  mask: torch.Tensor | None = None) -> torch.Tensor:
+    """`shiftnas.kernels.dwconv.elastic_dwconv_masked`: `dwconv` with padding k // 2 (k =
+    weight.shape[-1]), the output channels >= `active` (a device int tensor) zero, then times the
+    per-channel `mask` (its first C entries, C = x.shape[1]). Without `active` and `mask`:
+    `elastic_dwconv`."""
+    c = x.shape[1]
+    y = dwconv(x, weight, bias, stride, weight.shape[-1] // 2)
+    if active is not None:
+        y = mask_mul(y, _prefix(active, c, y), 1)
+    return y if mask is None else mask_mul(y, mask[:c], 1)
 
 
 def conv2d(x, weight, bias, out_channels: int, stride: int, padding: int, groups: int = 1):

@@ -1,4 +1,5 @@
-"""Triton elastic attention (kernels/attention.py) against the SDPA reference, forward and backward.
+"""Triton elastic attention (kernels/attention.py) against the SDPA reference, forward and backward:
+`shiftnas.ops.ref.attention_heads` (`ref.attention`, or `ref.attention_masked` and a head count).
 
 Without a GPU the kernels run in the Triton interpreter on CPU tensors (tests/conftest.py sets
 TRITON_INTERPRET=1 before this module imports them); shapes stay small because it is slow.
@@ -9,11 +10,12 @@ the interpreter's tl.dot is wrong for bf16.
 import pytest
 import torch
 from shiftnas.kernels.attention import (
-    attention_ref,
     elastic_attention,
     elastic_attention_masked,
 )
 from tolerance import assert_within_2x_torch, ref_scale
+
+from shiftnas.ops.ref import attention_heads
 
 CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if CUDA else "cpu"
@@ -55,10 +57,10 @@ def _compare(names, got, same, ref, atol):
 
 def _check_against_ref(fn, q, k, v, do, dtype, head_mask=None, num_heads=None):
     got = _outputs(fn, q, k, v, do, head_mask, num_heads)
-    same = _outputs(attention_ref, q, k, v, do, head_mask, num_heads)
+    same = _outputs(attention_heads, q, k, v, do, head_mask, num_heads)
     d64 = [t.double() for t in (q, k, v, do)]
     mask64 = None if head_mask is None else head_mask.double()
-    ref = _outputs(attention_ref, *d64, mask64, num_heads)
+    ref = _outputs(attention_heads, *d64, mask64, num_heads)
     names = ["o", "dq", "dk", "dv", "d_head_mask"]
     _compare(names, got, same, ref, ATOL[dtype])
     return got

@@ -1,4 +1,6 @@
-"""Triton elastic depthwise conv (kernels/dwconv.py) against PyTorch, forward and backward.
+"""Triton elastic depthwise conv (kernels/dwconv.py) against PyTorch, forward and backward: the
+reference is `shiftnas.ops.ref.dwconv_masked` (`ref.dwconv` with padding k // 2; without `active`
+and `mask`, the plain `elastic_dwconv`'s).
 
 Tolerance rule (docs/design.md, "Kernel tests"): |kernel - ref| <= 2 * |torch same dtype - ref|
 + small atol, max over elements, where ref is F.conv2d in float64 on the same (rounded) inputs.
@@ -9,6 +11,7 @@ import pytest
 import torch
 from tolerance import assert_within_2x_torch, ref_scale
 
+from shiftnas.ops import ref as R
 from shiftnas.ops.conv import ElasticDWConv2d
 
 pytest.importorskip("triton")
@@ -66,10 +69,10 @@ def _compare(B, C, H, k, stride, dtype, active=None, masked=False):
     gy = torch.randn(B, C, OH, OH, generator=torch.Generator().manual_seed(1)).to(DEVICE, dtype)
     if masked:
         kernel = lambda x, w, b, s, m: dwconv.elastic_dwconv_masked(x, w, b, s, active, m)
-        ref = lambda x, w, b, s, m: dwconv.dwconv_ref(x, w, b, s, active, m)
+        ref = lambda x, w, b, s, m: R.dwconv_masked(x, w, b, s, active, m)
         tensors = [x, w, b, m]
     else:
-        kernel, ref, tensors = dwconv.elastic_dwconv, dwconv.dwconv_ref, [x, w, b]
+        kernel, ref, tensors = dwconv.elastic_dwconv, R.dwconv_masked, [x, w, b]
     y, gk = _run(kernel, tensors, gy, stride)
     y_same, gs = _run(ref, tensors, gy, stride)
     y_ref, gr = _run(ref, [t.double() for t in tensors], gy.double(), stride)
@@ -133,7 +136,7 @@ def test_masked_without_mask_and_int32_active():
     x, w, _, _ = _inputs(2, 24, 14, 5, torch.float32)
     active = torch.tensor([10], dtype=torch.int32, device=DEVICE)
     y = dwconv.elastic_dwconv_masked(x, w, None, 1, active)
-    torch.testing.assert_close(y, dwconv.dwconv_ref(x, w, None, 1, active), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(y, R.dwconv_masked(x, w, None, 1, active), atol=1e-5, rtol=1e-5)
     assert not y[:, 10:].any()
 
 
@@ -144,7 +147,7 @@ def test_mixed_dtypes_follow_each_tensor():
     w.requires_grad_()
     y = dwconv.elastic_dwconv(x16, w, b, 1)
     assert y.dtype == torch.float16
-    yr = dwconv.dwconv_ref(x16.detach().float().requires_grad_(), w, b, 1)
+    yr = R.dwconv_masked(x16.detach().float().requires_grad_(), w, b, 1)
     torch.testing.assert_close(y.float(), yr, atol=2e-3, rtol=1e-3)
     gx, gw = torch.autograd.grad(y, (x16, w), torch.ones_like(y))
     assert gx.dtype == torch.float16 and gw.dtype == torch.float32
@@ -159,16 +162,16 @@ def test_weight_view_and_partial_grads():
     assert not w5.is_contiguous()
     w_k = w5.detach().requires_grad_()
     y = dwconv.elastic_dwconv(x, w_k, None, 2)
-    torch.testing.assert_close(y, dwconv.dwconv_ref(x, w5, None, 2), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(y, R.dwconv_masked(x, w5, None, 2), atol=1e-5, rtol=1e-5)
     gy = torch.randn_like(y)
     (gw,) = torch.autograd.grad(y, w_k, gy)  # weight only: grad_x is skipped
     w_r = w5.detach().requires_grad_()
-    (gw_ref,) = torch.autograd.grad(dwconv.dwconv_ref(x, w_r, None, 2), w_r, gy)
+    (gw_ref,) = torch.autograd.grad(R.dwconv_masked(x, w_r, None, 2), w_r, gy)
     torch.testing.assert_close(gw, gw_ref, atol=1e-4, rtol=1e-5)
     x_k = x.detach().requires_grad_()
     (gx,) = torch.autograd.grad(dwconv.elastic_dwconv(x_k, w5, b, 2), x_k, gy)  # x only
     x_r = x.detach().requires_grad_()
-    (gx_ref,) = torch.autograd.grad(dwconv.dwconv_ref(x_r, w5, b, 2), x_r, gy)
+    (gx_ref,) = torch.autograd.grad(R.dwconv_masked(x_r, w5, b, 2), x_r, gy)
     torch.testing.assert_close(gx, gx_ref, atol=1e-5, rtol=1e-5)
 
 
@@ -178,7 +181,7 @@ def test_elastic_dwconv2d_module_weights():
     mod = ElasticDWConv2d(16, (3, 5, 7), stride=1).to(DEVICE)
     x = torch.randn(2, 11, 9, 9, device=DEVICE)
     grads = []
-    for fn in (dwconv.elastic_dwconv, dwconv.dwconv_ref):
+    for fn in (dwconv.elastic_dwconv, R.dwconv_masked):
         mod.zero_grad()
         fn(x, mod.active_weight(3, 11), None, 1).square().sum().backward()
         grads.append([p.grad.clone() for p in (mod.weight, mod.transform_7to5, mod.transform_5to3)])
@@ -227,7 +230,7 @@ def test_custom_op_registration():
     )
     y = torch.ops.shiftnas.elastic_dwconv(*args)  # differentiable when called directly
     gx, gm = torch.autograd.grad(y.sum(), (x, m))
-    yr = dwconv.dwconv_ref(*args)
+    yr = R.dwconv_masked(*args)
     gx_r, gm_r = torch.autograd.grad(yr.sum(), (x, m))
     torch.testing.assert_close((gx, gm), (gx_r, gm_r), atol=1e-4, rtol=1e-5)
     with torch._subclasses.fake_tensor.FakeTensorMode():

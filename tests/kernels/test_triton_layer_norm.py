@@ -1,4 +1,4 @@
-"""Triton elastic LayerNorm (`shiftnas.kernels.layer_norm`) against `ref.layer_norm`.
+"""Triton elastic LayerNorm (`shiftnas.kernels.layer_norm`) against `shiftnas.ops.ref.layer_norm`.
 
 On CUDA, or in Triton's interpreter on CPU tensors (tests/kernel_env.py). Tolerance: the 2x rule
 with a slack relative to the output scale (tests/tolerance.py, `assert_within_2x_torch_scaled`).
@@ -13,6 +13,8 @@ from tolerance import KERNEL_REL_ATOL, assert_within_2x_torch_scaled
 require_triton()
 
 from shiftnas.kernels import layer_norm as K
+
+from shiftnas.ops import ref as R
 
 ATOL = KERNEL_REL_ATOL  # x output scale
 EPS = 1e-5
@@ -45,8 +47,8 @@ def test_layer_norm_matches_ref(shape, dtype):
         return lambda x, w, b: fn(x, w, b, active, EPS)
 
     kernel = run_with_grads(op(K.layer_norm), (x, w, b), gy)
-    same = run_with_grads(op(K.layer_norm_ref), (x, w, b), gy, device="cpu")
-    ref = run_with_grads(op(K.layer_norm_ref), (x, w, b), gy, torch.float64, "cpu")
+    same = run_with_grads(op(R.layer_norm), (x, w, b), gy, device="cpu")
+    ref = run_with_grads(op(R.layer_norm), (x, w, b), gy, torch.float64, "cpu")
     assert_within_2x_torch_scaled("y", kernel[0], same[0], ref[0], ATOL[dtype])
     for name, a, s, r in zip(("dx", "dweight", "dbias"), kernel[1], same[1], ref[1]):
         assert_within_2x_torch_scaled(name, a, s, r, ATOL[dtype])
@@ -64,8 +66,8 @@ def test_layer_norm_fp32_params_under_fp16_activations():
     gy = torch.randn(rows, active).to(torch.float16)
     kernel = run_with_grads(lambda x, w, b: K.layer_norm(x, w, b, active, EPS), (x, w, b), gy)
     assert kernel[0].dtype == torch.float16 and kernel[1][1].dtype == torch.float32
-    same = run_with_grads(lambda x, w, b: K.layer_norm_ref(x, w, b, active, EPS), (x, w, b), gy, torch.float16, "cpu")
-    ref = run_with_grads(lambda x, w, b: K.layer_norm_ref(x, w, b, active, EPS), (x, w, b), gy, torch.float64, "cpu")
+    same = run_with_grads(lambda x, w, b: R.layer_norm(x, w, b, active, EPS), (x, w, b), gy, torch.float16, "cpu")
+    ref = run_with_grads(lambda x, w, b: R.layer_norm(x, w, b, active, EPS), (x, w, b), gy, torch.float64, "cpu")
     for name, a, s, r in zip(("y", "dx", "dweight", "dbias"), [kernel[0], *kernel[1]], [same[0], *same[1]], [ref[0], *ref[1]]):
         assert_within_2x_torch_scaled(name, a, s, r, ATOL[torch.float16])
 
@@ -78,7 +80,7 @@ def test_layer_norm_3d_input_and_no_weight_grad():
     assert y.shape == (2, 25, 200)
     (dx,) = torch.autograd.grad(y.square().sum(), x)
     xr = x.detach().double().requires_grad_(True)
-    yr = K.layer_norm_ref(xr, w.double(), b.double(), 200, EPS)
+    yr = R.layer_norm(xr, w.double(), b.double(), 200, EPS)
     (dxr,) = torch.autograd.grad(yr.square().sum(), xr)
     torch.testing.assert_close(y.double(), yr, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(dx.double(), dxr, rtol=1e-4, atol=1e-4)

@@ -1,4 +1,5 @@
-"""Triton elastic linear (`shiftnas.kernels.linear`) against `ref.linear`, forward and backward.
+"""Triton elastic linear (`shiftnas.kernels.linear`) against `shiftnas.ops.ref.linear` and
+`ref.linear_masked`, forward and backward.
 
 On CUDA, or in Triton's interpreter on CPU tensors (tests/kernel_env.py). Tolerance: the 2x rule
 with a slack relative to the output scale (tests/tolerance.py, `assert_within_2x_torch_scaled`).
@@ -13,6 +14,8 @@ from tolerance import KERNEL_REL_ATOL, assert_within_2x_torch_scaled
 require_triton()
 
 from shiftnas.kernels import linear as K
+
+from shiftnas.ops import ref as R
 
 ATOL = KERNEL_REL_ATOL  # x output scale
 
@@ -40,8 +43,8 @@ def test_linear_matches_ref(shape, dtype, activation):
     rows, k, kmax, n, nmax = shape
     x, w, b, gy = _params(rows, k, kmax, n, nmax, dtype)
     kernel = run_with_grads(lambda x, w, b: K.linear(x, w, b, n, activation), (x, w, b), gy)
-    same = run_with_grads(lambda x, w, b: K.linear_ref(x, w, b, n, activation), (x, w, b), gy, device="cpu")
-    ref = run_with_grads(lambda x, w, b: K.linear_ref(x, w, b, n, activation), (x, w, b), gy, torch.float64, "cpu")
+    same = run_with_grads(lambda x, w, b: R.linear(x, w, b, n, activation), (x, w, b), gy, device="cpu")
+    ref = run_with_grads(lambda x, w, b: R.linear(x, w, b, n, activation), (x, w, b), gy, torch.float64, "cpu")
     assert_within_2x_torch_scaled("y", kernel[0], same[0], ref[0], ATOL[dtype])
     for name, a, s, r in zip(("dx", "dweight", "dbias"), kernel[1], same[1], ref[1]):
         assert_within_2x_torch_scaled(name, a, s, r, ATOL[dtype])
@@ -55,7 +58,7 @@ def test_linear_no_bias_3d_input():
     x = x.reshape(2, 25, 192)
     gy = torch.randn(2, 25, 240)
     kernel = run_with_grads(lambda x, w: K.linear(x, w, None, 240, "gelu"), (x, w), gy)
-    ref = run_with_grads(lambda x, w: K.linear_ref(x, w, None, 240, "gelu"), (x, w), gy, torch.float64, "cpu")
+    ref = run_with_grads(lambda x, w: R.linear(x, w, None, 240, "gelu"), (x, w), gy, torch.float64, "cpu")
     assert kernel[0].shape == (2, 25, 240)
     torch.testing.assert_close(kernel[0].cpu().double(), ref[0], rtol=1e-4, atol=1e-5)
     for a, r in zip(kernel[1], ref[1]):
@@ -68,8 +71,8 @@ def test_linear_mixed_precision_fp32_weights():
     w, b = w.float(), b.float()
     kernel = run_with_grads(lambda x, w, b: K.linear(x, w, b, 192, "gelu"), (x, w, b), gy)
     assert kernel[0].dtype == torch.float16 and kernel[1][1].dtype == torch.float32
-    same = run_with_grads(lambda x, w, b: K.linear_ref(x, w, b, 192, "gelu"), (x, w, b), gy, torch.float16, "cpu")
-    ref = run_with_grads(lambda x, w, b: K.linear_ref(x, w, b, 192, "gelu"), (x, w, b), gy, torch.float64, "cpu")
+    same = run_with_grads(lambda x, w, b: R.linear(x, w, b, 192, "gelu"), (x, w, b), gy, torch.float16, "cpu")
+    ref = run_with_grads(lambda x, w, b: R.linear(x, w, b, 192, "gelu"), (x, w, b), gy, torch.float64, "cpu")
     for name, a, s, r in zip(("y", "dx", "dweight", "dbias"), [kernel[0], *kernel[1]], [same[0], *same[1]], [ref[0], *ref[1]]):
         assert_within_2x_torch_scaled(name, a, s, r, ATOL[torch.float16])
 
@@ -90,8 +93,8 @@ def test_masked_matches_ref(width, activation, dtype):
                     (x, w, b, mask), gy, dt, device)
 
     kernel = run(K.linear_masked, None, DEV)
-    same = run(K.linear_masked_ref, dtype, "cpu")
-    ref = run(K.linear_masked_ref, torch.float64, "cpu")
+    same = run(R.linear_masked, dtype, "cpu")
+    ref = run(R.linear_masked, torch.float64, "cpu")
     y = kernel[0]
     assert y.shape == (rows, n)
     assert not y[:, width:].any(), "output past out_width must be zero"
@@ -117,7 +120,7 @@ def test_masked_in_width_reads_only_the_prefix():
     x, w, b, gy = _params(50, 240, 240, 192, 200, torch.float32)
     iw = torch.tensor(100, device=DEV)
     kernel = run_with_grads(lambda x, w, b: K.linear_masked(x, w, b, 192, in_width=iw), (x, w, b), gy)
-    ref = run_with_grads(lambda x, w, b: K.linear_ref(x[:, :100], w, b, 192), (x, w, b), gy, torch.float64, "cpu")
+    ref = run_with_grads(lambda x, w, b: R.linear(x[:, :100], w, b, 192), (x, w, b), gy, torch.float64, "cpu")
     torch.testing.assert_close(kernel[0].cpu().double(), ref[0], rtol=1e-4, atol=1e-5)
     for a, r in zip(kernel[1], ref[1]):
         torch.testing.assert_close(a.cpu().double(), r, rtol=1e-4, atol=1e-5)

@@ -1,4 +1,5 @@
-"""Triton elastic MLP (`shiftnas.kernels.mlp`) against fc2(GELU(fc1(x)) * mask) on `ref.linear`.
+"""Triton elastic MLP (`shiftnas.kernels.mlp`) against `shiftnas.ops.ref.mlp` and `ref.mlp_masked`:
+fc2(GELU(fc1(x)) * mask) on `ref.linear`.
 
 On CUDA, or in Triton's interpreter on CPU tensors (tests/kernel_env.py). Tolerance: the 2x rule
 with a slack relative to the output scale (tests/tolerance.py, `assert_within_2x_torch_scaled`).
@@ -14,11 +15,13 @@ require_triton()
 
 from shiftnas.kernels import mlp as K
 
+from shiftnas.ops import ref as R
+
 ATOL = KERNEL_REL_ATOL  # x output scale
 NAMES = ("dx", "dfc1_weight", "dfc1_bias", "dfc2_weight", "dfc2_bias", "dhidden_mask")
 
 # (rows, embed, max embed, hidden, max hidden): ViT-ish odd widths; one 3000-wide hidden, few rows.
-# mlp_ref is ElasticMLP.forward on the ref ops: fc1(x, hidden, "gelu") * mask -> fc2(h, E).
+# ref.mlp is ElasticMLP.forward on the ref ops: fc1(x, hidden, "gelu") * mask -> fc2(h, E).
 SHAPES = [
     (50, 192, 216, 240, 256),
     (197, 216, 240, 192, 216),
@@ -48,8 +51,8 @@ def test_mlp_matches_ref(shape, dtype):
         return lambda x, w1, b1, w2, b2, m: fn(x, w1, b1, w2, b2, h, hidden_mask=m)
 
     kernel = run_with_grads(op(K.mlp), tensors, gy)
-    same = run_with_grads(op(K.mlp_ref), tensors, gy, dtype, "cpu")
-    ref = run_with_grads(op(K.mlp_ref), tensors, gy, torch.float64, "cpu")
+    same = run_with_grads(op(R.mlp), tensors, gy, dtype, "cpu")
+    ref = run_with_grads(op(R.mlp), tensors, gy, torch.float64, "cpu")
     assert_within_2x_torch_scaled("y", kernel[0], same[0], ref[0], ATOL[dtype])
     for name, a, s, r in zip(NAMES, kernel[1], same[1], ref[1]):
         assert_within_2x_torch_scaled(name, a, s, r, ATOL[dtype])
@@ -70,8 +73,8 @@ def test_mlp_masked_matches_ref(width, dtype):
         return lambda x, w1, b1, w2, b2, m: fn(x, w1, b1, w2, b2, h, hidden_width=hw, hidden_mask=m)
 
     kernel = run_with_grads(op(K.mlp_masked, DEV), tensors, gy)
-    same = run_with_grads(op(K.mlp_masked_ref, "cpu"), tensors, gy, dtype, "cpu")
-    ref = run_with_grads(op(K.mlp_masked_ref, "cpu"), tensors, gy, torch.float64, "cpu")
+    same = run_with_grads(op(R.mlp_masked, "cpu"), tensors, gy, dtype, "cpu")
+    ref = run_with_grads(op(R.mlp_masked, "cpu"), tensors, gy, torch.float64, "cpu")
     assert_within_2x_torch_scaled("y", kernel[0], same[0], ref[0], ATOL[dtype])
     for name, a, s, r in zip(NAMES, kernel[1], same[1], ref[1]):
         assert_within_2x_torch_scaled(name, a, s, r, ATOL[dtype])
