@@ -21,7 +21,8 @@ interleaved in one process (`harness.time_cpu`, median over ``--repeats``):
   * ``fn``   a plain single-output ``torch.autograd.Function`` around the bare kernels (what a
              model paid before the ops were registered), forward + backward,
   * ``bare`` the bare kernels' forward and backward calls, no autograd (the floor),
-and forward-only under no_grad (``op`` / ``bare``). ``op_minus_fn_us`` is the median of the
+and the forward alone on tensors that do not require grad (``op`` / ``bare``; no ``torch.no_grad()``
+block: entering one costs ~10 us, as much as the difference measured). ``op_minus_fn_us`` is the median of the
 per-repeat differences. The bare kernels are ``shiftnas._C``'s Python functions where it has
 them, else the ops called below autograd (``bare_kernels`` in the JSON says which). mask_dot
 (no autograd, as the mask tap's backward calls it): ``mask_dot_cpu``, the op, the bare kernel.
@@ -257,16 +258,12 @@ def _overhead_ln(case, k, fns, dtype, repeats, warmup):
     def bare_f():
         ln_fwd(x2, w, bias, active, 1e-5)
 
-    def op_f():
-        with torch.no_grad():
-            layer_norm_cpu(x, w, bias, active, 1e-5)
-
     fb = {
         "op": lambda: layer_norm_cpu(xr, wr, br, active, 1e-5).backward(gy),
         "fn": lambda: fns[0].apply(xr, wr, br, active, 1e-5).backward(gy),
         "bare": bare_fb,
     }
-    f = {"op": op_f, "bare": bare_f}
+    f = {"op": lambda: layer_norm_cpu(x, w, bias, active, 1e-5), "bare": bare_f}
     t_fb = time_cpu(fb, warmup, repeats, before=grad_none)
     t_f = time_cpu(f, warmup, repeats)
     return {
@@ -297,16 +294,12 @@ def _overhead_dw(case, k, fns, dtype, repeats, warmup):
         dw_fwd(x, w, None, s, p)
         dw_bwd(gy, x, w, s, p, 0, (True, True, False))
 
-    def op_f():
-        with torch.no_grad():
-            dwconv_cpu(x, w, None, s, p)
-
     fb = {
         "op": lambda: dwconv_cpu(xr, wr, None, s, p).backward(gy),
         "fn": lambda: fns[1].apply(xr, wr, None, s, p).backward(gy),
         "bare": bare_fb,
     }
-    f = {"op": op_f, "bare": lambda: dw_fwd(x, w, None, s, p)}
+    f = {"op": lambda: dwconv_cpu(x, w, None, s, p), "bare": lambda: dw_fwd(x, w, None, s, p)}
     t_fb = time_cpu(fb, warmup, repeats, before=grad_none)
     t_f = time_cpu(f, warmup, repeats)
     row = {"op": "dwconv", "x": [b, c, h, h], "Cmax": c + CMAX_EXTRA, "k": ks, "stride": s}

@@ -17,7 +17,7 @@
 // with zeros outside x.
 //
 // The implementation functions below assume their inputs were validated by
-// bindings.cpp (shapes, dtypes, devices). Layout preconditions:
+// ops.cpp (shapes, dtypes, devices). Layout preconditions:
 //   x:       4-D [B, C, H, W], contiguous (NCHW)
 //   grad_y:  4-D [B, C, Ho, Wo], contiguous, Ho/Wo as F.conv2d computes them
 //   weight:  4-D [Cmax, 1, k, k], contiguous, Cmax >= C, same dtype as x

@@ -7,7 +7,7 @@
 // kernels read the prefix in place and write the zero tail directly.
 //
 // The implementation functions below assume their inputs were validated by
-// bindings.cpp (shapes, dtypes, devices). Layout preconditions:
+// ops.cpp (shapes, dtypes, devices). Layout preconditions:
 //   x:       2-D [N, C], stride(1) == 1, stride(0) >= C (row padding allowed)
 //   grad_y:  2-D [N, active], stride(1) == 1, stride(0) >= active
 //   weight, bias: contiguous 1-D [Cmax], same dtype as x

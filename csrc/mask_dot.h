@@ -3,7 +3,7 @@
 // viewed as [outer, C, inner] (C = y.size(dim)), accumulated in fp32 and
 // without the [y]-sized y * dy temporary the reference's mul + sum makes.
 //
-// Preconditions (checked in bindings.cpp): y and dy contiguous, same shape,
+// Preconditions (checked in ops.cpp): y and dy contiguous, same shape,
 // both float32 or both bfloat16, CPU. Returns a float32 [C] tensor.
 #pragma once
 

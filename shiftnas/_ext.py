@@ -55,6 +55,15 @@ def load() -> ModuleType | None:
     return _module
 
 
+def require() -> ModuleType:
+    """The ``shiftnas._C`` module (loaded, so its ops are registered), or a RuntimeError saying why
+    it cannot be loaded."""
+    mod = load()
+    if mod is None:
+        raise RuntimeError(_error)
+    return mod
+
+
 def unavailable_reason() -> str | None:
     """Why :func:`load` returns None (including the import error), or None if it loads."""
     load()

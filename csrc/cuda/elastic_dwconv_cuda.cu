@@ -1,5 +1,5 @@
 // CUDA implementation of the elastic depthwise conv (see ../elastic_dwconv.h
-// for the contract; bindings.cpp has already validated shapes/dtypes/devices).
+// for the contract; ../ops.cpp has already validated shapes/dtypes/devices).
 //
 // Kept deliberately simple (direct convolution, no shared-memory tiling):
 //  * forward: one thread per output element, grid-stride; the kernel size is
@@ -25,7 +25,10 @@
 #include <algorithm>
 #include <climits>
 
+#include <torch/library.h>
+
 #include "../elastic_dwconv.h"
+#include "../ops.h"
 
 namespace shiftnas {
 namespace {
@@ -330,3 +333,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> elastic_dwconv_backward_cuda(
 }
 
 }  // namespace shiftnas
+
+// The CUDA kernels of shiftnas::ext_dwconv and ext_dwconv_backward (../ops.h; the ops are
+// defined, and their arguments checked, in ../ops.cpp).
+TORCH_LIBRARY_IMPL(shiftnas, CUDA, m) {
+  m.impl("ext_dwconv", [](const at::Tensor& x, const at::Tensor& weight,
+                          const std::optional<at::Tensor>& bias, int64_t stride, int64_t padding) {
+    return shiftnas::dwconv_op(x, weight, bias, stride, padding, true);
+  });
+  m.impl("ext_dwconv_backward",
+         [](const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& weight,
+            int64_t stride, int64_t padding, int64_t bias_size, std::array<bool, 3> output_mask) {
+           return shiftnas::dwconv_backward_op(grad_y, x, weight, stride, padding, bias_size,
+                                               output_mask, true);
+         });
+}

@@ -1,5 +1,5 @@
 // CUDA implementation of elastic LayerNorm (see ../elastic_layer_norm.h for
-// the contract; bindings.cpp has already validated shapes/dtypes/devices).
+// the contract; ../ops.cpp has already validated shapes/dtypes/devices).
 //
 // Kept deliberately simple:
 //  * forward and grad_x: one thread block per row (grid-stride over rows),
@@ -23,7 +23,10 @@
 #include <algorithm>
 #include <climits>
 
+#include <torch/library.h>
+
 #include "../elastic_layer_norm.h"
+#include "../ops.h"
 
 namespace shiftnas {
 namespace {
@@ -278,3 +281,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> elastic_layer_norm_backward_cuda(
 }
 
 }  // namespace shiftnas
+
+// The CUDA kernels of shiftnas::ext_layer_norm and ext_layer_norm_backward (../ops.h; the ops
+// are defined, and their arguments checked, in ../ops.cpp).
+TORCH_LIBRARY_IMPL(shiftnas, CUDA, m) {
+  m.impl("ext_layer_norm", [](const at::Tensor& x, const at::Tensor& weight,
+                              const at::Tensor& bias, int64_t active, double eps) {
+    return shiftnas::layer_norm_op(x, weight, bias, active, eps, true);
+  });
+  m.impl("ext_layer_norm_backward",
+         [](const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& weight,
+            const at::Tensor& mean, const at::Tensor& rstd, int64_t active) {
+           return shiftnas::layer_norm_backward_op(grad_y, x, weight, mean, rstd, active, true);
+         });
+}

@@ -5,9 +5,12 @@ Same semantics as `ref.conv2d` with groups = C = x.shape[1]:
 buffer (already cropped/transformed to the active kernel k), read in place; its gradient, and
 the bias gradient, come back full-size and zero past C, so autograd needs no slice_backward.
 
-The kernels are the custom ops ``shiftnas::ext_dwconv`` and ``shiftnas::ext_dwconv_backward``
-(fake implementations registered, autograd through `torch.library.register_autograd`), as the
-Triton ops in `shiftnas.kernels`; each picks ``shiftnas._C``'s CPU or CUDA function by device.
+The kernels are the operators ``shiftnas::ext_dwconv`` and ``shiftnas::ext_dwconv_backward``,
+defined in C++ (csrc/ops.cpp; schemas and contract in csrc/ops.h) and registered with the
+dispatcher when ``shiftnas._C`` is loaded: CPU kernels, CUDA kernels in a CUDA build, and the
+autograd (a ``torch::autograd::Function`` for the Autograd key; its backward asks
+``ext_dwconv_backward`` for just the gradients needed, ``output_mask``). Only their fake (meta)
+implementations are Python, registered here, so `torch.compile` traces the ops.
 """
 
 from __future__ import annotations
@@ -23,64 +26,31 @@ def _out_size(size: int, k: int, stride: int, padding: int) -> int:
     return (size + 2 * padding - k) // stride + 1
 
 
-@torch.library.custom_op("shiftnas::ext_dwconv", mutates_args=(), device_types=("cpu", "cuda"))
-def _ext_dwconv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride: int,
-                padding: int) -> torch.Tensor:
-    C = _ext.load()
-    fwd = C.elastic_dwconv_forward_cuda if x.is_cuda else C.elastic_dwconv_forward
-    return fwd(x, weight, bias, stride, padding)
-
-
-@_ext_dwconv.register_fake
-def _(x, weight, bias, stride, padding):
+def _fake_dwconv(x, weight, bias, stride, padding):
     k = weight.shape[-1]
     h, w = (_out_size(s, k, stride, padding) for s in x.shape[-2:])
     return x.new_empty((x.shape[0], x.shape[1], h, w))
 
 
-@torch.library.custom_op("shiftnas::ext_dwconv_backward", mutates_args=(), device_types=("cpu", "cuda"))
-def _ext_dwconv_backward(gy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, stride: int, padding: int,
-                         bias_size: int, need_x: bool, need_w: bool,
-                         need_b: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    C = _ext.load()
-    bwd = C.elastic_dwconv_backward_cuda if x.is_cuda else C.elastic_dwconv_backward
-    grads = bwd(gy, x, weight, stride, padding, bias_size, (need_x, need_w, need_b))
-    # a custom op returns no None (and no two outputs may alias): 0-element stand-ins
-    return tuple(g if g is not None else x.new_empty((0,)) for g in grads)
+def _fake_dwconv_backward(grad_y, x, weight, stride, padding, bias_size, output_mask):
+    need_x, need_w, need_b = output_mask
+    return (x.new_empty(x.shape) if need_x else None,
+            weight.new_empty(weight.shape) if need_w else None,
+            weight.new_empty((bias_size,)) if need_b else None)
 
 
-@_ext_dwconv_backward.register_fake
-def _(gy, x, weight, stride, padding, bias_size, need_x, need_w, need_b):
-    return (x.new_empty(x.shape) if need_x else x.new_empty((0,)),
-            weight.new_empty(weight.shape) if need_w else x.new_empty((0,)),
-            weight.new_empty((bias_size,)) if need_b else x.new_empty((0,)))
-
-
-def _setup_context(ctx, inputs, output):
-    x, weight, bias, stride, padding = inputs
-    ctx.save_for_backward(x, weight)
-    ctx.stride, ctx.padding = stride, padding
-    ctx.bias_size = 0 if bias is None else bias.shape[0]
-
-
-def _backward(ctx, gy):
-    x, weight = ctx.saved_tensors
-    need_x, need_w, need_b = ctx.needs_input_grad[:3]
-    need_b = need_b and ctx.bias_size > 0
-    if not (need_x or need_w or need_b):
-        return None, None, None, None, None
-    gx, gw, gb = torch.ops.shiftnas.ext_dwconv_backward(
-        gy.contiguous(), x, weight, ctx.stride, ctx.padding, ctx.bias_size, need_x, need_w, need_b)
-    return gx if need_x else None, gw if need_w else None, gb if need_b else None, None, None
-
-
-torch.library.register_autograd("shiftnas::ext_dwconv", _backward, setup_context=_setup_context)
+# shiftnas._C defines the ops when it is loaded (here, or a RuntimeError at the first call
+# when it cannot be); their fake implementations are these.
+if _ext.load() is not None:
+    torch.library.register_fake("shiftnas::ext_dwconv", _fake_dwconv)
+    torch.library.register_fake("shiftnas::ext_dwconv_backward", _fake_dwconv_backward)
 
 
 def _apply(x, weight, bias, stride: int, padding: int):
     if weight.dtype != x.dtype:  # mixed precision: the kernels take one dtype (fp32 accumulate)
         weight = weight.to(x.dtype)
         bias = None if bias is None else bias.to(x.dtype)
+    _ext.require()
     return torch.ops.shiftnas.ext_dwconv(x, weight, bias, int(stride), int(padding))
 
 

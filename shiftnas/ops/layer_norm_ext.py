@@ -3,10 +3,13 @@
 Same semantics as `ref.layer_norm`: normalise the first `active` channels of x (x may be
 wider), output width `active`; gradients of weight/bias are zero past `active`.
 
-The kernels are the custom ops ``shiftnas::ext_layer_norm`` and
-``shiftnas::ext_layer_norm_backward`` (fake implementations registered, so `torch.compile`
-traces them; autograd through `torch.library.register_autograd`): the style of the Triton ops
-in `shiftnas.kernels`. Each picks ``shiftnas._C``'s CPU or CUDA function by the input's device.
+The kernels are the operators ``shiftnas::ext_layer_norm`` and ``shiftnas::ext_layer_norm_backward``,
+defined in C++ (csrc/ops.cpp; schemas and contract in csrc/ops.h): ``shiftnas._C`` registers them
+with the dispatcher when it is loaded, with CPU kernels, CUDA kernels in a CUDA build, and the
+autograd (a ``torch::autograd::Function`` registered for the Autograd key, whose backward calls
+``ext_layer_norm_backward``). The dispatcher picks the kernel by the tensors' device. Only their
+fake (meta) implementations are Python, registered here (the schemas name this module with
+``m.set_python_module``), so `torch.compile` traces the ops and `torch.library.opcheck` passes.
 """
 from __future__ import annotations
 
@@ -21,56 +24,27 @@ def _stat_dtype(x: torch.Tensor) -> torch.dtype:
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
-@torch.library.custom_op("shiftnas::ext_layer_norm", mutates_args=(), device_types=("cpu", "cuda"))
-def _ext_layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, active: int,
-                    eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    C = _ext.load()
-    fwd = C.elastic_layer_norm_forward_cuda if x.is_cuda else C.elastic_layer_norm_forward
-    y, mean, rstd = fwd(x.reshape(-1, x.shape[-1]), weight, bias, active, eps)
-    return y.reshape(*x.shape[:-1], active), mean, rstd
-
-
-@_ext_layer_norm.register_fake
-def _(x, weight, bias, active, eps):
+def _fake_layer_norm(x, weight, bias, active, eps):
     rows = x.numel() // x.shape[-1]
     return (x.new_empty((*x.shape[:-1], active)), x.new_empty((rows,), dtype=_stat_dtype(x)),
             x.new_empty((rows,), dtype=_stat_dtype(x)))
 
 
-@torch.library.custom_op("shiftnas::ext_layer_norm_backward", mutates_args=(), device_types=("cpu", "cuda"))
-def _ext_layer_norm_backward(gy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, mean: torch.Tensor,
-                             rstd: torch.Tensor, active: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    C = _ext.load()
-    bwd = C.elastic_layer_norm_backward_cuda if x.is_cuda else C.elastic_layer_norm_backward
-    gx, gw, gb = bwd(gy.reshape(-1, active).contiguous(), x.reshape(-1, x.shape[-1]), weight, mean, rstd, active)
-    return gx.reshape(x.shape), gw, gb
-
-
-@_ext_layer_norm_backward.register_fake
-def _(gy, x, weight, mean, rstd, active):
+def _fake_layer_norm_backward(grad_y, x, weight, mean, rstd, active):
     return x.new_empty(x.shape), weight.new_empty(weight.shape), weight.new_empty(weight.shape)
 
 
-def _setup_context(ctx, inputs, output):
-    x, weight, _bias, active, _eps = inputs
-    _, mean, rstd = output
-    ctx.mark_non_differentiable(mean, rstd)
-    ctx.save_for_backward(x, weight, mean, rstd)
-    ctx.active = active
-
-
-def _backward(ctx, gy, _gmean, _grstd):
-    x, weight, mean, rstd = ctx.saved_tensors
-    gx, gw, gb = torch.ops.shiftnas.ext_layer_norm_backward(gy, x, weight, mean, rstd, ctx.active)
-    return gx, gw, gb, None, None
-
-
-torch.library.register_autograd("shiftnas::ext_layer_norm", _backward, setup_context=_setup_context)
+# shiftnas._C defines the ops when it is loaded (here, or a RuntimeError at the first call
+# when it cannot be); their fake implementations are these.
+if _ext.load() is not None:
+    torch.library.register_fake("shiftnas::ext_layer_norm", _fake_layer_norm)
+    torch.library.register_fake("shiftnas::ext_layer_norm_backward", _fake_layer_norm_backward)
 
 
 def _apply(x, weight, bias, active: int, eps: float):
     if weight.dtype != x.dtype:  # mixed precision: the kernels take one dtype (fp32 accumulate)
         weight, bias = weight.to(x.dtype), bias.to(x.dtype)
+    _ext.require()
     return torch.ops.shiftnas.ext_layer_norm(x, weight, bias, int(active), float(eps))[0]
 
 

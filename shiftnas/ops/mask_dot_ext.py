@@ -7,9 +7,10 @@ it returns fp32 [y.shape[dim]], the caller casts to the mask's dtype. The dispat
 contiguous float32 / bfloat16 CPU tensors of one dtype with a mask dim (`mask_dot_cpu_args`);
 the rest (a 0-d gate, strided or mixed-dtype tensors, float64, CUDA) runs on `ref.mask_dot`.
 
-The kernel is the custom op ``shiftnas::ext_mask_dot`` (fake implementation registered, autograd
-through `torch.library.register_autograd`: d y = out_grad * dy, d dy = out_grad * y along `dim`),
-as the other `_C` ops in this package.
+The kernel is the operator ``shiftnas::ext_mask_dot``, defined in C++ (csrc/ops.cpp) and registered
+with the dispatcher when ``shiftnas._C`` is loaded, with its CPU kernel and autograd (a
+``torch::autograd::Function``: d y = out_grad * dy, d dy = out_grad * y along `dim`); its fake
+(meta) implementation is registered here.
 """
 
 from __future__ import annotations
@@ -21,33 +22,14 @@ from .. import _ext
 __all__ = ["mask_dot_cpu", "mask_dot_cpu_args"]
 
 
-@torch.library.custom_op("shiftnas::ext_mask_dot", mutates_args=(), device_types=("cpu",))
-def _ext_mask_dot(y: torch.Tensor, dy: torch.Tensor, dim: int) -> torch.Tensor:
-    return _ext.load().mask_dot(y, dy, dim)
-
-
-@_ext_mask_dot.register_fake
-def _(y, dy, dim):
+def _fake_mask_dot(y, dy, dim):
     return y.new_empty((y.shape[dim],), dtype=torch.float32)
 
 
-def _setup_context(ctx, inputs, output):
-    y, dy, dim = inputs
-    ctx.save_for_backward(y, dy)
-    ctx.dim = dim
-
-
-def _backward(ctx, g):
-    y, dy = ctx.saved_tensors
-    shape = [1] * y.dim()
-    shape[ctx.dim] = -1
-    g = g.view(shape)
-    gy = (g * dy).to(y.dtype) if ctx.needs_input_grad[0] else None
-    gdy = (g * y).to(dy.dtype) if ctx.needs_input_grad[1] else None
-    return gy, gdy, None
-
-
-torch.library.register_autograd("shiftnas::ext_mask_dot", _backward, setup_context=_setup_context)
+# shiftnas._C defines the ops when it is loaded (here, or a RuntimeError at the first call
+# when it cannot be); their fake implementations are these.
+if _ext.load() is not None:
+    torch.library.register_fake("shiftnas::ext_mask_dot", _fake_mask_dot)
 
 
 def mask_dot_cpu_args(y, dy, dim) -> str | None:
@@ -68,6 +50,7 @@ def mask_dot_cpu(y: torch.Tensor, dy: torch.Tensor, dim: int) -> torch.Tensor:
     backward runs without grad mode): through the op the CNN supernet's taps took 2.75 ms a bf16
     step (1 thread, ~20 taps), calling the binding 1.78 ms."""
     dim = dim % y.dim()
+    _ext.require()
     if torch.compiler.is_compiling() or (torch.is_grad_enabled() and (y.requires_grad or dy.requires_grad)):
         return torch.ops.shiftnas.ext_mask_dot(y, dy, dim)
     return _ext.load().mask_dot(y, dy, dim)
