@@ -23,8 +23,8 @@ interleaved in one process (`harness.time_cpu`, median over ``--repeats``):
   * ``bare`` the bare kernels' forward and backward calls, no autograd (the floor),
 and the forward alone on tensors that do not require grad (``op`` / ``bare``; no ``torch.no_grad()``
 block: entering one costs ~10 us, as much as the difference measured). ``op_minus_fn_us`` is the median of the
-per-repeat differences. The bare kernels are ``shiftnas._C``'s Python functions where it has
-them, else the ops called below autograd (``bare_kernels`` in the JSON says which). mask_dot
+per-repeat differences. The bare kernels are the ops called on tensors that need no grad
+(``bare_kernels`` in the JSON; before the ops were C++, ``shiftnas._C``'s Python functions). mask_dot
 (no autograd, as the mask tap's backward calls it): ``mask_dot_cpu``, the op, the bare kernel.
 Writes ``bench/results/cpu_ops_overhead.json``.
 
@@ -130,35 +130,18 @@ OVERHEAD_MASK_DOT = (
 
 
 def _bare_kernels():
-    """The kernels without autograd: shiftnas._C's Python functions where it has them, else the
-    registered ops called below autograd. Returns (label, ln_fwd, ln_bwd, dw_fwd, dw_bwd, mask_dot)
-    with the functions' signatures (x 2-D for LayerNorm; output_mask a 3-tuple)."""
-    C = _ext.load()
-    if hasattr(C, "elastic_layer_norm_forward"):
-        return (
-            "shiftnas._C functions",
-            C.elastic_layer_norm_forward,
-            C.elastic_layer_norm_backward,
-            C.elastic_dwconv_forward,
-            C.elastic_dwconv_backward,
-            C.mask_dot,
-        )
+    """The kernels without autograd: the registered ops called directly on tensors that need no grad
+    (their C++ autograd kernel then goes straight to the CPU kernel; results recorded before
+    shiftnas._C lost its Python functions used those). Returns (label, ln_fwd, ln_bwd, dw_fwd,
+    dw_bwd, mask_dot)."""
     ops = torch.ops.shiftnas
-
-    def below(op):
-        def call(*args):
-            with torch._C._AutoDispatchBelowAutograd():
-                return op(*args)
-
-        return call
-
     return (
-        "ops below autograd",
-        below(ops.ext_layer_norm.default),
-        below(ops.ext_layer_norm_backward.default),
-        below(ops.ext_dwconv.default),
-        below(ops.ext_dwconv_backward.default),
-        below(ops.ext_mask_dot.default),
+        "the ops, inputs without grad",
+        ops.ext_layer_norm.default,
+        ops.ext_layer_norm_backward.default,
+        ops.ext_dwconv.default,
+        ops.ext_dwconv_backward.default,
+        ops.ext_mask_dot.default,
     )
 
 

@@ -1,11 +1,14 @@
 """Benchmark: compiled elastic LayerNorm (shiftnas._C) vs the PyTorch reference on CPU.
 
 Reference = ``F.layer_norm(x[:, :active], (active,), weight[:active], bias[:active], eps)``
-(and autograd for the backward). Ours is timed three ways:
+(and autograd for the backward). Ours (the ops ``shiftnas::ext_layer_norm[_backward]`` that
+``shiftnas._C`` registers) is timed three ways:
   * ``fwd``          forward only (no autograd on either side),
-  * ``fwd_bwd_raw``  _C forward + _C backward called directly,
-  * ``fwd_bwd_fn``   through a minimal torch.autograd.Function wrapper, which is
-                     what a model pays (the reference always goes through autograd).
+  * ``fwd_bwd_raw``  the forward op + the backward op called directly,
+  * ``fwd_bwd_op``   `layer_norm_cpu` with autograd (the op's C++ autograd), which is what a
+                     model pays (the reference always goes through autograd). Results before
+                     the ops were registered have ``fwd_bwd_fn`` instead: a minimal
+                     torch.autograd.Function around the kernels.
 Both sides get fresh gradients each iteration (``.grad = None``, as with
 ``zero_grad(set_to_none=True)``).
 
@@ -47,24 +50,10 @@ EPS = 1e-5
 SHAPES = [(64 * 50, 192), (64 * 50, 240), (64 * 50, 256), (8 * 197, 240)]
 
 
-class _ElasticLN(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, weight, bias, active, eps):
-        y, mean, rstd = _C.elastic_layer_norm_forward(x, weight, bias, active, eps)
-        ctx.save_for_backward(x, weight, mean, rstd)
-        ctx.active = active
-        return y
-
-    @staticmethod
-    def backward(ctx, gy):
-        x, weight, mean, rstd = ctx.saved_tensors
-        gx, gw, gb = _C.elastic_layer_norm_backward(
-            gy.contiguous(), x, weight, mean, rstd, ctx.active
-        )
-        return gx, gw, gb, None, None
-
-
 def _bench_case(n, c, active, dtype, repeats, warmup):
+    from shiftnas.ops.layer_norm_ext import layer_norm_cpu
+
+    ops = torch.ops.shiftnas
     g = torch.Generator().manual_seed(0)
     x = torch.randn(n, c, generator=g).to(dtype)
     w = (torch.randn(c, generator=g) * 0.5 + 1).to(dtype)
@@ -76,7 +65,7 @@ def _bench_case(n, c, active, dtype, repeats, warmup):
             F.layer_norm(x[:, :active], (active,), w[:active], b[:active], EPS)
 
     def fwd_ours():
-        _C.elastic_layer_norm_forward(x, w, b, active, EPS)
+        ops.ext_layer_norm(x, w, b, active, EPS)
 
     xr, wr, br = (t.clone().requires_grad_(True) for t in (x, w, b))
 
@@ -85,19 +74,19 @@ def _bench_case(n, c, active, dtype, repeats, warmup):
         F.layer_norm(xr[:, :active], (active,), wr[:active], br[:active], EPS).backward(gy)
 
     def fb_raw():
-        _, mean, rstd = _C.elastic_layer_norm_forward(x, w, b, active, EPS)
-        _C.elastic_layer_norm_backward(gy, x, w, mean, rstd, active)
+        _, mean, rstd = ops.ext_layer_norm(x, w, b, active, EPS)
+        ops.ext_layer_norm_backward(gy, x, w, mean, rstd, active)
 
-    def fb_fn():
+    def fb_op():
         xr.grad = wr.grad = br.grad = None
-        _ElasticLN.apply(xr, wr, br, active, EPS).backward(gy)
+        layer_norm_cpu(xr, wr, br, active, EPS).backward(gy)
 
     row = {"N": n, "C": c, "active": active, "dtype": dtype_name(dtype)}
     with ForeignLoad() as meter:
         for name, ref, ours in (
             ("fwd", fwd_ref, fwd_ours),
             ("fwd_bwd_raw", fb_ref, fb_raw),
-            ("fwd_bwd_fn", fb_ref, fb_fn),
+            ("fwd_bwd_op", fb_ref, fb_op),
         ):
             t = time_cpu({"ref": ref, "ours": ours}, warmup, repeats)
             t_ref, t_ours = t.median("ref") * 1e3, t.median("ours") * 1e3
@@ -112,7 +101,6 @@ def _bench_case(n, c, active, dtype, repeats, warmup):
 
 
 def main() -> int:
-    global _C
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=30)
@@ -126,8 +114,7 @@ def main() -> int:
     if args.repeats < 20:
         ap.error("--repeats must be >= 20")
 
-    _C = _ext.load()
-    if _C is None:
+    if _ext.load() is None:
         print(_ext.unavailable_reason(), file=sys.stderr)
         return 1
     torch.set_num_threads(args.threads)
@@ -150,17 +137,17 @@ def main() -> int:
     rows = []
     print(
         f"{'N':>5} {'C':>4} {'act':>4} | {'fwd ref':>8} {'ext':>7} {'x':>5} | "
-        f"{'f+b ref':>8} {'raw':>7} {'x':>5} | {'fn':>7} {'x':>5} | other-load  (us, median)"
+        f"{'f+b ref':>8} {'raw':>7} {'x':>5} | {'op':>7} {'x':>5} | other-load  (us, median)"
     )
     for n, c, a in cases:
         r = _bench_case(n, c, a, dtype, args.repeats, args.warmup)
         rows.append(r)
-        f, fb, fn = r["fwd"], r["fwd_bwd_raw"], r["fwd_bwd_fn"]
+        f, fb, op = r["fwd"], r["fwd_bwd_raw"], r["fwd_bwd_op"]
         print(
             f"{n:>5} {c:>4} {a:>4} | {f['ref_us']:>8.0f} {f['ext_us']:>7.0f} "
             f"{f['ratio_ref_over_ext']:>5.2f} | {fb['ref_us']:>8.0f} {fb['ext_us']:>7.0f} "
-            f"{fb['ratio_ref_over_ext']:>5.2f} | {fn['ext_us']:>7.0f} "
-            f"{fn['ratio_ref_over_ext']:>5.2f} | {r['foreign_cpu_load']}",
+            f"{fb['ratio_ref_over_ext']:>5.2f} | {op['ext_us']:>7.0f} "
+            f"{op['ratio_ref_over_ext']:>5.2f} | {r['foreign_cpu_load']}",
             flush=True,
         )
 
@@ -169,8 +156,6 @@ def main() -> int:
     print(f"wrote {args.out}")
     return 0
 
-
-_C = None
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -6,18 +6,19 @@ clear message (and pure-PyTorch fallbacks) instead of an ImportError at
 ``import shiftnas`` time. Nothing is imported until :func:`load` is first
 called.
 
-Functions exposed by ``shiftnas._C`` (all take/return ``torch.Tensor``)::
+Loading ``shiftnas._C`` registers its operators with the PyTorch dispatcher (defined in C++,
+csrc/ops.cpp; contract in csrc/ops.h); they are called as ``torch.ops.shiftnas.<name>``::
 
-    elastic_layer_norm_forward(x, weight, bias, active, eps=1e-5) -> (y, mean, rstd)
-    elastic_layer_norm_backward(grad_y, x, weight, mean, rstd, active)
+    ext_layer_norm(x, weight, bias, active, eps) -> (y, mean, rstd)
+    ext_layer_norm_backward(grad_y, x, weight, mean, rstd, active) -> (grad_x, grad_weight, grad_bias)
+    ext_dwconv(x, weight, bias, stride, padding) -> y
+    ext_dwconv_backward(grad_y, x, weight, stride, padding, bias_size, output_mask)
         -> (grad_x, grad_weight, grad_bias)
-    elastic_dwconv_forward(x, weight, bias, stride, padding) -> y
-    elastic_dwconv_backward(grad_y, x, weight, stride, padding, bias_size, output_mask)
-        -> (grad_x, grad_weight, grad_bias)
-    mask_dot(y, dy, dim) -> out   # fp32 [y.shape[dim]]: sum of y * dy over the other dims (CPU)
-    # only when built with CUDA (see has_cuda_ops()):
-    elastic_layer_norm_forward_cuda(...), elastic_layer_norm_backward_cuda(...)
-    elastic_dwconv_forward_cuda(...), elastic_dwconv_backward_cuda(...)
+    ext_mask_dot(y, dy, dim) -> out   # fp32 [y.shape[dim]]: sum of y * dy over the other dims (CPU)
+
+with CPU kernels, CUDA kernels when built with CUDA (see has_cuda_ops()), and autograd for the
+forward ops; their fake implementations are registered by shiftnas/ops/*_ext.py. The module
+itself holds only ``with_cuda``.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The mask tap's gradient served by the compiled extension (the `cpu` backend's `mask_dot`).
 
 Same semantics as `ref.mask_dot` for a mask along `dim`: out[c] = sum of y * dy over every
-dimension but `dim`. The C++ kernel (``shiftnas._C.mask_dot``) reads y and dy once, accumulates in
+dimension but `dim`. The C++ kernel (csrc/mask_dot.cpp) reads y and dy once, accumulates in
 fp32 and makes no [y]-sized temporary (the reference's mul + sum does, in bf16 under autocast);
 it returns fp32 [y.shape[dim]], the caller casts to the mask's dtype. The dispatcher sends it
 contiguous float32 / bfloat16 CPU tensors of one dtype with a mask dim (`mask_dot_cpu_args`);
@@ -46,11 +46,8 @@ def mask_dot_cpu_args(y, dy, dim) -> str | None:
 def mask_dot_cpu(y: torch.Tensor, dy: torch.Tensor, dim: int) -> torch.Tensor:
     """sum of y * dy over every dim but `dim`, fp32 [y.shape[dim]] (CPU, float32 / bfloat16).
 
-    The custom op where autograd or torch.compile needs it; the binding itself otherwise (the tap's
-    backward runs without grad mode): through the op the CNN supernet's taps took 2.75 ms a bf16
-    step (1 thread, ~20 taps), calling the binding 1.78 ms."""
-    dim = dim % y.dim()
+    Always the op, also in the tap's backward (no grad mode): there its C++ autograd kernel goes
+    straight to the CPU kernel, 1-4 us a call more than the former direct binding call (the Python
+    custom op cost 6-34 us more; bench_cpu_ops.py --overhead)."""
     _ext.require()
-    if torch.compiler.is_compiling() or (torch.is_grad_enabled() and (y.requires_grad or dy.requires_grad)):
-        return torch.ops.shiftnas.ext_mask_dot(y, dy, dim)
-    return _ext.load().mask_dot(y, dy, dim)
+    return torch.ops.shiftnas.ext_mask_dot(y, dy, dim % y.dim())

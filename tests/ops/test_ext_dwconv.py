@@ -1,4 +1,6 @@
-"""Tests of the compiled elastic depthwise conv in ``shiftnas._C`` (and its autograd wrapper).
+"""Tests of the compiled elastic depthwise conv ops ``shiftnas::ext_dwconv`` and
+``ext_dwconv_backward`` (registered by ``shiftnas._C``, called as ``torch.ops.shiftnas``) and the
+autograd path a model takes (`dwconv_cpu`).
 
 Reference: ``F.conv2d(x, weight[:C], bias[:C], stride, padding, 1, C)`` with autograd, in
 float64 unless said otherwise. Skipped when the extension is not built, except under CI (env
@@ -21,6 +23,7 @@ if _C is None:
     if os.environ.get("CI"):
         pytest.fail(f"CI is set but {_ext.unavailable_reason()}", pytrace=False)
     pytest.skip(str(_ext.unavailable_reason()), allow_module_level=True)
+OPS = torch.ops.shiftnas
 
 from shiftnas.ops.dwconv_ext import dwconv_cpu, dwconv_cuda
 
@@ -78,10 +81,10 @@ def _reference(x, w, b, gy, s, p):
 
 
 def _ours(x, w, b, gy, s, p, mask=ALL):
-    y = _C.elastic_dwconv_forward(x, w, b, s, p)
+    y = OPS.ext_dwconv(x, w, b, s, p)
     bias_size = 0 if b is None else b.shape[0]
     mask = (mask[0], mask[1], mask[2] and b is not None)
-    gx, gw, gb = _C.elastic_dwconv_backward(gy, x, w, s, p, bias_size, mask)
+    gx, gw, gb = OPS.ext_dwconv_backward(gy, x, w, s, p, bias_size, mask)
     return y, gx, gw, gb
 
 
@@ -165,9 +168,9 @@ def test_autograd_wrapper_matches_reference_and_skips_unneeded_grads():
 
 def test_output_mask_selects_gradients():
     x, w, _, gy = _inputs(2, 4, 6, 8, 8, 3, 1, 1, torch.float32, seed=4)
-    full = _C.elastic_dwconv_backward(gy, x, w, 1, 1, 6, ALL)
+    full = OPS.ext_dwconv_backward(gy, x, w, 1, 1, 6, ALL)
     for mask in [(True, False, False), (False, True, False), (False, False, True), (False,) * 3]:
-        got = _C.elastic_dwconv_backward(gy, x, w, 1, 1, 6, mask)
+        got = OPS.ext_dwconv_backward(gy, x, w, 1, 1, 6, mask)
         for want, g, m in zip(full, got, mask):
             if m:
                 assert torch.equal(g, want)
@@ -254,12 +257,12 @@ def test_forward_argument_errors(mutate, pattern):
     x, w, b, _ = _inputs(2, 4, 6, 8, 8, 3, 1, 1, torch.float32)
     args = mutate(x, w, b, 1, 1)
     with pytest.raises(RuntimeError, match=pattern):
-        _C.elastic_dwconv_forward(*args)
+        OPS.ext_dwconv(*args)
 
 
 def test_backward_argument_errors():
     x, w, _, gy = _inputs(2, 4, 6, 8, 8, 3, 2, 1, torch.float32)
-    bwd = _C.elastic_dwconv_backward
+    bwd = OPS.ext_dwconv_backward
     with pytest.raises(
         RuntimeError,
         match=r"grad_y must have the forward output's shape \[B, C, Ho, Wo\] = \[2, 4, 4, 4\]",
@@ -274,16 +277,21 @@ def test_backward_argument_errors():
     assert bwd(gy, x, w, 2, 1, 0, (True, True, False))[2] is None  # no bias: bias_size unused
     with pytest.raises(RuntimeError, match=r"weight must have at least C=4 channels"):
         bwd(gy, x, w[:2], 2, 1, 6, ALL)
-    with pytest.raises(TypeError):
+    with pytest.raises(RuntimeError, match="size 3"):
         bwd(gy, x, w, 2, 1, 6, (True, True))  # output_mask needs three flags
 
 
-def test_cpu_op_rejects_cuda_tensors_by_name():
+def test_cuda_tensors_reach_the_cuda_kernel_or_a_clear_error():
+    """The dispatcher picks the kernel by device: a CPU-only build has none for CUDA tensors."""
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA device")
     x, w, b, _ = _inputs(1, 2, 2, 5, 5, 3, 1, 1, torch.float32)
-    with pytest.raises(RuntimeError, match=r"x must be a CPU tensor, got device cuda"):
-        _C.elastic_dwconv_forward(x.cuda(), w.cuda(), b.cuda(), 1, 1)
+    if _ext.has_cuda_ops():
+        with pytest.raises(RuntimeError, match=r"weight must be a CUDA tensor, got device cpu"):
+            OPS.ext_dwconv(x.cuda(), w, b.cuda(), 1, 1)
+    else:
+        with pytest.raises(NotImplementedError, match=r"shiftnas::ext_dwconv.*'CUDA' backend"):
+            OPS.ext_dwconv(x.cuda(), w.cuda(), b.cuda(), 1, 1)
 
 
 # --- property test over random shapes ---------------------------------------
@@ -362,6 +370,6 @@ def test_cuda_autograd_and_device_errors():
     for g, e in zip((xc.grad, wc.grad, bc.grad), ref[1:]):
         torch.testing.assert_close(g.cpu(), e, atol=1e-4, rtol=1e-4)
     with pytest.raises(RuntimeError, match="x must be a CUDA tensor"):
-        _C.elastic_dwconv_forward_cuda(x, wc.detach(), bc.detach(), 2, 2)
+        OPS.ext_dwconv(x, wc.detach(), bc.detach(), 2, 2)
     with pytest.raises(RuntimeError, match="weight must be a CUDA tensor"):
-        _C.elastic_dwconv_forward_cuda(xc.detach(), w, None, 2, 2)
+        OPS.ext_dwconv(xc.detach(), w, None, 2, 2)

@@ -1,4 +1,5 @@
-"""Tests of the compiled elastic LayerNorm op in ``shiftnas._C``.
+"""Tests of the compiled elastic LayerNorm ops ``shiftnas::ext_layer_norm`` and
+``ext_layer_norm_backward`` (registered by ``shiftnas._C``), called as ``torch.ops.shiftnas``.
 
 Reference: ``F.layer_norm`` on the active channel prefix, with autograd for the
 gradients. Skipped when the extension is not built, except under CI (env CI
@@ -21,6 +22,7 @@ if _C is None:
     if os.environ.get("CI"):
         pytest.fail(f"CI is set but {_ext.unavailable_reason()}", pytrace=False)
     pytest.skip(str(_ext.unavailable_reason()), allow_module_level=True)
+OPS = torch.ops.shiftnas
 
 EPS = 1e-5
 LOW_PRECISION = (torch.bfloat16, torch.float16)
@@ -60,8 +62,8 @@ def _reference(x, w, b, gy, active):
 
 
 def _ours(x, w, b, gy, active):
-    y, mean, rstd = _C.elastic_layer_norm_forward(x, w, b, active, EPS)
-    gx, gw, gb = _C.elastic_layer_norm_backward(gy, x, w, mean, rstd, active)
+    y, mean, rstd = OPS.ext_layer_norm(x, w, b, active, EPS)
+    gx, gw, gb = OPS.ext_layer_norm_backward(gy, x, w, mean, rstd, active)
     return y, gx, gw, gb, mean, rstd
 
 
@@ -171,9 +173,9 @@ def test_empty_batch():
 def test_backward_accepts_float32_stats_for_float64():
     x, w, b, gy_full = _inputs(8, 40, 40, torch.float64)
     gy = gy_full[:, :32].contiguous()
-    _, mean, rstd = _C.elastic_layer_norm_forward(x, w, b, 32, EPS)
-    gx64 = _C.elastic_layer_norm_backward(gy, x, w, mean, rstd, 32)[0]
-    gx32 = _C.elastic_layer_norm_backward(gy, x, w, mean.float(), rstd.float(), 32)[0]
+    _, mean, rstd = OPS.ext_layer_norm(x, w, b, 32, EPS)
+    gx64 = OPS.ext_layer_norm_backward(gy, x, w, mean, rstd, 32)[0]
+    gx32 = OPS.ext_layer_norm_backward(gy, x, w, mean.float(), rstd.float(), 32)[0]
     torch.testing.assert_close(gx32, gx64, atol=1e-5, rtol=1e-5)
 
 
@@ -213,20 +215,20 @@ def test_forward_argument_errors(mutate, pattern):
     x, w, b, _ = _args()
     x, w, b, a = mutate(x, w, b, 12)
     with pytest.raises(RuntimeError, match=pattern):
-        _C.elastic_layer_norm_forward(x, w, b, a, EPS)
+        OPS.ext_layer_norm(x, w, b, a, EPS)
 
 
 def test_forward_rejects_bad_eps():
     x, w, b, _ = _args()
     with pytest.raises(RuntimeError, match="eps must be a finite non-negative"):
-        _C.elastic_layer_norm_forward(x, w, b, 8, -1.0)
+        OPS.ext_layer_norm(x, w, b, 8, -1.0)
 
 
 def test_backward_argument_errors():
     x, w, b, gy_full = _args()
-    _, mean, rstd = _C.elastic_layer_norm_forward(x, w, b, 12, EPS)
+    _, mean, rstd = OPS.ext_layer_norm(x, w, b, 12, EPS)
     gy = gy_full[:, :12].contiguous()
-    bwd = _C.elastic_layer_norm_backward
+    bwd = OPS.ext_layer_norm_backward
     with pytest.raises(RuntimeError, match=r"grad_y must have shape \[\.\.\., active\] = \[4, 12\]"):
         bwd(gy_full, x, w, mean, rstd, 12)
     with pytest.raises(RuntimeError, match=r"grad_y must have the same dtype as x"):
@@ -298,8 +300,8 @@ def test_cuda_matches_cpu(dtype, n, c, active):
     gy = gy_full[:, :active].contiguous()
     cpu = _ours(x, w, b, gy, active)
     dev = [t.cuda() for t in (x, w, b, gy)]
-    y, mean, rstd = _C.elastic_layer_norm_forward_cuda(dev[0], dev[1], dev[2], active, EPS)
-    gx, gw, gb = _C.elastic_layer_norm_backward_cuda(dev[3], dev[0], dev[1], mean, rstd, active)
+    y, mean, rstd = OPS.ext_layer_norm(dev[0], dev[1], dev[2], active, EPS)
+    gx, gw, gb = OPS.ext_layer_norm_backward(dev[3], dev[0], dev[1], mean, rstd, active)
     tol = {torch.float32: 1e-4, torch.float64: 1e-9}.get(dtype, 5e-2)
     scale = {"gw": max(1.0, n**0.5), "gb": max(1.0, n**0.5)}
     for name, g, e in zip(
@@ -310,4 +312,4 @@ def test_cuda_matches_cpu(dtype, n, c, active):
         torch.testing.assert_close(g.cpu(), e, atol=t, rtol=t, msg=name)
     assert torch.count_nonzero(gw[active:]) == 0 and torch.count_nonzero(gx[:, active:]) == 0
     with pytest.raises(RuntimeError, match="x must be a CUDA tensor"):
-        _C.elastic_layer_norm_forward_cuda(x, dev[1], dev[2], active, EPS)
+        OPS.ext_layer_norm(x, dev[1], dev[2], active, EPS)

@@ -1,5 +1,6 @@
-"""Tests of the compiled mask dot in ``shiftnas._C`` (the prefix-path mask tap's gradient) and its
-custom op / dispatch wrapper (`shiftnas.ops.mask_dot_ext`).
+"""Tests of the compiled mask dot ``shiftnas::ext_mask_dot`` (the prefix-path mask tap's gradient,
+registered by ``shiftnas._C``, called as ``torch.ops.shiftnas``) and its dispatch wrapper
+(`shiftnas.ops.mask_dot_ext`).
 
 Reference: `ref.mask_dot` (sum of y * dy over every dim but `dim`) in float64; the kernel is held
 to the 2x rule against PyTorch in the tested dtype (tests/tolerance.py). Skipped when the
@@ -21,6 +22,7 @@ if _C is None:
     if os.environ.get("CI"):
         pytest.fail(f"CI is set but {_ext.unavailable_reason()}", pytrace=False)
     pytest.skip(str(_ext.unavailable_reason()), allow_module_level=True)
+OPS = torch.ops.shiftnas
 
 from shiftnas.ops import dispatch, ref
 from shiftnas.ops.mask_dot_ext import mask_dot_cpu
@@ -75,13 +77,13 @@ def test_kernel_matches_the_reference(case, dtype):
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_non_contiguous_inputs(dtype):
-    """The binding copies a strided y / dy once (the dispatcher sends those to ref instead)."""
+    """The op copies a strided y / dy once (the dispatcher sends those to ref instead)."""
     y, dy = _inputs((4, 6, 5, 7), dtype)
     y, dy = y.transpose(2, 3), dy.permute(0, 1, 3, 2)  # [4, 6, 7, 5] views
     assert not y.is_contiguous()
-    _check("strided", _C.mask_dot(y, dy, 1), y, dy, 1)
+    _check("strided", OPS.ext_mask_dot(y, dy, 1), y, dy, 1)
     cl = torch.randn(3, 8, 5, 5).to(dtype).contiguous(memory_format=torch.channels_last)
-    _check("channels_last", _C.mask_dot(cl, cl, 1), cl, cl, 1)
+    _check("channels_last", OPS.ext_mask_dot(cl, cl, 1), cl, cl, 1)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -105,16 +107,16 @@ def test_op_passes_opcheck():
 
 
 def test_empty_and_bad_inputs():
-    assert torch.equal(_C.mask_dot(torch.zeros(0, 4, 3), torch.zeros(0, 4, 3), 1), torch.zeros(4))
+    assert torch.equal(OPS.ext_mask_dot(torch.zeros(0, 4, 3), torch.zeros(0, 4, 3), 1), torch.zeros(4))
     y = torch.randn(2, 3)
     with pytest.raises(RuntimeError, match="dim must be in"):
-        _C.mask_dot(y, y, 2)
+        OPS.ext_mask_dot(y, y, 2)
     with pytest.raises(RuntimeError, match="same dtype"):
-        _C.mask_dot(y, y.bfloat16(), 1)
+        OPS.ext_mask_dot(y, y.bfloat16(), 1)
     with pytest.raises(RuntimeError, match="shape"):
-        _C.mask_dot(y, y.t().contiguous(), 1)
+        OPS.ext_mask_dot(y, y.t().contiguous(), 1)
     with pytest.raises(RuntimeError, match="float32 or bfloat16"):
-        _C.mask_dot(y.double(), y.double(), 1)
+        OPS.ext_mask_dot(y.double(), y.double(), 1)
 
 
 def test_dispatch_sends_only_what_the_kernel_takes(monkeypatch):
@@ -122,8 +124,8 @@ def test_dispatch_sends_only_what_the_kernel_takes(monkeypatch):
     assert dispatch.select("mask_dot", torch.device("cpu"), torch.float32)[0] == "cpu"
     assert dispatch.select("mask_dot", torch.device("cpu"), torch.float64)[0] == "ref"
     calls = []
-    kernel = _C.mask_dot
-    monkeypatch.setattr(_C, "mask_dot", lambda *a: calls.append(a) or kernel(*a))
+    kernel = OPS.ext_mask_dot
+    monkeypatch.setattr(OPS, "ext_mask_dot", lambda *a: calls.append(a) or kernel(*a))
     y = torch.randn(3, 4, 5)
     cases = [(y, y, 1, True), (y, y, None, False), (y.transpose(1, 2), y.transpose(1, 2), 2, False),
              (y, y.bfloat16(), 1, False), (y.bfloat16(), y.bfloat16(), -1, True), (y.double(), y.double(), 1, False)]
