@@ -37,6 +37,7 @@ GPU_TESTS = (
     "tests/kernels",
     "tests/ops/test_ext_dwconv.py",
     "tests/ops/test_ext_layer_norm.py",
+    "tests/ops/test_ext_custom_ops.py",
     "tests/ops/test_dispatch.py",
     "tests/ops/test_backends_agree.py",
     "tests/ops/test_compile_supernet.py",
