@@ -91,7 +91,7 @@ def test_resource_loss_is_expected_cost_at_the_sample():
     loss = g.resource_loss(sample, c)
     assert float(loss.detach()) == pytest.approx(((float(cost.detach()) - c) / g.bins.hi) ** 2, rel=1e-12)
     loss.backward()
-    scale = 2 * (float(cost) - c) / g.bins.hi ** 2  # d loss / d cost
+    scale = 2 * (float(cost.detach()) - c) / g.bins.hi ** 2  # d loss / d cost
     for n, p in sample.onehots.items():  # a decision no cost term reads: no gradient (zeros here)
         want = torch.zeros_like(leaf[n]) if leaf[n].grad is None else scale * leaf[n].grad
         torch.testing.assert_close(p.grad.double(), want, rtol=1e-6, atol=0.0)
