@@ -96,10 +96,14 @@ class Feasibility:
         st.idx_min[name], st.idx_max[name], st.cmin, st.cmax = saved
         st.chosen.pop()
 
-    def mask(self, st: DecodeState, lo: float, hi: float) -> list[bool]:
-        """For each candidate of decision `st.pos`: can the architecture still cost in [lo, hi]?"""
+    def mask(self, st: DecodeState, lo: float, hi: float,
+             bounds: list[tuple[float, float]] | None = None) -> list[bool]:
+        """For each candidate of decision `st.pos`: can the architecture still cost in [lo, hi]?
+        `bounds`: its `candidate_bounds(st)` when the caller has them."""
         budget = [self.search_limit]
-        return [self._feasible(st, c, lo, hi, budget, b) for c, b in enumerate(self.candidate_bounds(st))]
+        if bounds is None:
+            bounds = self.candidate_bounds(st)
+        return [self._feasible(st, c, lo, hi, budget, b) for c, b in enumerate(bounds)]
 
     def _feasible(self, st: DecodeState, c: int, lo: float, hi: float, budget: list[int],
                   bounds: tuple[float, float]) -> bool:

@@ -114,6 +114,7 @@ class _Trace(NamedTuple):
     soft: np.ndarray  # [sum of choice counts]
     chosen: list[int]
     weights: list[np.ndarray]  # `_host_params()` at the decode
+    params: list  # the parameters themselves (`_params()`), for the gradients' shapes and dtype
 
 
 class _Decode(torch.autograd.Function):
@@ -126,7 +127,7 @@ class _Decode(torch.autograd.Function):
     @staticmethod
     def forward(ctx, gen, window, tau, rng, indices, bin_vec, target, *params):
         trace: list[_Trace] = []
-        sample = gen._decode(bin_vec, target, window, tau, rng, trace)
+        sample = gen._decode(bin_vec, target, window, tau, rng, trace, list(params))
         indices.update(sample.indices())  # known on the host: the decode chose them
         ctx.gen, ctx.tau, ctx.trace = gen, tau, trace[0]
         ctx.save_for_backward(bin_vec)
@@ -237,9 +238,10 @@ class ArchGenerator(nn.Module):
         return self.tau_start * (self.tau_end / self.tau_start) ** p
 
     # -- decoding ------------------------------------------------------------------------------
-    def _host_params(self) -> list[np.ndarray]:
-        """`_params()` as float32 numpy arrays on the host, in one copy (one sync on a GPU)."""
-        ps = self._params()
+    @staticmethod
+    def _host_params(ps) -> list[np.ndarray]:
+        """The parameters `ps` (`_params()`) as float32 numpy arrays on the host, in one copy
+        (one sync on a GPU)."""
         flat = torch.cat([p.detach().reshape(-1).float() for p in ps]).cpu().numpy()
         out, i = [], 0
         for p in ps:
@@ -255,13 +257,15 @@ class ArchGenerator(nn.Module):
         tau: float | None,
         rng: torch.Generator | None = None,
         trace: list[_Trace] | None = None,
+        params: list[nn.Parameter] | None = None,
     ) -> ArchSample:
         """One-hots of every decision, each drawn among the candidates that can still land in
         `window` (arg-max when `tau` is None, hard Gumbel-softmax otherwise), computed on the
         host (module docstring). `trace`, when given, receives the `_Trace` the `_Decode`
-        node's backward reads."""
+        node's backward reads; `params`: `_params()` when the caller has it."""
         w = self.bin_embed.weight
-        P = self._host_params()
+        params = self._params() if params is None else params
+        P = self._host_params(params)
         bin_w, bin_b, bud_w, bud_b, w_ih, w_hh, b_ih, b_hh = P[:8]
         bias, half = b_ih + b_hh, _gate_scale(self.hidden)
         lo, hi = window
@@ -279,9 +283,10 @@ class ArchGenerator(nn.Module):
             rows.append((x, h, c, left))
             c = f * c + i * g
             h = o * np.tanh(c)
-            allowed = feas.mask(st, lo, hi)
+            bounds = feas.candidate_bounds(st)
+            allowed = feas.mask(st, lo, hi, bounds)
             if not any(allowed):  # only when the search guard ran out: the interval test alone
-                allowed = [b0 <= hi and b1 >= lo for b0, b1 in feas.candidate_bounds(st)]
+                allowed = [b0 <= hi and b1 >= lo for b0, b1 in bounds]
             emb_w, emb_b, head_w, head_b = P[self._slot[key]:self._slot[key] + 4]
             z = _mv(head_w[:n], h) + head_b[:n]
             if noise is not None:
@@ -292,7 +297,7 @@ class ArchGenerator(nn.Module):
             if noise is not None:
                 e = np.exp(z - z[index])
                 soft[start:start + n] = e / e.sum()
-            feas.commit(st, index)
+            feas.commit(st, index, bounds[index])
             x = emb_w[:, index] + emb_b  # the choice embedding of the one-hot
         hot = np.zeros(self._flat_size, np.float32)
         hot[[s0 + j for s0, j in zip(self._flat_start, st.chosen)]] = 1.0
@@ -300,7 +305,7 @@ class ArchGenerator(nn.Module):
         onehots = torch.from_numpy(hot).to(device=w.device, dtype=w.dtype).split(self._sizes)
         if trace is not None:
             x_, h_, c_, l_ = (np.stack(v) for v in zip(*rows))
-            trace.append(_Trace(x_, h_, c_, l_, soft, list(st.chosen), P))
+            trace.append(_Trace(x_, h_, c_, l_, soft, list(st.chosen), P, params))
         return ArchSample.decoded(self.space.name, dict(zip(names, onehots)), dict(zip(names, st.chosen)))
 
     def forward(
@@ -380,7 +385,7 @@ class ArchGenerator(nn.Module):
         b = bin_vec.detach().float().cpu().numpy()
         grads[0], grads[1] = np.outer(d_x[0], b), d_x[0]
         H1 = np.concatenate([H0[1:], (o[-1] * tc[-1])[None]])  # each step's output h
-        params = self._params()
+        params = trace.params
         self._backward_kinds(trace, d_y, d_x, H1, grads, [tuple(p.shape) for p in params])
         dev = bin_vec.device
         d_bin = torch.from_numpy(_vm(d_x[0], bin_w)).to(device=dev, dtype=bin_vec.dtype) if need_bin else None

@@ -1,6 +1,9 @@
 """ArchGenerator: valid samples, deterministic deployment, gradients, and learning to hit bins."""
 
+import os
 import random
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -190,13 +193,10 @@ print(others() - t0)
 """
 
 
-@pytest.mark.skipif(not __import__("os").path.isdir("/proc/self/task"), reason="reads Linux /proc")
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="reads Linux /proc (the threads' CPU ticks)")
 def test_decode_leaves_no_thread_spinning():
     """The host decode and backward call no numpy BLAS product: OpenBLAS's own threads would
     spin ~0.1 s after each and slow the supernet's next step (16 ticks of other threads' CPU
     for these 10 steps when they did)."""
-    import subprocess
-    import sys
-
     out = subprocess.run([sys.executable, "-c", _SPIN_CHECK], capture_output=True, text=True, timeout=120, check=True)
     assert int(out.stdout.split()[-1]) <= 2, out.stdout
