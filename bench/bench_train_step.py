@@ -118,7 +118,7 @@ def input_size(space) -> int:
     return max(space.decision("resolution").choices)  # CNN: prepare_input resizes per subnet
 
 
-def build_trainer(space_name: str, batch: int, amp: str, run_dir: str):
+def build_trainer(space_name: str, batch: int, amp: str, run_dir: str, probe_stride: int = 1):
     """A CPU `Trainer` for the space with the shift sampler (no data: its loaders are lazy)."""
     import shiftnas
     from shiftnas.train.config import TrainConfig
@@ -140,7 +140,7 @@ def build_trainer(space_name: str, batch: int, amp: str, run_dir: str):
             "optim": {"amp": amp, "steps": TOTAL_STEPS},
             "sampler": {"name": "shift", "n_bins": N_BINS},
             "generator": {"explore": 0.0},  # every timed step a generator step; the mix: default_mix()
-            "shift": {"update_every": UPDATE_EVERY, "warmup_frac": 0.0},
+            "shift": {"update_every": UPDATE_EVERY, "warmup_frac": 0.0, "probe_stride": probe_stride},
         }
     )
     tr = Trainer(cfg, resume=None)
@@ -284,8 +284,9 @@ class Bench:
         return ms
 
     def update(self, step: int) -> dict[str, float]:
-        """One update of B by the "delta" estimator (the default): every bin's generated arch
-        evaluated on the fixed minival batch, B's step, the new reference. `snapshot` is 0: the
+        """One update of B by the "delta" estimator (the default) at update step `step`: the
+        probed bins' generated archs (every bin at probe stride 1) evaluated on the fixed minival
+        batch, B's step, the new reference. `snapshot` is 0: the
         estimator keeps no weight copy. The first call of a space only sets the reference."""
         from shiftnas.sampling import StepContext
 
@@ -391,7 +392,7 @@ def run_repeat(b: Bench, r: int, order: list[str], rec: dict | None) -> None:
                 rec["explore"]["next"].append(ms)
         elif path == "update":
             b.seed_rng(seed + 500_000)  # the update draws its own bin and arch
-            parts = b.update(step)
+            parts = b.update((r + 1) * UPDATE_EVERY)  # an update step: the probed bins rotate with r
             if rec is not None:
                 for k, v in parts.items():
                     rec["update"][k].append(v)
@@ -455,7 +456,7 @@ def bench_space(space_name: str, args) -> dict:
     space = shiftnas.get_space(space_name)
     batch = args.batch or BATCH.get(space_name, 8)
     with tempfile.TemporaryDirectory(prefix="bench_train_step_") as run_dir:
-        tr = build_trainer(space_name, batch, args.amp, run_dir)
+        tr = build_trainer(space_name, batch, args.amp, run_dir, args.probe_stride)
     x, y = make_batch(space, batch, seed=SEED)
     xv, yv = make_batch(space, batch, seed=SEED + 1)  # the minival batch of the shift update
     b = Bench(tr, x, y, xv, yv)
@@ -539,6 +540,8 @@ def main(argv=None) -> None:
     # Fixed, as in bench_supernet.py: on a loaded 2-core machine 2 threads can be several times
     # slower than 1. Compare runs at equal load only (foreign_cpu_load is recorded per space).
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
+    p.add_argument("--probe-stride", type=int, default=None,
+                   help="shift.probe_stride: the update of B measures every m-th bin (default: the config's)")
     p.add_argument(
         "--quick",
         action="store_true",
@@ -556,6 +559,10 @@ def main(argv=None) -> None:
         args.warmup = 1 if args.quick else 5
     if args.repeats < (1 if args.quick else 10):
         p.error(f"--repeats {args.repeats}: need >= 10 for a median (or --quick for a smoke run)")
+    if args.probe_stride is None:
+        from shiftnas.train.config import ShiftConfig
+
+        args.probe_stride = ShiftConfig().probe_stride
     if args.warmup < 0:
         p.error("--warmup must be >= 0")
     if args.out is None:
@@ -587,6 +594,7 @@ def main(argv=None) -> None:
         "settings": {
             "n_bins": N_BINS,
             "update_every": UPDATE_EVERY,
+            "probe_stride": args.probe_stride,
             "update_every_min": UPDATE_EVERY_MIN,
             "shift_warmup_steps": 0,
             "generator_explore": 0.0,

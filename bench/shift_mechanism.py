@@ -93,6 +93,7 @@ def run_mechanism(
     lr: float = 1e-3,
     movement: float = 5.6,
     max_lr: float = float("inf"),
+    probe_stride: int = 1,
 ) -> dict:
     """Phase 1 on the `half` ("lower" | "upper") of the bins, phase 2 with the shift sampler.
 
@@ -111,10 +112,10 @@ def run_mechanism(
     net.load_state_dict(start["net"])
     sampler = ShiftSampler(
         space, seed=seed, n_bins=n_bins, total_steps=phase2, tau_start=1.0, tau_end=0.5, lam=1.0,
-        warmup_steps=0, update_every=update_every, estimator=estimator,
+        warmup_steps=0, update_every=update_every, estimator=estimator, probe_stride=probe_stride,
         # the whole movement over phase 2's few updates, uncapped unless max_lr is given (the
         # recorded results before shift_mechanism_capped.json used it uncapped)
-        shift_lr=shift_lr(None, movement, 0, update_every, phase2, max_lr=max_lr),
+        shift_lr=shift_lr(None, movement, 0, update_every, phase2, max_lr=max_lr, probe_stride=probe_stride),
     )
     first = list(range(n_bins // 2)) if half == "lower" else list(range(n_bins // 2, n_bins))
     x_all, y_all = train
@@ -146,6 +147,7 @@ def run_mechanism(
     return {
         "space": space, "half": half, "estimator": estimator, "seed": seed,
         "phase1": start["phase1"], "phase2": phase2, "update_every": update_every, "shift_lr": sampler.shift.lr,
+        "probe_stride": probe_stride,
         "final_probs": probs.tolist(), "mass_untrained_half": float(probs[other].sum()),
         "trajectory": [r["probs"] for r in sampler.shift.history],
         "losses": [[round(v, 4) for v in r["loss"]] for r in sampler.shift.history if "loss" in r],
@@ -170,6 +172,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--max-lr", type=float, default=float("inf"),
                     help="cap on B's derived lr per update (training's default: 0.075; default: none)")
+    ap.add_argument("--probe-strides", type=int, nargs="+", default=[1],
+                    help="shift.probe_stride values (delta/rate), each from the same phase-1 supernet")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "shift_mechanism.json"))
     a = ap.parse_args()
@@ -181,12 +185,15 @@ def main() -> None:
     for half in a.halves:
         for seed in a.seeds:
             start = train_phase1(train, half=half, seed=seed, phase1=a.phase1, batch=a.batch)
-            for est in a.estimators:  # every estimator from the same phase-1 supernet
+            # every estimator and stride from the same phase-1 supernet (literal: stride 1 only)
+            for est, m in [(e, m) for e in a.estimators for m in a.probe_strides if e != "literal" or m == 1]:
                 r = run_mechanism(train, minival, half=half, estimator=est, seed=seed, phase1=start,
-                                  phase2=a.phase2, update_every=a.update_every, batch=a.batch, max_lr=a.max_lr)
+                                  phase2=a.phase2, update_every=a.update_every, batch=a.batch, max_lr=a.max_lr,
+                                  probe_stride=m)
                 runs.append(r)
-                print(f"{est:8s} {half:5s} seed {seed}: mass on the untrained half {r['mass_untrained_half']:.3f} "
-                      f"({r['seconds']['phase1']:.0f}+{r['seconds']['phase2']:.0f} s)", flush=True)
+                print(f"{est:8s} stride {m} {half:5s} seed {seed}: mass on the untrained half "
+                      f"{r['mass_untrained_half']:.3f} ({r['seconds']['phase1']:.0f}+{r['seconds']['phase2']:.0f} s)",
+                      flush=True)
     write_result(a.out, doc)
     print(f"wrote {a.out}")
 

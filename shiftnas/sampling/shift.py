@@ -59,15 +59,16 @@ MAX_DERIVED_LR = 0.075
 
 
 def shift_lr(lr: float | None, movement: float, warmup_steps: int, update_every: int, steps: int,
-             max_lr: float = MAX_DERIVED_LR) -> float:
-    """B's learning rate: `lr` when given; else `movement` / (the number of updates of B in the
-    run), so a run gets the paper's total movement budget, but at most `max_lr` per update: a
-    short run (fewer than movement / max_lr = 75 updates at the defaults) moves B less in all
-    rather than take steps larger than one minival batch's noise supports."""
+             max_lr: float = MAX_DERIVED_LR, probe_stride: int = 1) -> float:
+    """B's learning rate: `lr` when given; else `movement` / (the number of steps of B in the
+    run), so a run gets the paper's total movement budget, but at most `max_lr` per step: a
+    short run (fewer than movement / max_lr = 75 steps at the defaults) moves B less in all
+    rather than take steps larger than one minival batch's noise supports. With a probe stride m
+    the first m - 1 updates only measure (ShiftSampler.delta_update), so they take no step."""
     if lr is not None:
         return float(lr)
     first = max(warmup_steps, 1)
-    n = max(0, (steps - 1) // update_every - (first - 1) // update_every)
+    n = max(0, (steps - 1) // update_every - (first - 1) // update_every - (probe_stride - 1))
     return min(float(movement) / max(1, n), float(max_lr))
 
 ESTIMATORS = ("delta", "rate", "literal")
@@ -77,18 +78,22 @@ ESTIMATORS = ("delta", "rate", "literal")
 def val_losses(supernet: nn.Module, archs, x: torch.Tensor, y: torch.Tensor, prepare_input=None) -> torch.Tensor:
     """Cross-entropy of each arch on (x, y) at the current weights, float64 [len(archs)].
 
-    The supernet runs in the mode the caller left it in, on cloned buffers (BN running
-    statistics are left as they were), with a fixed dropout seed, so the same weights give the
-    same losses.
+    The supernet runs in the mode the caller left it in, with a fixed dropout seed, so the same
+    weights give the same losses. Its buffers (BN running statistics) are put back after each
+    arch, so they are left as they were.
     """
-    params = dict(supernet.named_parameters())
+    buffers = list(supernet.buffers())
+    saved = [b.clone() for b in buffers]
     out = []
     for a in archs:
-        cur = {**params, **{n: b.clone() for n, b in supernet.named_buffers()}}
         xa = prepare_input(x, a) if prepare_input is not None else x
-        with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
-            torch.manual_seed(0)
-            logits = functional_call(supernet, cur, (xa, a))
+        try:
+            with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
+                torch.manual_seed(0)
+                logits = supernet(xa, a)
+        finally:
+            if buffers:
+                torch._foreach_copy_(buffers, saved)
         out.append(F.cross_entropy(logits.float(), y).double())
     return torch.stack(out)
 

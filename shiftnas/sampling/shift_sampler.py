@@ -67,6 +67,7 @@ class ShiftSampler(Sampler):
         update_every: int = 100,
         shift_lr: float = 1e-3,
         estimator: str = "delta",
+        probe_stride: int = 1,
         pretrain_steps: int = 0,
         pretrain_lr: float = 1e-2,
         grad_path: str = "prefix",
@@ -103,6 +104,11 @@ class ShiftSampler(Sampler):
         # delta estimator: the archs and losses at the start of the current interval
         self.ref_archs: list[ArchConfig] | None = None
         self.ref_losses: torch.Tensor | None = None
+        self.ref_steps: torch.Tensor | None = None  # the step each bin's reference was measured
+        self.deltas: torch.Tensor | None = None  # each bin's latest change per interval (nan: none yet)
+        if not (isinstance(probe_stride, int) and 1 <= probe_stride <= n_bins):
+            raise ValueError(f"shift: probe_stride={probe_stride!r} must be an integer in [1, n_bins={n_bins}]")
+        self.probe_stride = probe_stride
         if not (isinstance(pretrain_steps, int) and pretrain_steps >= 0):
             raise ValueError(f"shift: pretrain_steps={pretrain_steps!r} must be an integer >= 0")
         self.pretrain_steps, self.pretrain_lr = pretrain_steps, pretrain_lr
@@ -173,22 +179,45 @@ class ShiftSampler(Sampler):
         return None
 
     def delta_update(self, step: int, ctx: StepContext) -> dict[str, Any] | None:
-        """Measure every bin's arch on the fixed minival batch; step B on the change since the
-        last measurement (none at the first); the current archs become the next reference."""
+        """Measure the probed bins' archs on the fixed minival batch; step B on every bin's latest
+        change per interval (once every bin has one); the probed bins' current archs become
+        their next reference.
+
+        The first call measures every bin (the references). Later calls probe the bins k with
+        k % probe_stride == (step // update_every) % probe_stride: with stride m each bin is
+        measured every m-th update, over m intervals, and its change is scaled to one interval,
+        so B's step sees the same units for every m (m = 1: every bin at every update)."""
         x, y = ctx.minival(0)
-        archs = [self.generator.generate(bin=k) for k in range(self.n_bins)]
-        rec, now = None, None
+        K, m, every = self.n_bins, self.probe_stride, self.shift.update_every
+        first = self.ref_archs is None
+        probed = list(range(K)) if first else [k for k in range(K) if k % m == (step // every) % m]
+        archs = {k: self.generator.generate(bin=k) for k in probed}
+        rec = None
         with ctx.autocast():
-            if self.ref_archs is not None:
-                now = val_losses(ctx.net, self.ref_archs, x, y, ctx.prepare_input)
-                changed = sum(a != b for a, b in zip(archs, self.ref_archs))
-                rec = self.shift.step_expected(now - self.ref_losses, step, loss=now.tolist(),
-                                               archs_changed=changed)
-            fresh = [k for k in range(self.n_bins) if now is None or archs[k] != self.ref_archs[k]]
-            losses = torch.zeros(self.n_bins, dtype=torch.float64) if now is None else now.detach().cpu().clone()
+            if first:
+                losses = val_losses(ctx.net, [archs[k] for k in probed], x, y, ctx.prepare_input).cpu()
+                self.ref_archs, self.ref_losses = [archs[k] for k in probed], losses
+                self.ref_steps = torch.full((K,), step, dtype=torch.long)
+                self.deltas = torch.full((K,), float("nan"), dtype=torch.float64)
+                return None
+            if self.ref_steps is None:  # a checkpoint from before the stride: refs one interval old
+                self.ref_steps = torch.full((K,), step - every, dtype=torch.long)
+                self.deltas = torch.full((K,), float("nan"), dtype=torch.float64)
+            now = val_losses(ctx.net, [self.ref_archs[k] for k in probed], x, y, ctx.prepare_input).cpu()
+            span = (step - self.ref_steps[probed]).clamp_min(1).double() / every
+            self.deltas[probed] = (now - self.ref_losses[probed]) / span
+            fresh = [k for k in probed if archs[k] != self.ref_archs[k]]
+            latest = self.ref_losses.clone()  # every bin's latest measured loss (the record's)
+            latest[probed] = now
+            losses = latest.clone()
             if fresh:
                 losses[fresh] = val_losses(ctx.net, [archs[k] for k in fresh], x, y, ctx.prepare_input).cpu()
-        self.ref_archs, self.ref_losses = archs, losses
+        if not bool(torch.isnan(self.deltas).any()):
+            rec = self.shift.step_expected(self.deltas.clone(), step, loss=latest.tolist(), probed=probed,
+                                           archs_changed=len(fresh))
+        for k in probed:
+            self.ref_archs[k] = archs[k]
+        self.ref_losses, self.ref_steps[probed] = losses, step
         return rec
 
     @property
@@ -223,6 +252,9 @@ class ShiftSampler(Sampler):
             "prev": self.prev,
             "ref_archs": None if self.ref_archs is None else [a.to_dict() for a in self.ref_archs],
             "ref_losses": self.ref_losses,
+            # copies: delta_update writes these two in place
+            "ref_steps": None if self.ref_steps is None else self.ref_steps.clone(),
+            "deltas": None if self.deltas is None else self.deltas.clone(),
             "pretrained": dict(self.pretrained),
             "explored": self.explored,
         }
@@ -238,6 +270,7 @@ class ShiftSampler(Sampler):
         refs = state.get("ref_archs")
         self.ref_archs = None if refs is None else [ArchConfig.from_dict(self.space.name, a) for a in refs]
         self.ref_losses = state.get("ref_losses")
+        self.ref_steps, self.deltas = (None if state.get(k) is None else state[k].clone() for k in ("ref_steps", "deltas"))
         self.pretrained = dict(state.get("pretrained", {}))
         self.explored = int(state.get("explored", 0))
 

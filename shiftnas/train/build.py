@@ -69,8 +69,8 @@ def build_train_sampler(c: TrainConfig, space):
             tau_start=c.generator.tau_start, tau_end=c.generator.tau_end, lam=c.generator.lam,
             warmup_steps=warm, update_every=c.shift.update_every,
             shift_lr=shift_lr(c.shift.lr, c.shift.movement, warm, c.shift.update_every, c.optim.steps,
-                              c.shift.max_lr),
-            estimator=c.shift.estimator, pretrain_steps=c.generator.pretrain_steps,
+                              c.shift.max_lr, c.shift.probe_stride),
+            estimator=c.shift.estimator, probe_stride=c.shift.probe_stride, pretrain_steps=c.generator.pretrain_steps,
             pretrain_lr=c.generator.pretrain_lr, grad_path=c.generator.grad_path,
             explore=c.generator.explore,
         )

@@ -143,6 +143,7 @@ class ShiftConfig:
     warmup_frac: float = 0.25  # B stays uniform for this fraction of the steps
     update_every: int = 100  # steps between updates of B (paper: 100)
     estimator: str = "delta"  # delta: per-bin loss change over the interval | rate: delta / (K p_k) | literal: PAPER Eq. 7-8
+    probe_stride: int = 1  # delta/rate: each update measures every probe_stride-th bin (1: all); the cost / probe_stride
     lr: float | None = None  # Adam on B; None: min(movement / (number of updates in the run), max_lr)
     movement: float = 5.6  # total movement budget of B's logits (paper: ~5,600 updates x lr 1e-3)
     max_lr: float = 0.075  # the derived lr's cap: short runs move B less (sampling/shift.py MAX_DERIVED_LR)
@@ -328,6 +329,7 @@ _RULES: dict[str, tuple[Any, str]] = {
     "shift.movement": (lambda v: v > 0, "> 0"),
     "shift.max_lr": (lambda v: v > 0, "> 0"),
     "shift.estimator": (lambda v: v in ESTIMATORS, f"one of {list(ESTIMATORS)}"),
+    "shift.probe_stride": (lambda v: v >= 1, ">= 1"),
     "generator.pretrain_steps": (lambda v: v >= 0, ">= 0 (0: off)"),
     "generator.pretrain_lr": (lambda v: v > 0, "> 0"),
     "generator.grad_path": (lambda v: v in GRAD_PATHS, f"one of {list(GRAD_PATHS)}"),
@@ -361,6 +363,9 @@ def _build(d: dict[str, dict[str, Any]]) -> TrainConfig:
     cfg = TrainConfig(**sections)
     _check_space(cfg.model.space)
     _check_cost(cfg)
+    if cfg.shift.probe_stride > cfg.sampler.n_bins:
+        raise ValueError(f"config key 'shift.probe_stride': value {cfg.shift.probe_stride} is not allowed; "
+                         f"must be <= sampler.n_bins ({cfg.sampler.n_bins})")
     return cfg
 
 

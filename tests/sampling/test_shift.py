@@ -219,6 +219,8 @@ def test_shift_lr_caps_the_step_of_a_short_run():
     assert shift_lr(None, 5.6, 50, 10, 200, max_lr=1.0) == pytest.approx(5.6 / 15)
     assert shift_lr(None, 1.1, 50, 10, 200) == pytest.approx(1.1 / 15)  # under the cap: kept
     assert shift_lr(0.5, 5.6, 50, 10, 200) == 0.5
+    # probe stride 2: the first update after the reference only measures, 14 steps of B
+    assert shift_lr(None, 5.6, 50, 10, 200, max_lr=1.0, probe_stride=2) == pytest.approx(5.6 / 14)
     # 5,600 updates (the paper's run): 1e-3, the cap does not bind
     assert shift_lr(None, 5.6, 0, 100, 560_001) == pytest.approx(1e-3)
 
@@ -246,6 +248,52 @@ def test_delta_estimator_uses_the_same_archs_and_batch_across_the_interval():
     t.load_state_dict(s.state_dict())
     assert t.ref_archs == s.ref_archs and torch.equal(t.ref_losses, s.ref_losses)
     assert torch.equal(t.shift.B, s.shift.B)
+
+
+def test_probe_stride_measures_every_mth_bin_per_update_and_scales_to_one_interval():
+    """probe_stride=2: the first call measures all 4 bins; then each update measures the bins of
+    its parity (2 forwards, plus one per bin whose generated arch changed, to re-baseline it);
+    B's first step waits until every bin has a change, which is per interval; a state round trip
+    in the middle of the rotation continues identically; a stride above n_bins is refused."""
+    from shiftnas.sampling import ShiftSampler, StepContext
+    from shiftnas.sampling.shift import val_losses
+    from shiftnas.spaces import get_space
+
+    torch.manual_seed(0)
+    net = build_supernet(SPACE)
+    calls = []
+    net.register_forward_hook(lambda m, inp, out: calls.append(1))
+    s = ShiftSampler(SPACE, n_bins=4, total_steps=100, warmup_steps=0, update_every=10, shift_lr=0.5,
+                     probe_stride=2)
+    x, y = _batch(8)
+    ctx = StepContext(net, minival=lambda i: (x, y))
+    assert s.before_step(0, ctx) is None and len(calls) == 4
+    a0, l0 = list(s.ref_archs), s.ref_losses.clone()
+    _perturb(net)
+    calls.clear()
+    assert s.before_step(10, ctx) is None and len(calls) == 2  # bins 1, 3; bins 0, 2 have no change yet
+    l10 = val_losses(net, a0, x, y)
+    _perturb(net)
+    other = get_space(SPACE).max()  # bin 2's generated arch changes: one more forward
+    gen = s.generator.generate
+    s.generator.generate = lambda bin: other if bin == 2 else gen(bin=bin)
+    calls.clear()
+    rec = s.before_step(20, ctx)
+    assert len(calls) == 3 and rec["probed"] == [0, 2] and rec["archs_changed"] == 1
+    l20 = val_losses(net, a0, x, y)
+    want = torch.stack([(l20[0] - l0[0]) / 2, l10[1] - l0[1], (l20[2] - l0[2]) / 2, l10[3] - l0[3]])
+    assert rec["deltas"] == pytest.approx(want.tolist(), rel=1e-5)
+    assert s.ref_archs[2] == other and float(s.ref_losses[2]) == pytest.approx(float(val_losses(net, [other], x, y)[0]))
+    assert s.ref_steps.tolist() == [20, 10, 20, 10]
+    t = ShiftSampler(SPACE, n_bins=4, total_steps=100, warmup_steps=0, update_every=10, shift_lr=0.5,
+                     probe_stride=2)
+    t.load_state_dict(s.state_dict())
+    t.generator.generate = s.generator.generate
+    _perturb(net)
+    r_s, r_t = s.before_step(30, ctx), t.before_step(30, ctx)
+    assert r_s["probed"] == [1, 3] and r_s["deltas"] == r_t["deltas"] and torch.equal(s.shift.B, t.shift.B)
+    with pytest.raises(ValueError, match="probe_stride=5"):
+        ShiftSampler(SPACE, n_bins=4, probe_stride=5)
 
 
 @pytest.mark.parametrize("space", ["vit-fmnist", "cnn-fmnist"])
