@@ -380,8 +380,15 @@ def _flash_args(q, head_mask, num_heads, dummy):
     )
 
 
-def _forward(q, k, v, head_mask, num_heads):
-    """(o, o_raw, lse2): o_raw (unmasked output) is empty without head_mask; lse2 [B, H, N] fp32."""
+def _forward(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    head_mask: Optional[torch.Tensor] = None,  # noqa: UP045 (schema inference)
+    num_heads: Optional[torch.Tensor] = None,  # noqa: UP045 (schema inference)
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(o, o_raw, lse2): o_raw (unmasked output) is empty without head_mask; lse2 [B, H, N] fp32.
+    The op `shiftnas::elastic_attention` (public: elastic_attention*)."""
     _check_inputs(q, k, v, head_mask, num_heads)
     B, H, N, d = q.shape
     o = _empty_bhnd(q)
@@ -399,8 +406,18 @@ def _forward(q, k, v, head_mask, num_heads):
     return o, o_raw, lse2
 
 
-def _backward(grad_o, q, k, v, o_raw, lse2, head_mask, num_heads):
-    """(dq, dk, dv, d_head_mask); d_head_mask is empty without head_mask."""
+def _backward(
+    grad_o: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    o_raw: torch.Tensor,
+    lse2: torch.Tensor,
+    head_mask: Optional[torch.Tensor] = None,  # noqa: UP045 (schema inference)
+    num_heads: Optional[torch.Tensor] = None,  # noqa: UP045 (schema inference)
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dq, dk, dv, d_head_mask); d_head_mask is empty without head_mask. The op
+    `shiftnas::elastic_attention_backward`."""
     B, H, N, d = q.shape
     if grad_o.shape != q.shape:
         raise ValueError(f"grad_o shape {tuple(grad_o.shape)} != q shape {tuple(q.shape)}")
@@ -446,16 +463,8 @@ def _backward(grad_o, q, k, v, o_raw, lse2, head_mask, num_heads):
 # --------------------------------------------------------------------------------------------
 
 
-@torch.library.custom_op("shiftnas::elastic_attention", mutates_args=())
-def _attention_op(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    head_mask: Optional[torch.Tensor] = None,  # noqa: UP045 (schema inference)
-    num_heads: Optional[torch.Tensor] = None,  # noqa: UP045 (schema inference)
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(o, o_raw, lse2); o_raw is empty unless head_mask is given. Public: elastic_attention*."""
-    return _forward(q, k, v, head_mask, num_heads)
+# The launchers are registered as they are: their annotations give the schemas.
+_attention_op = torch.library.custom_op("shiftnas::elastic_attention", _forward, mutates_args=())
 
 
 @_attention_op.register_fake
@@ -466,19 +475,9 @@ def _(q, k, v, head_mask=None, num_heads=None):
     return _empty_bhnd(q), o_raw, q.new_empty((B, H, N), dtype=torch.float32)
 
 
-@torch.library.custom_op("shiftnas::elastic_attention_backward", mutates_args=())
-def _attention_backward_op(
-    grad_o: torch.Tensor,
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    o_raw: torch.Tensor,
-    lse2: torch.Tensor,
-    head_mask: Optional[torch.Tensor] = None,  # noqa: UP045 (schema inference)
-    num_heads: Optional[torch.Tensor] = None,  # noqa: UP045 (schema inference)
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(dq, dk, dv, d_head_mask); d_head_mask is empty unless head_mask is given."""
-    return _backward(grad_o, q, k, v, o_raw, lse2, head_mask, num_heads)
+_attention_backward_op = torch.library.custom_op(
+    "shiftnas::elastic_attention_backward", _backward, mutates_args=()
+)
 
 
 @_attention_backward_op.register_fake

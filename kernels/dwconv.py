@@ -325,7 +325,9 @@ def _plane_grid(n_pix: int, C: int, B: int):
     return (triton.cdiv(n_pix, block_p), triton.cdiv(C, block_c), B), block_c, block_p
 
 
-def _dwconv_fwd(x, weight, bias, stride, active, mask) -> torch.Tensor:
+def _dwconv_fwd(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride: int,
+                active: torch.Tensor | None, mask: torch.Tensor | None) -> torch.Tensor:
+    """y = the masked depthwise conv (the op `shiftnas::elastic_dwconv`)."""
     _check(x, weight, bias, stride, active, mask)
     x = x.contiguous()
     B, C, H, W = x.shape
@@ -351,8 +353,12 @@ def _dwconv_fwd(x, weight, bias, stride, active, mask) -> torch.Tensor:
     return y
 
 
-def _dwconv_bwd(grad_y, x, weight, bias, stride, active, mask, need_x, need_params):
-    """(grad_x, grad_weight, grad_bias, grad_mask); empty tensors for what was not asked."""
+def _dwconv_bwd(grad_y: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
+                bias: torch.Tensor | None, stride: int, active: torch.Tensor | None,
+                mask: torch.Tensor | None, need_x: bool,
+                need_params: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(grad_x, grad_weight, grad_bias, grad_mask); empty tensors for what was not asked (the
+    op `shiftnas::elastic_dwconv_backward`)."""
     _check(x, weight, bias, stride, active, mask)
     x = x.contiguous()
     grad_y = grad_y.contiguous()
@@ -419,20 +425,12 @@ def _dwconv_bwd(grad_y, x, weight, bias, stride, active, mask, need_x, need_para
 
 
 # --------------------------------------------------------------------------------------------
-# Custom ops (torch.compile traces these through their fake implementations)
+# Custom ops (torch.compile traces these through their fake implementations). The launchers
+# above are registered as they are: their annotations give the schemas.
 # --------------------------------------------------------------------------------------------
 
 
-@torch.library.custom_op("shiftnas::elastic_dwconv", mutates_args=())
-def _elastic_dwconv_op(
-    x: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None,
-    stride: int,
-    active: torch.Tensor | None,
-    mask: torch.Tensor | None,
-) -> torch.Tensor:
-    return _dwconv_fwd(x, weight, bias, stride, active, mask)
+_elastic_dwconv_op = torch.library.custom_op("shiftnas::elastic_dwconv", _dwconv_fwd, mutates_args=())
 
 
 @_elastic_dwconv_op.register_fake
@@ -443,19 +441,9 @@ def _(x, weight, bias, stride, active, mask):
     return x.new_empty((B, C, _out_size(H, k, stride), _out_size(W, k, stride)))
 
 
-@torch.library.custom_op("shiftnas::elastic_dwconv_backward", mutates_args=())
-def _elastic_dwconv_backward_op(
-    grad_y: torch.Tensor,
-    x: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None,
-    stride: int,
-    active: torch.Tensor | None,
-    mask: torch.Tensor | None,
-    need_x: bool,
-    need_params: bool,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    return _dwconv_bwd(grad_y, x, weight, bias, stride, active, mask, need_x, need_params)
+_elastic_dwconv_backward_op = torch.library.custom_op(
+    "shiftnas::elastic_dwconv_backward", _dwconv_bwd, mutates_args=()
+)
 
 
 @_elastic_dwconv_backward_op.register_fake

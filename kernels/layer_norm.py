@@ -150,8 +150,10 @@ def _rows(t: torch.Tensor, width: int) -> torch.Tensor:
     return t2 if t2.stride(1) == 1 or t2.shape[1] == 1 else t2.contiguous()
 
 
-def layer_norm_forward(x, weight, bias, active: int, eps: float):
-    """(y [..., active] in x.dtype, mean [M] fp32, rstd [M] fp32)."""
+def layer_norm_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, active: int,
+                       eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(y [..., active] in x.dtype, mean [M] fp32, rstd [M] fp32); the op
+    `shiftnas::elastic_layer_norm`."""
     _check_layer_norm(x, weight, bias, active, eps)
     x2 = _rows(x, x.shape[-1])
     weight, bias = weight.contiguous(), bias.contiguous()  # indexed with unit stride
@@ -171,9 +173,11 @@ def layer_norm_forward(x, weight, bias, active: int, eps: float):
     return y.reshape(*x.shape[:-1], active), mean, rstd
 
 
-def layer_norm_backward(gy, x, weight, mean, rstd, active: int, need_dx: bool, need_dweight: bool,
-                        need_dbias: bool):
-    """(dx like x, zero past `active`; d(weight) [max] fp32; d(bias) [max] fp32); None when not needed."""
+def layer_norm_backward(gy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, mean: torch.Tensor,
+                        rstd: torch.Tensor, active: int, need_dx: bool, need_dweight: bool,
+                        need_dbias: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dx like x, zero past `active`; d(weight) [max] fp32; d(bias) [max] fp32), a 0-element
+    tensor for what is not needed; the op `shiftnas::elastic_layer_norm_backward`."""
     x2 = _rows(x, x.shape[-1])
     gy2 = _rows(gy, active)
     weight = weight.contiguous()
@@ -202,15 +206,14 @@ def layer_norm_backward(gy, x, weight, mean, rstd, active: int, need_dx: bool, n
     if need_dbias:
         db = torch.zeros(weight.shape, device=dev, dtype=torch.float32)
         db[:active] = db_part.sum(0)
-    return (dx.reshape(x.shape) if dx is not None else None), dw, db
+    return fill_empty(((dx.reshape(x.shape) if dx is not None else None), dw, db), x)
 
 
 # ------------------------------------------------------------------------ custom ops, autograd
-@torch.library.custom_op("shiftnas::elastic_layer_norm", mutates_args=())
-def _elastic_layer_norm_op(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, active: int, eps: float
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return layer_norm_forward(x, weight, bias, active, eps)
+# The launchers are registered as they are: their annotations give the schemas.
+_elastic_layer_norm_op = torch.library.custom_op(
+    "shiftnas::elastic_layer_norm", layer_norm_forward, mutates_args=()
+)
 
 
 @_elastic_layer_norm_op.register_fake
@@ -226,22 +229,9 @@ def _(x, weight, bias, active, eps):
     )
 
 
-@torch.library.custom_op("shiftnas::elastic_layer_norm_backward", mutates_args=())
-def _elastic_layer_norm_backward_op(
-    gy: torch.Tensor,
-    x: torch.Tensor,
-    weight: torch.Tensor,
-    mean: torch.Tensor,
-    rstd: torch.Tensor,
-    active: int,
-    need_dx: bool,
-    need_dweight: bool,
-    need_dbias: bool,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    grads = layer_norm_backward(
-        gy, x, weight, mean, rstd, active, need_dx, need_dweight, need_dbias
-    )
-    return fill_empty(grads, x)
+_elastic_layer_norm_backward_op = torch.library.custom_op(
+    "shiftnas::elastic_layer_norm_backward", layer_norm_backward, mutates_args=()
+)
 
 
 @_elastic_layer_norm_backward_op.register_fake

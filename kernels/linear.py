@@ -353,9 +353,13 @@ def _check_linear(x, weight, bias, out_features, activation, out_width, in_width
         check_device("mask", mask, x.device)
 
 
-def linear_forward(x, weight, bias, out_features: int, activation: str | None = None,
-                   out_width=None, in_width=None, mask=None, save_pre: bool = False):
-    """(y [..., out_features], pre-activation [M, out_features] or an empty tensor).
+def linear_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                   out_features: int, activation: str | None = None,
+                   out_width: torch.Tensor | None = None, in_width: torch.Tensor | None = None,
+                   mask: torch.Tensor | None = None,
+                   save_pre: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """(y [..., out_features], pre-activation [M, out_features] or an empty tensor); the op
+    `shiftnas::elastic_linear`.
 
     The pre-activation is kept only when `save_pre` and the backward needs it (an activation
     or a mask): d(mask) and GELU' are recomputed from it instead of storing two tensors.
@@ -376,9 +380,13 @@ def linear_forward(x, weight, bias, out_features: int, activation: str | None = 
     return y.reshape(*x.shape[:-1], N), pre
 
 
-def linear_backward(gy, x, weight, pre, mask, out_width, in_width, activation: str | None,
-                    need_dbias: bool, need_dx: bool, need_dweight: bool):
-    """(dx, dweight [max-size], dbias [max-size, fp32], dmask) with None for what is not needed.
+def linear_backward(gy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
+                    pre: torch.Tensor | None, mask: torch.Tensor | None,
+                    out_width: torch.Tensor | None, in_width: torch.Tensor | None,
+                    activation: str | None, need_dbias: bool, need_dx: bool,
+                    need_dweight: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dx, dweight [max-size], dbias [max-size, fp32], dmask), a 0-element tensor for what is
+    not needed; the op `shiftnas::elastic_linear_backward`.
 
     gy past out_width is ignored (the output is constant zero there); dx is zero past in_width.
     """
@@ -404,23 +412,12 @@ def linear_backward(gy, x, weight, pre, mask, out_width, in_width, activation: s
         db[:N] = db_part
     if dmask is not None:
         dmask = dmask.to(mask.dtype)
-    return dx, dw, db, dmask
+    return fill_empty((dx, dw, db, dmask), x)
 
 
 # ------------------------------------------------------------------------ custom ops, autograd
-@torch.library.custom_op("shiftnas::elastic_linear", mutates_args=())
-def _elastic_linear_op(
-    x: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None,
-    out_features: int,
-    activation: str | None,
-    out_width: torch.Tensor | None,
-    in_width: torch.Tensor | None,
-    mask: torch.Tensor | None,
-    save_pre: bool,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    return linear_forward(x, weight, bias, out_features, activation, out_width, in_width, mask, save_pre)
+# The launchers are registered as they are: their annotations give the schemas.
+_elastic_linear_op = torch.library.custom_op("shiftnas::elastic_linear", linear_forward, mutates_args=())
 
 
 @_elastic_linear_op.register_fake
@@ -432,24 +429,9 @@ def _(x, weight, bias, out_features, activation, out_width, in_width, mask, save
     return y, x.new_empty((m, out_features) if keep_pre else (0,))
 
 
-@torch.library.custom_op("shiftnas::elastic_linear_backward", mutates_args=())
-def _elastic_linear_backward_op(
-    gy: torch.Tensor,
-    x: torch.Tensor,
-    weight: torch.Tensor,
-    pre: torch.Tensor | None,
-    mask: torch.Tensor | None,
-    out_width: torch.Tensor | None,
-    in_width: torch.Tensor | None,
-    activation: str | None,
-    need_dbias: bool,
-    need_dx: bool,
-    need_dweight: bool,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    grads = linear_backward(
-        gy, x, weight, pre, mask, out_width, in_width, activation, need_dbias, need_dx, need_dweight
-    )
-    return fill_empty(grads, x)
+_elastic_linear_backward_op = torch.library.custom_op(
+    "shiftnas::elastic_linear_backward", linear_backward, mutates_args=()
+)
 
 
 @_elastic_linear_backward_op.register_fake

@@ -59,19 +59,26 @@ def _check_mlp(x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, hidden, hidden_wid
             check_device(name, t, x.device)
 
 
-def mlp_forward(x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, hidden: int, hidden_width=None,
-                hidden_mask=None, save_pre: bool = False):
-    """(y [..., E], fc1 pre-activation [M, hidden] or an empty tensor when not `save_pre`)."""
+def mlp_forward(x: torch.Tensor, fc1_weight: torch.Tensor, fc1_bias: torch.Tensor | None,
+                fc2_weight: torch.Tensor, fc2_bias: torch.Tensor | None, hidden: int,
+                hidden_width: torch.Tensor | None = None, hidden_mask: torch.Tensor | None = None,
+                save_pre: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """(y [..., E], fc1 pre-activation [M, hidden] or an empty tensor when not `save_pre`); the
+    op `shiftnas::elastic_mlp`."""
     _check_mlp(x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, hidden, hidden_width, hidden_mask)
     h, pre1 = linear_forward(x, fc1_weight, fc1_bias, hidden, "gelu", hidden_width, None, hidden_mask, save_pre)
     y, _ = linear_forward(h, fc2_weight, fc2_bias, x.shape[-1], None, None, hidden_width, None, False)
     return y, pre1
 
 
-def mlp_backward(gy, x, fc1_weight, fc2_weight, pre1, hidden_mask, hidden_width, need_dx: bool,
-                 need_dfc1_weight: bool, need_dfc1_bias: bool, need_dfc2_weight: bool, need_dfc2_bias: bool):
+def mlp_backward(gy: torch.Tensor, x: torch.Tensor, fc1_weight: torch.Tensor,
+                 fc2_weight: torch.Tensor, pre1: torch.Tensor, hidden_mask: torch.Tensor | None,
+                 hidden_width: torch.Tensor | None, need_dx: bool, need_dfc1_weight: bool,
+                 need_dfc1_bias: bool, need_dfc2_weight: bool, need_dfc2_bias: bool,
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(dx, d fc1_weight, d fc1_bias [fp32], d fc2_weight, d fc2_bias [fp32], d hidden_mask);
-    weight and bias gradients max-size, None for what is not needed."""
+    weight and bias gradients max-size, a 0-element tensor for what is not needed; the op
+    `shiftnas::elastic_mlp_backward`."""
     E = x.shape[-1]
     H = pre1.shape[1]
     gy2 = gy.reshape(-1, E)
@@ -96,23 +103,12 @@ def mlp_backward(gy, x, fc1_weight, fc2_weight, pre1, hidden_mask, hidden_width,
             dh, x, fc1_weight, pre1, hidden_mask, hidden_width, None, "gelu",
             need_dfc1_bias, need_dx, need_dfc1_weight,
         )
-    return dx, dw1, db1, dw2, db2, dmask
+    return fill_empty((dx, dw1, db1, dw2, db2, dmask), x)
 
 
 # ------------------------------------------------------------------------ custom ops, autograd
-@torch.library.custom_op("shiftnas::elastic_mlp", mutates_args=())
-def _elastic_mlp_op(
-    x: torch.Tensor,
-    fc1_weight: torch.Tensor,
-    fc1_bias: torch.Tensor | None,
-    fc2_weight: torch.Tensor,
-    fc2_bias: torch.Tensor | None,
-    hidden: int,
-    hidden_width: torch.Tensor | None,
-    hidden_mask: torch.Tensor | None,
-    save_pre: bool,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    return mlp_forward(x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, hidden, hidden_width, hidden_mask, save_pre)
+# The launchers are registered as they are: their annotations give the schemas.
+_elastic_mlp_op = torch.library.custom_op("shiftnas::elastic_mlp", mlp_forward, mutates_args=())
 
 
 @_elastic_mlp_op.register_fake
@@ -122,26 +118,9 @@ def _(x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, hidden, hidden_width, hidde
     return x.new_empty(x.shape), x.new_empty((m, hidden) if save_pre else (0,))
 
 
-@torch.library.custom_op("shiftnas::elastic_mlp_backward", mutates_args=())
-def _elastic_mlp_backward_op(
-    gy: torch.Tensor,
-    x: torch.Tensor,
-    fc1_weight: torch.Tensor,
-    fc2_weight: torch.Tensor,
-    pre1: torch.Tensor,
-    hidden_mask: torch.Tensor | None,
-    hidden_width: torch.Tensor | None,
-    need_dx: bool,
-    need_dfc1_weight: bool,
-    need_dfc1_bias: bool,
-    need_dfc2_weight: bool,
-    need_dfc2_bias: bool,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    grads = mlp_backward(
-        gy, x, fc1_weight, fc2_weight, pre1, hidden_mask, hidden_width,
-        need_dx, need_dfc1_weight, need_dfc1_bias, need_dfc2_weight, need_dfc2_bias,
-    )
-    return fill_empty(grads, x)
+_elastic_mlp_backward_op = torch.library.custom_op(
+    "shiftnas::elastic_mlp_backward", mlp_backward, mutates_args=()
+)
 
 
 @_elastic_mlp_backward_op.register_fake
