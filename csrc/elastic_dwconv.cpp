@@ -54,17 +54,13 @@
 #include <type_traits>
 #include <vector>
 
+#include "acc_type.h"
 #include "cpu_simd.h"
 
 namespace shiftnas {
 namespace {
 
-using simd::hsum;
-using simd::kLanes;
-using simd::simd_t;
-using simd::vload;
-using simd::vsplat;
-using simd::vstore;
+using namespace simd;  // NOLINT(build/namespaces): cpu_simd.h's small toolkit
 
 constexpr int kBlock = 4;  // output vectors held in registers per block
 
@@ -569,10 +565,6 @@ SHIFTNAS_CLONES void store_output(const double* out, double* y, const Geometry& 
 constexpr int64_t kGrainMacs = int64_t{1} << 16;
 int64_t grain_for(int64_t macs_per_item) {
   return std::max<int64_t>(1, kGrainMacs / std::max<int64_t>(macs_per_item, 1));
-}
-
-at::ScalarType acc_dtype(at::ScalarType t) {
-  return t == at::kDouble ? at::kDouble : at::kFloat;
 }
 
 int64_t lanes_for(at::ScalarType acc) { return acc == at::kDouble ? kLanes<double> : kLanes<float>; }

@@ -38,15 +38,13 @@
 #include <type_traits>
 #include <vector>
 
+#include "acc_type.h"
 #include "cpu_simd.h"
 
 namespace shiftnas {
 namespace {
 
-using simd::hsum;
-using simd::simd_t;
-using simd::vload;
-using simd::vstore;
+using namespace simd;  // NOLINT(build/namespaces): cpu_simd.h's small toolkit
 template <typename acc_t>
 constexpr int64_t kW = simd::kLanes<acc_t>;  // lanes
 
@@ -214,12 +212,6 @@ SHIFTNAS_DEFINE_ROW_KERNELS(c10::Half)
 constexpr int64_t kGrainElems = 32768;
 int64_t row_grain(int64_t D) {
   return std::max<int64_t>(1, kGrainElems / std::max<int64_t>(D, 1));
-}
-
-int64_t row_stride(const at::Tensor& t) { return t.size(0) > 1 ? t.stride(0) : t.size(1); }
-
-at::ScalarType acc_dtype(at::ScalarType t) {
-  return t == at::kDouble ? at::kDouble : at::kFloat;
 }
 
 }  // namespace

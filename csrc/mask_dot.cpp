@@ -37,10 +37,7 @@
 namespace shiftnas {
 namespace {
 
-using simd::hsum;
-using simd::simd_t;
-using simd::vload;
-using simd::vstore;
+using namespace simd;  // NOLINT(build/namespaces): cpu_simd.h's small toolkit
 constexpr int64_t W = simd::kLanes<float>;
 
 constexpr int64_t kRowMin = 256;         // rows at least this long: a dot product per row

@@ -27,13 +27,14 @@
 
 #include <torch/library.h>
 
+#include "../acc_type.h"
 #include "../elastic_dwconv.h"
 #include "../ops.h"
+#include "block_reduce.h"
 
 namespace shiftnas {
 namespace {
 
-constexpr int kWarp = 32;
 constexpr int kThreads = 256;
 
 struct Dims {
@@ -105,29 +106,6 @@ __global__ void grad_x_kernel(const T* __restrict__ gy, const T* __restrict__ w,
     }
     gx[idx] = static_cast<T>(acc);
   }
-}
-
-template <typename acc_t>
-__device__ __forceinline__ acc_t warp_sum(acc_t v) {
-#pragma unroll
-  for (int off = kWarp / 2; off > 0; off /= 2) v += __shfl_down_sync(0xffffffffu, v, off);
-  return v;
-}
-
-// Block sum of v, valid in thread 0. smem: one slot per warp.
-template <typename acc_t>
-__device__ __forceinline__ acc_t block_sum(acc_t v, acc_t* smem) {
-  const int lane = threadIdx.x % kWarp;
-  const int warp = threadIdx.x / kWarp;
-  v = warp_sum(v);
-  __syncthreads();  // smem may still be read by the previous call
-  if (lane == 0) smem[warp] = v;
-  __syncthreads();
-  acc_t total = 0;
-  if (threadIdx.x == 0) {
-    for (int i = 0; i < static_cast<int>(blockDim.x) / kWarp; ++i) total += smem[i];
-  }
-  return total;
 }
 
 // Block (chunk, c) sums grad_y * x over the chunk's flat positions
@@ -225,10 +203,6 @@ __global__ void grad_wb_final_kernel(const acc_t* __restrict__ partial, int chun
 
 unsigned grid_for(int64_t n, int threads) {
   return static_cast<unsigned>(std::clamp<int64_t>((n + threads - 1) / threads, 1, 65535 * 16));
-}
-
-at::ScalarType acc_dtype(at::ScalarType t) {
-  return t == at::kDouble ? at::kDouble : at::kFloat;
 }
 
 Dims make_dims(const at::Tensor& x, const at::Tensor& weight, int64_t stride, int64_t padding,

@@ -25,37 +25,15 @@
 
 #include <torch/library.h>
 
+#include "../acc_type.h"
 #include "../elastic_layer_norm.h"
 #include "../ops.h"
+#include "block_reduce.h"
 
 namespace shiftnas {
 namespace {
 
-constexpr int kWarp = 32;
 constexpr int kMaxThreads = 512;
-
-template <typename acc_t>
-__device__ __forceinline__ acc_t warp_sum(acc_t v) {
-#pragma unroll
-  for (int off = kWarp / 2; off > 0; off /= 2) v += __shfl_down_sync(0xffffffffu, v, off);
-  return v;
-}
-
-// Sum of `v` over the block, returned to every thread. `smem` needs one slot
-// per warp; the leading __syncthreads makes back-to-back calls safe.
-template <typename acc_t>
-__device__ __forceinline__ acc_t block_sum(acc_t v, acc_t* smem) {
-  const int lane = threadIdx.x % kWarp;
-  const int warp = threadIdx.x / kWarp;
-  const int nwarps = (blockDim.x + kWarp - 1) / kWarp;
-  v = warp_sum(v);
-  __syncthreads();
-  if (lane == 0) smem[warp] = v;
-  __syncthreads();
-  acc_t total = 0;
-  for (int i = 0; i < nwarps; ++i) total += smem[i];
-  return total;
-}
 
 template <typename T, typename acc_t>
 __global__ void forward_kernel(const T* __restrict__ x, int64_t x_stride,
@@ -186,12 +164,6 @@ int threads_for(int64_t cols) {
 
 unsigned grid_for(int64_t rows) {
   return static_cast<unsigned>(std::clamp<int64_t>(rows, 1, INT_MAX));
-}
-
-int64_t row_stride(const at::Tensor& t) { return t.size(0) > 1 ? t.stride(0) : t.size(1); }
-
-at::ScalarType acc_dtype(at::ScalarType t) {
-  return t == at::kDouble ? at::kDouble : at::kFloat;
 }
 
 }  // namespace
