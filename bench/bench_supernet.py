@@ -42,6 +42,7 @@ from harness import (
     matmul_peak,
     new_doc,
     paired_ratio,
+    profile_ops,
     time_cpu,
     write_result,
 )
@@ -84,7 +85,7 @@ QUICK = {
 }
 TARGETS = {"supernet/exported": 1.03, "fit_r2": 0.98, "bf16_gemm_fraction": 0.35}
 FIT_MODELS = ("supernet", "exported")
-SETTINGS = ("spaces", "archs", "bins", "dtypes", "repeats", "warmup", "batch", "seed", "threads")
+SETTINGS = ("spaces", "archs", "bins", "dtypes", "repeats", "warmup", "batch", "seed", "threads", "profile")
 
 
 def step_flop(mflops: float, batch: int) -> float:
@@ -130,6 +131,8 @@ def time_arch(net, space, item: dict, dtype, args) -> dict:
         "supernet/exported": row["ratios"]["supernet/exported"]["of_medians"]
         <= TARGETS["supernet/exported"]
     }
+    if args.profile:
+        row["profile"] = {n: profile_ops(steps[n], top=args.profile) for n in ("supernet", "exported")}
     return row
 
 
@@ -256,6 +259,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="archs whose memory is measured (default min,middle,max)",
     )
     p.add_argument("--memory-jobs", type=int, default=2, help="memory subprocesses at a time")
+    p.add_argument("--profile", type=int, default=0, metavar="N",
+                   help="also profile the supernet's and the exported model's step per row: the top N "
+                   "operators by self CPU time (torch.profiler; 0: off)")
     p.add_argument(
         "--quick", action="store_true", help=f"smoke run: one space, {QUICK}, output {QUICK_OUT}"
     )

@@ -376,6 +376,31 @@ def paired_ratio(num: list[float], den: list[float]) -> dict:
     }
 
 
+def profile_ops(fn: Callable[[], object], steps: int = 3, top: int = 12) -> dict:
+    """Where the time of `fn` goes: torch.profiler over `steps` calls (after one untimed), the
+    `top` operators by self CPU time (ms per call of `fn`, share of the total, calls per call
+    of `fn`, the most common input shapes), and the total self CPU time per call."""
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        for _ in range(steps):
+            fn()
+    events = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in events) / 1e3 / steps
+    shapes: dict[str, tuple[int, str]] = {}
+    for e in prof.key_averages(group_by_input_shape=True):
+        if e.count > shapes.get(e.key, (0, ""))[0]:
+            shapes[e.key] = (e.count, str(e.input_shapes)[:160])
+    rows = sorted(events, key=lambda e: -e.self_cpu_time_total)[:top]
+    return {
+        "self_cpu_ms_per_call": round(total, 3),
+        "top": [{"op": e.key, "self_ms": round(e.self_cpu_time_total / 1e3 / steps, 3),
+                 "share": round(e.self_cpu_time_total / 1e3 / steps / total, 4) if total else None,
+                 "calls": e.count // steps, "shapes": shapes.get(e.key, (0, ""))[1]} for e in rows],
+    }
+
+
 def linear_fit(xs: list[float], ys: list[float]) -> dict:
     """Least squares y = slope * x + intercept; ``r2`` the coefficient of determination (in [0, 1]
     with an intercept; None when y does not vary), ``n`` the points. Needs >= 2 distinct x."""

@@ -195,3 +195,16 @@ def test_kernel_cpu_case_runs_and_writes_a_row(tmp_path):
     saved = json.loads((tmp_path / "k.json").read_text())
     assert len(saved["cases"]) == 2
     check_provenance(saved)
+
+
+def test_profile_ops_names_the_operator_that_takes_the_time():
+    """A step of one large matmul and one tiny add: aten::mm is the top operator with most of
+    the self CPU time, once per call, with its input shapes."""
+    import torch
+
+    a, b = torch.randn(256, 256), torch.ones(3)
+    p = harness.profile_ops(lambda: (a @ a, b + 1), steps=2, top=3)
+    top = p["top"][0]
+    assert top["op"] == "aten::mm" and top["calls"] == 1 and top["share"] > 0.5, p
+    assert "256, 256" in top["shapes"] and p["self_cpu_ms_per_call"] >= top["self_ms"] > 0
+    assert len(p["top"]) <= 3
