@@ -43,6 +43,8 @@ __all__ = ["GRAD_PATHS", "ShiftSampler"]
 # the hard subnet times the first entries of each mask (its own cost); "full" runs every op at
 # its widest candidate times the whole mask (Eq. 9 as written; the largest subnet's cost).
 GRAD_PATHS = ("prefix", "full")
+# The delta estimator's per-bin state beside its reference archs and losses.
+_DELTA_STATE = ("ref_steps", "deltas", "known")
 
 
 @register_sampler
@@ -67,7 +69,7 @@ class ShiftSampler(Sampler):
         update_every: int = 100,
         shift_lr: float = 1e-3,
         estimator: str = "delta",
-        probe_stride: int = 1,
+        probe_stride: int = 2,
         pretrain_steps: int = 0,
         pretrain_lr: float = 1e-2,
         grad_path: str = "prefix",
@@ -105,9 +107,10 @@ class ShiftSampler(Sampler):
         self.ref_archs: list[ArchConfig] | None = None
         self.ref_losses: torch.Tensor | None = None
         self.ref_steps: torch.Tensor | None = None  # the step each bin's reference was measured
-        self.deltas: torch.Tensor | None = None  # each bin's latest change per interval (nan: none yet)
-        if not (isinstance(probe_stride, int) and 1 <= probe_stride <= n_bins):
-            raise ValueError(f"shift: probe_stride={probe_stride!r} must be an integer in [1, n_bins={n_bins}]")
+        self.deltas: torch.Tensor | None = None  # each bin's latest change per interval
+        self.known: torch.Tensor | None = None  # which bins have one yet (bool)
+        if not (isinstance(probe_stride, int) and probe_stride >= 1):
+            raise ValueError(f"shift: probe_stride={probe_stride!r} must be an integer >= 1")
         self.probe_stride = probe_stride
         if not (isinstance(pretrain_steps, int) and pretrain_steps >= 0):
             raise ValueError(f"shift: pretrain_steps={pretrain_steps!r} must be an integer >= 0")
@@ -197,28 +200,32 @@ class ShiftSampler(Sampler):
             if first:
                 losses = val_losses(ctx.net, [archs[k] for k in probed], x, y, ctx.prepare_input).cpu()
                 self.ref_archs, self.ref_losses = [archs[k] for k in probed], losses
-                self.ref_steps = torch.full((K,), step, dtype=torch.long)
-                self.deltas = torch.full((K,), float("nan"), dtype=torch.float64)
+                self._reset_deltas(torch.full((K,), step, dtype=torch.long))
                 return None
             if self.ref_steps is None:  # a checkpoint from before the stride: refs one interval old
-                self.ref_steps = torch.full((K,), step - every, dtype=torch.long)
-                self.deltas = torch.full((K,), float("nan"), dtype=torch.float64)
+                self._reset_deltas(torch.full((K,), step - every, dtype=torch.long))
             now = val_losses(ctx.net, [self.ref_archs[k] for k in probed], x, y, ctx.prepare_input).cpu()
             span = (step - self.ref_steps[probed]).clamp_min(1).double() / every
             self.deltas[probed] = (now - self.ref_losses[probed]) / span
+            self.known[probed] = True
             fresh = [k for k in probed if archs[k] != self.ref_archs[k]]
             latest = self.ref_losses.clone()  # every bin's latest measured loss (the record's)
             latest[probed] = now
             losses = latest.clone()
             if fresh:
                 losses[fresh] = val_losses(ctx.net, [archs[k] for k in fresh], x, y, ctx.prepare_input).cpu()
-        if not bool(torch.isnan(self.deltas).any()):
+        if bool(self.known.all()):
             rec = self.shift.step_expected(self.deltas.clone(), step, loss=latest.tolist(), probed=probed,
                                            archs_changed=len(fresh))
         for k in probed:
             self.ref_archs[k] = archs[k]
         self.ref_losses, self.ref_steps[probed] = losses, step
         return rec
+
+    def _reset_deltas(self, ref_steps: torch.Tensor) -> None:
+        self.ref_steps = ref_steps
+        self.deltas = torch.zeros(len(ref_steps), dtype=torch.float64)
+        self.known = torch.zeros(len(ref_steps), dtype=torch.bool)
 
     @property
     def n_bins(self) -> int:
@@ -252,9 +259,8 @@ class ShiftSampler(Sampler):
             "prev": self.prev,
             "ref_archs": None if self.ref_archs is None else [a.to_dict() for a in self.ref_archs],
             "ref_losses": self.ref_losses,
-            # copies: delta_update writes these two in place
-            "ref_steps": None if self.ref_steps is None else self.ref_steps.clone(),
-            "deltas": None if self.deltas is None else self.deltas.clone(),
+            # copies: delta_update writes these in place
+            **{k: None if getattr(self, k) is None else getattr(self, k).clone() for k in _DELTA_STATE},
             "pretrained": dict(self.pretrained),
             "explored": self.explored,
         }
@@ -270,7 +276,8 @@ class ShiftSampler(Sampler):
         refs = state.get("ref_archs")
         self.ref_archs = None if refs is None else [ArchConfig.from_dict(self.space.name, a) for a in refs]
         self.ref_losses = state.get("ref_losses")
-        self.ref_steps, self.deltas = (None if state.get(k) is None else state[k].clone() for k in ("ref_steps", "deltas"))
+        for k in _DELTA_STATE:
+            setattr(self, k, None if state.get(k) is None else state[k].clone())
         self.pretrained = dict(state.get("pretrained", {}))
         self.explored = int(state.get("explored", 0))
 

@@ -52,18 +52,19 @@ def test_cnn_space_trains_with_shift(tiny_cfg):
 
 
 def test_probability_shift_moves_after_warmup_only(tiny_cfg):
-    # 12 steps, warm-up 25% = 3 steps, B updated at steps 4, 6, 8, 10.
+    # 12 steps, warm-up 25% = 3 steps, updates at steps 4, 6, 8, 10 (the reference at 2); with
+    # probe stride 2 the update at 4 measures half the bins, so B's steps are at 6, 8, 10.
     cfg = tiny_cfg("shift", "optim.steps=12")
     tr, summary = _fit(cfg)
     hist = tr.sampler.shift.history
-    assert [h["step"] for h in hist] == [4, 6, 8, 10]
+    assert tr.sampler.probe_stride == 2 and [h["step"] for h in hist] == [6, 8, 10]
     probs = torch.tensor(summary["final_probs"])
     assert not torch.allclose(probs, torch.full_like(probs, 0.25), atol=1e-5)
     assert probs.sum().item() == pytest.approx(1.0, abs=1e-6)
     sampling = json.loads((tr.run_dir / "sampling.json").read_text())
-    assert [u["step"] for u in sampling["updates"]] == [4, 6, 8, 10]
+    assert [u["step"] for u in sampling["updates"]] == [6, 8, 10]
     shift_lines = [json.loads(x) for x in (tr.run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in shift_lines if r["kind"] == "shift"] == [4, 6, 8, 10]
+    assert [r["step"] for r in shift_lines if r["kind"] == "shift"] == [6, 8, 10]
 
 
 def _final_state(run_dir):
