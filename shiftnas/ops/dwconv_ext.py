@@ -16,6 +16,7 @@ implementations are Python, registered here, so `torch.compile` traces the ops.
 from __future__ import annotations
 
 import torch
+from torch.utils.flop_counter import conv_flop_count, register_flop_formula
 
 from .. import _ext
 
@@ -39,11 +40,29 @@ def _fake_dwconv_backward(grad_y, x, weight, stride, padding, bias_size, output_
             weight.new_empty((bias_size,)) if need_b else None)
 
 
+def _dw_flop(x_shape, k: int, out_shape) -> int:
+    """FLOP of a depthwise conv as torch.utils.flop_counter counts a conv (2 per multiply)."""
+    return conv_flop_count(list(x_shape), [x_shape[1], 1, k, k], list(out_shape))
+
+
+def _flop_dwconv(x_shape, w_shape, *args, out_shape=None, **kwargs) -> int:
+    return _dw_flop(x_shape, w_shape[-1], out_shape)
+
+
+def _flop_dwconv_backward(gy_shape, x_shape, w_shape, stride, padding, bias_size, output_mask, *args,
+                          out_shape=None, **kwargs) -> int:
+    """grad_x and grad_weight each cost the forward's multiplies (as conv_backward_flop)."""
+    return _dw_flop(x_shape, w_shape[-1], gy_shape) * (int(output_mask[0]) + int(output_mask[1]))
+
+
 # shiftnas._C defines the ops when it is loaded (here, or a RuntimeError at the first call
-# when it cannot be); their fake implementations are these.
+# when it cannot be); their fake implementations and FLOP formulas (FlopCounterMode, which
+# counts what it knows: an op without a formula would count 0) are these.
 if _ext.load() is not None:
     torch.library.register_fake("shiftnas::ext_dwconv", _fake_dwconv)
     torch.library.register_fake("shiftnas::ext_dwconv_backward", _fake_dwconv_backward)
+    register_flop_formula(torch.ops.shiftnas.ext_dwconv)(_flop_dwconv)
+    register_flop_formula(torch.ops.shiftnas.ext_dwconv_backward)(_flop_dwconv_backward)
 
 
 def _apply(x, weight, bias, stride: int, padding: int):

@@ -408,3 +408,42 @@ def test_attentivenas_toy_space_cost_and_export(monkeypatch):
         assert count_flops(sp, arch) == _counted_macs(model.eval(), _input(sp, arch, batch=1)), arch.short()
         assert count_params(sp, arch) == sum(p.numel() for p in model.parameters()), arch.short()
         _check_export(net, sp, arch)
+
+
+@pytest.mark.parametrize("stride,kernel", [(1, 3), (2, 5), (2, 7)])
+def test_exported_depthwise_conv_runs_the_dwconv_op_and_exports_as_a_plain_conv(stride, kernel):
+    """`DepthwiseConv2d` (the exported subnet's depthwise conv) equals nn.Conv2d with the same
+    weights, forward and backward (odd sizes); it runs the compiled `shiftnas::ext_dwconv` where
+    the extension is built; torch.export records a standard aten convolution, no shiftnas op."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from shiftnas import _ext
+    from shiftnas.models.static_mbconv import DepthwiseConv2d
+
+    torch.manual_seed(0)
+    dw = DepthwiseConv2d(7, kernel, stride)
+    plain = torch.nn.Conv2d(7, 7, kernel, stride, kernel // 2, groups=7, bias=False)
+    plain.load_state_dict(dw.state_dict())
+    x = torch.randn(3, 7, 11, 13, requires_grad=True)
+    x2 = x.detach().clone().requires_grad_()
+
+    class Ops(TorchDispatchMode):
+        seen: set = set()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.seen.add(str(func.overloadpacket))
+            return func(*args, **(kwargs or {}))
+
+    with Ops() as ops:
+        y = dw(x)
+    y2 = plain(x2)
+    g = torch.randn_like(y)
+    y.backward(g)
+    y2.backward(g)
+    torch.testing.assert_close(y, y2, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(x.grad, x2.grad, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(dw.weight.grad, plain.weight.grad, rtol=1e-4, atol=1e-4)
+    if _ext.load() is not None:
+        assert "shiftnas.ext_dwconv" in ops.seen, ops.seen
+    graph = torch.export.export(dw, (x.detach(),)).graph_module.code
+    assert "aten.conv2d" in graph and "shiftnas" not in graph, graph
