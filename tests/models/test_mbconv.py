@@ -428,7 +428,9 @@ def test_exported_depthwise_conv_runs_the_dwconv_op_and_exports_as_a_plain_conv(
     x2 = x.detach().clone().requires_grad_()
 
     class Ops(TorchDispatchMode):
-        seen: set = set()
+        def __init__(self):
+            super().__init__()
+            self.seen = set()
 
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             self.seen.add(str(func.overloadpacket))
