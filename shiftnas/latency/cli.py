@@ -38,7 +38,7 @@ def _check(args) -> int:
     if differ:
         print("warning: this machine differs from the table's: " + "; ".join(differ), file=sys.stderr)
     res = check_table(table, n=args.n, seed=args.seed, device=args.device, repeats=args.repeats,
-                      warmup=args.warmup, progress=progress_printer())
+                      warmup=args.warmup, progress=progress_printer(), rounds=args.rounds)
     res["table"] = str(args.table)
     res["machine_differences"] = differ
     print(f"\n{table.space} batch {table.batch}: MAPE {res['mape_pct']:.2f}%, max error {res['max_abs_pct']:.1f}%, "
@@ -90,6 +90,8 @@ def add_latency_parser(sub) -> None:
     c.add_argument("--device", default=None, help="default: the table's")
     c.add_argument("--repeats", type=_positive, default=15)
     c.add_argument("--warmup", type=int, default=3)
+    c.add_argument("--rounds", type=_positive, default=3,
+                   help="time every subnet once per round, order reversed every other round; its time is the median (default: 3)")
     c.add_argument("--json", default=None, help="write the result (rows, MAPE, tau) here")
     c.add_argument("--plot", default=None, help="write the predicted-vs-measured scatter (PNG) here")
     c.set_defaults(fn=_check)

@@ -112,6 +112,29 @@ def test_check_reports_mape_and_tau(vit_table):
         check_table(vit_table[0], n=1)
 
 
+def test_check_times_every_subnet_per_round_and_keeps_the_median(vit_table, monkeypatch):
+    """3 rounds, the second in reverse order; a slow spell (10x) in one round of every subnet
+    does not reach its result, which is the median; rounds=0 is refused."""
+    from shiftnas.latency import check as check_mod
+
+    order, slow = [], iter([False, True, False] * 4)
+    seen: dict[str, int] = {}
+
+    def fake(space, arch, *a, **k):
+        key = arch.short()
+        seen.setdefault(key, len(seen))
+        order.append(seen[key])
+        return 1.0 + seen[key] + (9.0 * (1.0 + seen[key]) if next(slow) else 0.0)
+
+    monkeypatch.setattr(check_mod, "measure_arch", fake)
+    res = check_table(vit_table[0], n=4, rounds=3)
+    assert order == [0, 1, 2, 3, 3, 2, 1, 0, 0, 1, 2, 3] and res["rounds"] == 3
+    assert [r["measured_ms"] for r in res["rows"]] == [1.0, 2.0, 3.0, 4.0]
+    assert all(len(r["rounds_ms"]) == 3 and max(r["rounds_ms"]) > 9 for r in res["rows"])
+    with pytest.raises(ValueError, match="rounds=0"):
+        check_table(vit_table[0], n=2, rounds=0)
+
+
 def test_bad_arguments_are_refused_with_the_allowed_values():
     with pytest.raises(ValueError, match="batch=0"):
         build_table("vit-fmnist", batch=0)
