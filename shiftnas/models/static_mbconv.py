@@ -23,8 +23,8 @@ class DepthwiseConv2d(nn.Conv2d):
     """`nn.Conv2d(c, c, k, stride, k // 2, groups=c)` (same parameters and state dict) that runs
     the `dwconv` op stack, the supernet's: the compiled kernel where one can take the input
     (PyTorch's CPU depthwise conv is 2-3x slower than it in bf16; README, Measured so far),
-    F.conv2d otherwise. While exporting (torch.export, ONNX, TorchScript tracing) it is plain
-    F.conv2d, so an exported graph holds standard operators only."""
+    F.conv2d otherwise. While exporting (torch.export, ONNX, TorchScript tracing or scripting)
+    it is plain F.conv2d, so an exported graph holds standard operators only."""
 
     def __init__(self, channels: int, kernel: int, stride: int, device=None, dtype=None):
         super().__init__(channels, channels, kernel, stride, kernel // 2, groups=channels, bias=False,
@@ -34,8 +34,14 @@ class DepthwiseConv2d(nn.Conv2d):
         dispatch.backends()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if torch.compiler.is_exporting() or torch.jit.is_tracing() or torch.jit.is_scripting():
-            return super().forward(x)
+        if torch.jit.is_scripting():  # TorchScript: nn.Conv2d's forward (the model stays scriptable)
+            return self._conv_forward(x, self.weight, self.bias)
+        return self._dispatched(x)
+
+    @torch.jit.unused
+    def _dispatched(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.compiler.is_exporting() or torch.jit.is_tracing():
+            return self._conv_forward(x, self.weight, self.bias)
         return dispatch.call("dwconv", x, self.weight, self.bias, self.stride[0], self.padding[0])
 
 

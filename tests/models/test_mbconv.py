@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import random
+import warnings
 
 import pytest
 import timm
@@ -414,7 +415,8 @@ def test_attentivenas_toy_space_cost_and_export(monkeypatch):
 def test_exported_depthwise_conv_runs_the_dwconv_op_and_exports_as_a_plain_conv(stride, kernel):
     """`DepthwiseConv2d` (the exported subnet's depthwise conv) equals nn.Conv2d with the same
     weights, forward and backward (odd sizes); it runs the compiled `shiftnas::ext_dwconv` where
-    the extension is built; torch.export records a standard aten convolution, no shiftnas op."""
+    the extension is built; torch.export records a standard aten convolution, no shiftnas op;
+    torch.jit.script compiles it."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
     from shiftnas import _ext
@@ -449,3 +451,6 @@ def test_exported_depthwise_conv_runs_the_dwconv_op_and_exports_as_a_plain_conv(
         assert "shiftnas.ext_dwconv" in ops.seen, ops.seen
     graph = torch.export.export(dw, (x.detach(),)).graph_module.code
     assert "aten.conv2d" in graph and "shiftnas" not in graph, graph
+    with torch.no_grad(), warnings.catch_warnings():  # TorchScript: as nn.Conv2d (still scriptable)
+        warnings.simplefilter("ignore", FutureWarning)  # torch 2.14 deprecates torch.jit.script
+        torch.testing.assert_close(torch.jit.script(dw)(x), y2, rtol=1e-5, atol=1e-5)
