@@ -118,7 +118,7 @@ def input_size(space) -> int:
     return max(space.decision("resolution").choices)  # CNN: prepare_input resizes per subnet
 
 
-def build_trainer(space_name: str, batch: int, amp: str, run_dir: str, probe_stride: int = 1):
+def build_trainer(space_name: str, batch: int, amp: str, run_dir: str, probe_stride: int):
     """A CPU `Trainer` for the space with the shift sampler (no data: its loaders are lazy)."""
     import shiftnas
     from shiftnas.train.config import TrainConfig

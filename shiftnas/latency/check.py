@@ -40,15 +40,16 @@ def check_table(table: LatencyTable, n: int = 50, seed: int = 1, device: str | N
     torch.set_num_threads(table.machine["threads"])
     rng = random.Random(seed)
     archs = [space.sample(rng) for _ in range(n)]
+    predicted = [table.predict(a) for a in archs]
     times: list[list[float]] = [[] for _ in archs]
     say = progress or (lambda s: None)
     for r in range(rounds):
         for i in (range(n) if r % 2 == 0 else reversed(range(n))):
             times[i].append(measure_arch(space, archs[i], table.batch, dev, DTYPES[table.dtype], warmup, repeats))
             say(f"[round {r + 1}/{rounds}, {i + 1}/{n}] measured {times[i][-1]:.3f} ms, "
-                f"predicted {table.predict(archs[i]):.3f} ms")
-    rows = [{"arch": a.to_dict(), "predicted_ms": table.predict(a), "measured_ms": statistics.median(t),
-             "rounds_ms": t} for a, t in zip(archs, times)]
+                f"predicted {predicted[i]:.3f} ms")
+    rows = [{"arch": a.to_dict(), "predicted_ms": p, "measured_ms": statistics.median(t), "rounds_ms": t}
+            for a, p, t in zip(archs, predicted, times)]
     err = [abs(r["predicted_ms"] - r["measured_ms"]) / r["measured_ms"] * 100 for r in rows]
     return {"space": table.space, "batch": table.batch, "dtype": table.dtype, "n": n, "seed": seed, "rounds": rounds,
             "mape_pct": statistics.fmean(err), "max_abs_pct": max(err),
