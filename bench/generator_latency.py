@@ -59,7 +59,7 @@ def run_rows(run_dir: str, given: list[float] | None, passes: int, warmup: int, 
     for ms in budgets_ms(run, given):
         r = generate_latency(run, ms)
         arch = ArchConfig.from_dict(run.space.name, r["arch"])
-        times = [measure_arch(run.space, arch, table.batch, torch.device("cpu"), DTYPES[table.dtype], warmup, repeats)
+        times = [measure_arch(run.space, arch, table.batch, torch.device("cpu"), DTYPES[table.dtype], warmup, repeats)["ms"]
                  for _ in range(passes)]
         measured = min(times)
         rows.append({"budget_ms": r["budget_ms"], "bin": r["bin"], "short": r["short"], "arch": r["arch"],

@@ -10,7 +10,8 @@ import torch
 
 from ..search.ranking import kendall_tau
 from ..spaces import get_space
-from .table import DTYPES, LatencyTable, measure_arch
+from .probes import reference_arch
+from .table import DTYPES, LatencyTable, exported_call, measure_arch
 
 __all__ = ["check_table", "plot_check"]
 
@@ -21,13 +22,16 @@ def check_table(table: LatencyTable, n: int = 50, seed: int = 1, device: str | N
     """Time `n` uniformly random subnets (seed `seed`: other archs than the table's calibration,
     which uses seed 0) at the table's batch and dtype; compare with `table.predict`.
 
-    Every subnet is timed once per round, `rounds` rounds, the order reversed every other round,
-    and its time is the median over the rounds: a slow spell of the machine then hits one round
-    of a subnet, not its result (one round: at batch 1 (~1 ms a subnet) seven checks of one
-    table in 20 minutes gave MAPE 2.6-14.0% and tau 0.70-0.94).
+    Every subnet is timed against the reference subnet (`probes.reference_arch`, sample by
+    sample: table.py's module doc) once per round, `rounds` rounds, the order reversed every
+    other round; its time is the median over the rounds of its ratio to the reference, times the
+    reference's median time over the whole check (the check's pace). The table was built at the
+    pace of its build (`notes["reference_arch_ms"]`): "pace_vs_table" is check / build, and
+    "mape_pct_at_table_pace" compares at the build's pace (the model's error without the
+    machine's drift since the build); "mape_pct" and "kendall_tau" are at the check's own pace.
 
-    Returns {"mape_pct", "kendall_tau", "max_abs_pct", "rows": [{arch, predicted_ms, measured_ms,
-    rounds_ms}]}.
+    Returns {"mape_pct", "kendall_tau", "max_abs_pct", ..., "rows": [{arch, predicted_ms,
+    measured_ms, rounds_ratio}]}.
     """
     if n < 2:
         raise ValueError(f"n={n!r}: need at least 2 subnets to compare")
@@ -38,23 +42,35 @@ def check_table(table: LatencyTable, n: int = 50, seed: int = 1, device: str | N
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"the table was built on {table.machine['device']!r}; no CUDA device is visible here")
     torch.set_num_threads(table.machine["threads"])
+    dtype = DTYPES[table.dtype]
     rng = random.Random(seed)
     archs = [space.sample(rng) for _ in range(n)]
     predicted = [table.predict(a) for a in archs]
-    times: list[list[float]] = [[] for _ in archs]
+    ratios: list[list[float]] = [[] for _ in archs]
+    ref_ms: list[float] = []
+    ref = exported_call(space, reference_arch(space), table.batch, dev, dtype)
     say = progress or (lambda s: None)
     for r in range(rounds):
         for i in (range(n) if r % 2 == 0 else reversed(range(n))):
-            times[i].append(measure_arch(space, archs[i], table.batch, dev, DTYPES[table.dtype], warmup, repeats))
-            say(f"[round {r + 1}/{rounds}, {i + 1}/{n}] measured {times[i][-1]:.3f} ms, "
-                f"predicted {predicted[i]:.3f} ms")
-    rows = [{"arch": a.to_dict(), "predicted_ms": p, "measured_ms": statistics.median(t), "rounds_ms": t}
-            for a, p, t in zip(archs, predicted, times)]
-    err = [abs(r["predicted_ms"] - r["measured_ms"]) / r["measured_ms"] * 100 for r in rows]
-    return {"space": table.space, "batch": table.batch, "dtype": table.dtype, "n": n, "seed": seed, "rounds": rounds,
-            "mape_pct": statistics.fmean(err), "max_abs_pct": max(err),
-            "kendall_tau": kendall_tau([r["predicted_ms"] for r in rows], [r["measured_ms"] for r in rows]),
-            "rows": rows}
+            rec = measure_arch(space, archs[i], table.batch, dev, dtype, warmup, repeats, ref=ref)
+            ratios[i].append(rec["ratio"])
+            ref_ms += rec["ref_samples"]
+            say(f"[round {r + 1}/{rounds}, {i + 1}/{n}] measured {rec['ms']:.3f} ms, predicted {predicted[i]:.3f} ms")
+    pace = statistics.median(ref_ms)
+    built = table.notes.get("reference_arch_ms")
+    rows = [{"arch": a.to_dict(), "predicted_ms": p, "measured_ms": statistics.median(t) * pace, "rounds_ratio": t}
+            for a, p, t in zip(archs, predicted, ratios)]
+    out = {"space": table.space, "batch": table.batch, "dtype": table.dtype, "n": n, "seed": seed, "rounds": rounds,
+           **_errors(predicted, [r["measured_ms"] for r in rows]), "reference_ms": pace,
+           "pace_vs_table": pace / built if built else None, "rows": rows}
+    if built:
+        out["mape_pct_at_table_pace"] = _errors(predicted, [statistics.median(t) * built for t in ratios])["mape_pct"]
+    return out
+
+
+def _errors(predicted: list[float], measured: list[float]) -> dict:
+    err = [abs(p - m) / m * 100 for p, m in zip(predicted, measured)]
+    return {"mape_pct": statistics.fmean(err), "max_abs_pct": max(err), "kendall_tau": kendall_tau(predicted, measured)}
 
 
 def plot_check(result: dict, path: str | Path) -> Path:

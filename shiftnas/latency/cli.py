@@ -23,6 +23,7 @@ def _build(args) -> int:
     n = len(table.entries)
     print(f"\n{out}: {table.space} on {table.machine['device_name']} ({table.machine['threads']} threads), "
           f"batch {table.batch}, {n} entries, overhead {table.overhead_ms:.3f} ms, "
+          f"scales {', '.join(f'{g} {v:.3f}' for g, v in table.notes['scale'].items())}, "
           f"largest drop where FLOPs rise {table.notes['monotone_violation_max_ms']:.4f} ms")
     return 0
 
@@ -43,6 +44,9 @@ def _check(args) -> int:
     res["machine_differences"] = differ
     print(f"\n{table.space} batch {table.batch}: MAPE {res['mape_pct']:.2f}%, max error {res['max_abs_pct']:.1f}%, "
           f"Kendall tau {res['kendall_tau']:.3f} over {res['n']} random subnets")
+    if res["pace_vs_table"] is not None:
+        print(f"this machine ran {res['pace_vs_table']:.3f}x the reference subnet's time at the build; "
+              f"at the build's pace: MAPE {res['mape_pct_at_table_pace']:.2f}%")
     if args.json:
         from ..atomic import atomic_write
 
@@ -79,7 +83,8 @@ def add_latency_parser(sub) -> None:
     b.add_argument("--dtype", default="float32", choices=list(DTYPES))
     b.add_argument("--repeats", type=_positive, default=15, help="timed samples per entry (default: 15, >= 3)")
     b.add_argument("--warmup", type=int, default=3, help="untimed calls first (default: 3)")
-    b.add_argument("--calibrate", type=int, default=8, help="random subnets that fit the fixed overhead (default: 8)")
+    b.add_argument("--calibrate", type=int, default=32,
+                   help="random subnets timed end to end that fit the overhead and scales (default: 32)")
     b.add_argument("--out", required=True, help="the table (JSON); OUT.partial holds progress until it is done")
     b.add_argument("--force", action="store_true", help="replace an existing --out")
     b.set_defaults(fn=_build)

@@ -22,11 +22,11 @@ import itertools
 import torch
 from torch import nn
 
-from ..cost import cost_terms
+from ..cost import CostTerm, cost_terms
 from ..spaces import ArchConfig, SearchSpace, get_space
 from ..spaces.cnn import has_residual, stage_input_size
 
-__all__ = ["Probe", "build_probe", "term_probes"]
+__all__ = ["Probe", "arch_probes", "build_probe", "reference_arch", "reference_block", "term_groups", "term_probes"]
 
 Probe = tuple  # (kind, *shape parameters): hashable, JSON-able as a list
 
@@ -92,6 +92,33 @@ def term_probes(space: SearchSpace | str) -> list[tuple[tuple[str, ...], tuple[i
         probes = [fn(dict(zip(term.names, combo))) for combo in itertools.product(*choices)]
         out.append((term.names, term.shape, probes))
     return out
+
+
+def term_groups(space: SearchSpace | str) -> list[str]:
+    """Per FLOPs term, the group whose entries share one calibration scale (table.py): vit "ends"
+    and "blocks"; cnn "stem", "stage<s>" (that stage's blocks), "head" (final conv, mix, classifier)."""
+    space = get_space(space)
+    if space.family == "vit":
+        return ["ends"] + ["blocks"] * (len(cost_terms(space, "flops")) - 1)
+    return [f"stage{w[1]}" if w[0] == "block" else ("stem" if w[0] == "stem" else "head") for w in _cnn_layout(space)]
+
+
+def arch_probes(space: SearchSpace | str, arch: ArchConfig) -> list[Probe | None]:
+    """The probe of every term at `arch` (None where the term is zero)."""
+    space = get_space(space)
+    idx = space.indices(arch)
+    return [CostTerm(names, shape, tuple(probes)).at(idx) for names, shape, probes in term_probes(space)]
+
+
+def reference_arch(space: SearchSpace | str) -> ArchConfig:
+    """The reference subnet whole subnets are timed against: the middle choice of every decision."""
+    space = get_space(space)
+    return space.from_indices({d.name: len(d.choices) // 2 for d in space.decisions})
+
+
+def reference_block(space: SearchSpace | str) -> Probe:
+    """The reference workload entries are timed against: the reference subnet's first block."""
+    return next(p for p in arch_probes(space, reference_arch(space)) if p is not None and p[0].endswith("_block"))
 
 
 def _arch_with(space: SearchSpace, **values) -> ArchConfig:

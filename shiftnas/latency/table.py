@@ -2,18 +2,38 @@
 
 `build_table(space, device=..., batch=..., threads=...)` times every distinct probe of
 `probes.term_probes` (warm-up, then repeats; each sample runs the module enough times to last
->= 1 ms; samples further than 5 median absolute deviations from the median are rejected; the
-sample median is the pass's value). The process is warmed up on the largest probe first, and
-every entry is timed in two passes, the second in reverse order; the entry is the smaller of
-the two values (the first entries timed in a cold process came out 1.5x slow otherwise, and a
-transient slowdown hits one pass, not both). Measured latency is not always monotone in a
-choice the way FLOPs are (e.g. fewer heads can be slower): the table keeps what was measured,
-and `notes["monotone_violation_max_ms"]` says by how much it falls where FLOPs rise. A fixed
-overhead completes the model: the median over a few random exported subnets of (measured end
-to end - sum of their entries): what the modules' isolated timings miss (the model's own
-Python, the residual stream's first touch of memory).
+>= 1 ms; samples further than 5 median absolute deviations from the median are rejected).
 
-`predict(arch)` = overhead + the sum of the entries at the arch's indices.
+**Timing against a reference.** This machine's pace wanders by +-10% from one second to the
+next (a fixed 1024^3 GEMM: 145-190 ms per 20 calls within 12 s, nothing else running), so a
+module's time alone depends on when it was taken. Every sample of a timed module is therefore
+followed by one sample of a fixed *reference* workload, and what is kept is the median of the
+per-sample ratios (`time_call(fn, ref=...)`); a value in ms is that ratio times the reference's
+median over the whole build (or check): the module's time at the session's typical pace. Measured
+on cnn-fmnist at batch 128, 16 exported subnets timed in 4 rounds: the per-subnet spread across
+rounds (sd of log time) was 0.094 for the plain median, 0.033 paired with the middle subnet,
+0.057 paired with one MBConv block, 0.109 paired with the middle subnet at batch 1 (the
+reference must do the same kind of work at the same batch). Entries are paired with the
+*reference block* (the middle arch's first block: cheap enough to follow every sample of 960
+entries), whole subnets with the *reference subnet* (the space's middle arch, exported).
+
+The process is warmed up on the largest probe first, and every entry is timed in two passes,
+the second in reverse order; the entry is the mean of the two passes' ratios times the block
+reference's median over both passes. Measured latency is not always monotone in a choice the
+way FLOPs are (e.g. fewer heads can be slower): the table keeps what was measured, and
+`notes["monotone_violation_max_ms"]` says by how much it falls where FLOPs rise.
+
+**Calibration.** Isolated modules do not add up to the network: a block timed alone reads an
+input that stays in cache, and the model's own Python is not in any entry. `calibrate` random
+exported subnets (seed 0) are timed end to end against the reference subnet, and
+measured = overhead + sum over groups of scale x (the group's entries) is fitted on relative
+error, one scale per group of terms (`probes.term_groups`: a cnn stage's blocks, the stem, the
+head; a vit's blocks, its ends), shrunk toward one common scale (`_fit_scales`; on cnn-fmnist
+at batch 128, refitting on 16 or 32 of 50 checked subnets and predicting the rest, 30 splits:
+tau 0.888 / 0.898 with group scales, 0.873 / 0.878 with one). The table's
+terms are stored already scaled (`notes["scale"]`; the raw timings stay in `entries`), so
+`predict(arch)` = overhead + the sum of the entries at the arch's indices, and the cost model
+(shiftnas/cost/measured.py) reads the same numbers.
 """
 from __future__ import annotations
 
@@ -35,9 +55,9 @@ import torch
 from ..cost import CostTerm, cost_terms
 from ..cost.measured import FORMAT, read_table
 from ..spaces import ArchConfig, SearchSpace, get_space
-from .probes import Probe, build_probe, term_probes
+from .probes import Probe, build_probe, reference_arch, reference_block, term_groups, term_probes
 
-__all__ = ["DTYPES", "FORMAT", "LatencyTable", "build_table", "measure_arch", "time_call"]
+__all__ = ["DTYPES", "FORMAT", "LatencyTable", "build_table", "exported_call", "measure_arch", "time_call"]
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}  # the tables' dtypes
 
@@ -47,34 +67,60 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _inner(fn: Callable[[], object], device: torch.device, min_sample_s: float) -> int:
+    """Calls per sample so that a sample lasts >= `min_sample_s` (one timed call decides)."""
+    t0 = time.perf_counter()
+    fn()
+    _sync(device)
+    return max(1, math.ceil(min_sample_s / max(time.perf_counter() - t0, 1e-7)))
+
+
+def _sample(fn: Callable[[], object], device: torch.device, inner: int) -> float:
+    t0 = time.perf_counter()
+    for _ in range(inner):
+        fn()
+    _sync(device)
+    return (time.perf_counter() - t0) * 1e3 / inner
+
+
+def _robust_median(samples: list[float]) -> tuple[float, list[float]]:
+    """The median of the samples within 5 median absolute deviations of the median, and those."""
+    med = statistics.median(samples)
+    mad = statistics.median(abs(s - med) for s in samples) or 1e-12
+    kept = sorted(s for s in samples if abs(s - med) <= 5 * mad)
+    return statistics.median(kept), kept
+
+
 def time_call(fn: Callable[[], object], device: torch.device | str = "cpu", warmup: int = 3,
-              repeats: int = 15, min_sample_s: float = 1e-3) -> dict:
+              repeats: int = 15, min_sample_s: float = 1e-3, ref: Callable[[], object] | None = None) -> dict:
     """Milliseconds per call of `fn`: {"ms": median after outlier rejection, "spread": p80/p20,
-    "kept": samples kept, "inner": calls per sample}."""
+    "kept": samples kept, "inner": calls per sample}. With `ref` (the reference workload, see the
+    module doc) every sample of `fn` is followed by one of `ref`, and the result adds "ratio"
+    (the median of the per-sample ratios fn/ref, outliers rejected) and "ref_ms" (the median ref
+    sample) and "ref_samples"."""
     device = torch.device(device)
     if warmup < 0 or repeats < 3:
         raise ValueError(f"time_call: warmup={warmup} (>= 0), repeats={repeats} (>= 3)")
     for _ in range(warmup):
         fn()
+        if ref is not None:
+            ref()
     _sync(device)
-    t0 = time.perf_counter()
-    fn()
-    _sync(device)
-    one = max(time.perf_counter() - t0, 1e-7)
-    inner = max(1, math.ceil(min_sample_s / one))
-    samples = []
+    inner = _inner(fn, device, min_sample_s)
+    ref_inner = _inner(ref, device, min_sample_s) if ref is not None else 0
+    samples, ref_samples = [], []
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        for _ in range(inner):
-            fn()
-        _sync(device)
-        samples.append((time.perf_counter() - t0) * 1e3 / inner)
-    med = statistics.median(samples)
-    mad = statistics.median(abs(s - med) for s in samples) or 1e-12
-    kept = sorted(s for s in samples if abs(s - med) <= 5 * mad)
+        samples.append(_sample(fn, device, inner))
+        if ref is not None:
+            ref_samples.append(_sample(ref, device, ref_inner))
+    ms, kept = _robust_median(samples)
     q = statistics.quantiles(kept, n=5) if len(kept) >= 2 else [kept[0]] * 4
-    return {"ms": statistics.median(kept), "spread": q[3] / q[0] if q[0] > 0 else 1.0, "kept": len(kept),
-            "inner": inner}
+    out = {"ms": ms, "spread": q[3] / q[0] if q[0] > 0 else 1.0, "kept": len(kept), "inner": inner}
+    if ref is not None:
+        out["ratio"] = _robust_median([a / b for a, b in zip(samples, ref_samples)])[0]
+        out["ref_ms"] = statistics.median(ref_samples)
+        out["ref_samples"] = ref_samples
+    return out
 
 
 def _machine(device: torch.device, threads: int) -> dict:
@@ -160,22 +206,35 @@ def _key(probe: Probe) -> str:
     return json.dumps(list(probe))
 
 
-def _entry_ms(rec: dict) -> float:
-    """An entry's value: the smaller of its two passes' medians."""
-    return min(rec["ms"], rec.get("ms2", rec["ms"]))
+def _entry_ratio(rec: dict) -> float:
+    """An entry in reference units: the mean of its two passes' ratios."""
+    return (rec["ratio"] + rec.get("ratio2", rec["ratio"])) / 2
 
 
-def measure_arch(space: SearchSpace, arch: ArchConfig, batch: int, device: torch.device, dtype: torch.dtype,
-                 warmup: int = 3, repeats: int = 15) -> float:
-    """Milliseconds of one forward pass of the exported subnet `arch` (random weights) at `batch`."""
+def _pace_ms(entries: dict) -> float:
+    """The block reference's typical time over the build: the median of every pass's ref median."""
+    return statistics.median([r["ref_ms"] for r in entries.values()] + [r["ref_ms2"] for r in entries.values()
+                                                                          if "ref_ms2" in r])
+
+
+def exported_call(space: SearchSpace, arch: ArchConfig, batch: int, device: torch.device | str,
+                  dtype: torch.dtype) -> Callable[[], torch.Tensor]:
+    """One forward pass of the exported subnet `arch` (random weights) on a random batch; call it
+    under `torch.inference_mode()`."""
     from ..models.export import build_static
 
     hp = space.hparams
     size = arch["resolution"] if space.family == "cnn" else hp["img_size"]
     m = build_static(arch).to(device=device, dtype=dtype).eval()
-    x = torch.randn(batch, hp["in_chans"], size, size, device=device, dtype=dtype)
+    return functools.partial(m, torch.randn(batch, hp["in_chans"], size, size, device=device, dtype=dtype))
+
+
+def measure_arch(space: SearchSpace, arch: ArchConfig, batch: int, device: torch.device, dtype: torch.dtype,
+                 warmup: int = 3, repeats: int = 15, ref: Callable[[], object] | None = None) -> dict:
+    """`time_call` of one forward pass of the exported subnet `arch` at `batch` (against `ref`,
+    e.g. `exported_call` of `probes.reference_arch`, when given)."""
     with torch.inference_mode():
-        return time_call(lambda: m(x), device, warmup, repeats)["ms"]
+        return time_call(exported_call(space, arch, batch, device, dtype), device, warmup, repeats, ref=ref)
 
 
 def _monotone_violation(term: CostTerm, flops: CostTerm) -> float:
@@ -188,16 +247,7 @@ def _monotone_violation(term: CostTerm, flops: CostTerm) -> float:
     return worst
 
 
-def build_table(space: SearchSpace | str, device: str = "cpu", batch: int = 1, threads: int | None = None,
-                dtype: str = "float32", warmup: int = 3, repeats: int = 15, calibrate: int = 8,
-                resume: str | os.PathLike | None = None, progress: Callable[[str], None] | None = None,
-                seed: int = 0) -> LatencyTable:
-    """Time every distinct entry of `space`'s cost tables on `device` (see the module doc).
-
-    `resume`: a partial file; entries already in it (measured on this machine with the same
-    settings) are kept, and every new entry is added to it as soon as it is measured.
-    """
-    space = get_space(space)
+def _check_settings(space: SearchSpace, device: str, batch: int, dtype: str, threads: int | None):
     if batch < 1:
         raise ValueError(f"batch={batch!r}: must be >= 1")
     dev = torch.device(device)
@@ -211,6 +261,23 @@ def build_table(space: SearchSpace | str, device: str = "cpu", batch: int = 1, t
     threads = threads or torch.get_num_threads()
     if threads < 1:
         raise ValueError(f"threads={threads!r}: must be >= 1")
+    return dev, tdtype, threads
+
+
+def build_table(space: SearchSpace | str, device: str = "cpu", batch: int = 1, threads: int | None = None,
+                dtype: str = "float32", warmup: int = 3, repeats: int = 15, calibrate: int = 32,
+                resume: str | os.PathLike | None = None, progress: Callable[[str], None] | None = None,
+                seed: int = 0) -> LatencyTable:
+    """Time every distinct entry of `space`'s cost tables on `device`, then calibrate on
+    `calibrate` random subnets (see the module doc).
+
+    `resume`: a partial file; entries already in it (measured on this machine with the same
+    settings) are kept, and every new entry is added to it as soon as it is measured.
+    """
+    space = get_space(space)
+    dev, tdtype, threads = _check_settings(space, device, batch, dtype, threads)
+    if not (isinstance(calibrate, int) and calibrate >= 0):
+        raise ValueError(f"calibrate={calibrate!r}: must be an integer >= 0 (random subnets timed end to end)")
     torch.set_num_threads(threads)
     machine = _machine(dev, threads)
     settings = {"space": space.name, "batch": batch, "dtype": dtype, "machine": machine}
@@ -218,42 +285,92 @@ def build_table(space: SearchSpace | str, device: str = "cpu", batch: int = 1, t
     layout = term_probes(space)
     keys = sorted({_key(p) for _, _, ps in layout for p in ps if p is not None})
     say = progress or (lambda s: None)
-    todo = [(1, k) for k in keys if "ms" not in entries.get(k, {})]
-    todo += [(2, k) for k in reversed(keys) if "ms2" not in entries.get(k, {})]
+    todo = [(1, k) for k in keys if "ratio" not in entries.get(k, {})]
+    todo += [(2, k) for k in reversed(keys) if "ratio2" not in entries.get(k, {})]
+    ref_block = reference_block(space)
+    rm, rx = build_probe(space, ref_block, batch, dev, tdtype)
+    ref = functools.partial(rm, rx)
     if todo:  # warm the process (thread pool, allocator, kernel caches) on the largest probe
         m, x = build_probe(space, tuple(json.loads(keys[-1])), batch, dev, tdtype)
         with torch.inference_mode():
-            time_call(functools.partial(m, x), dev, warmup, repeats)
+            time_call(functools.partial(m, x), dev, warmup, repeats, ref=ref)
     done = 2 * len(keys) - len(todo)
     for n, (pass_, key) in enumerate(todo, start=done + 1):
         m, x = build_probe(space, tuple(json.loads(key)), batch, dev, tdtype)
         with torch.inference_mode():
-            rec = time_call(functools.partial(m, x), dev, warmup, repeats)
+            rec = time_call(functools.partial(m, x), dev, warmup, repeats, ref=ref)
+        del rec["ref_samples"]
         if pass_ == 1:
             entries[key] = rec
         else:
-            entries[key]["ms2"] = rec["ms"]
-        say(f"[{n}/{2 * len(keys)}] pass {pass_} {key} {rec['ms']:.4f} ms")
+            entries[key].update(ms2=rec["ms"], ratio2=rec["ratio"], ref_ms2=rec["ref_ms"])
+        say(f"[{n}/{2 * len(keys)}] pass {pass_} {key} {rec['ms']:.4f} ms ({rec['ratio']:.3f} x reference)")
         if resume is not None:
             _write_partial(resume, settings, entries)
-    flops = cost_terms(space, "flops")
-    terms, worst = [], 0.0
-    for (names, shape, probes), f in zip(layout, flops):
-        t = CostTerm(names, shape, tuple(0.0 if p is None else _entry_ms(entries[_key(p)]) for p in probes))
-        terms.append(t)
-        worst = max(worst, _monotone_violation(t, f))
-    table = LatencyTable(space.name, batch, dtype, machine, terms, 0.0, entries,
-                         {"monotone_violation_max_ms": worst})
-    rng, calib = random.Random(seed), []
-    for _ in range(calibrate):
-        arch = space.sample(rng)
-        ms = measure_arch(space, arch, batch, dev, tdtype, warmup, repeats)
-        calib.append({"arch": arch.to_dict(), "measured_ms": ms, "sum_ms": table.predict(arch)})
-        say(f"[calibration {len(calib)}/{calibrate}] {ms:.3f} ms measured, {calib[-1]['sum_ms']:.3f} ms summed")
-    if calib:
-        table.overhead_ms = statistics.median(c["measured_ms"] - c["sum_ms"] for c in calib)
-    table.notes["calibration"] = calib
+    pace = _pace_ms(entries)
+    raw = [CostTerm(names, shape, tuple(0.0 if p is None else _entry_ratio(entries[_key(p)]) * pace for p in probes))
+           for names, shape, probes in layout]
+    table = LatencyTable(space.name, batch, dtype, machine, raw, 0.0, entries,
+                         {"reference_block": list(ref_block), "reference_block_ms": pace})
+    _calibrate(table, space, calibrate, seed, dev, tdtype, warmup, repeats, say)
+    table.notes["monotone_violation_max_ms"] = max(
+        _monotone_violation(t, f) for t, f in zip(table.terms, cost_terms(space, "flops")))
     return table
+
+
+def _calibrate(table: LatencyTable, space: SearchSpace, n: int, seed: int, dev: torch.device, dtype: torch.dtype,
+               warmup: int, repeats: int, say: Callable[[str], None]) -> None:
+    """Time `n` random subnets against the reference subnet, fit the overhead and one scale per
+    term group (`probes.term_groups`) on relative error, and scale the table's terms (module doc)."""
+    rng, calib = random.Random(seed), []
+    ref = exported_call(space, reference_arch(space), table.batch, dev, dtype)
+    groups = term_groups(space)
+    names = sorted(set(groups))
+    for _ in range(n):
+        arch = space.sample(rng)
+        rec = measure_arch(space, arch, table.batch, dev, dtype, warmup, repeats, ref=ref)
+        idx = space.indices(arch)
+        sums = dict.fromkeys(names, 0.0)
+        for g, t in zip(groups, table.terms):
+            sums[g] += t.at(idx)
+        calib.append({"arch": arch.to_dict(), "ratio": rec["ratio"], "ref_ms": rec["ref_ms"], "group_ms": sums})
+        say(f"[calibration {len(calib)}/{n}] {rec['ms']:.3f} ms measured, {sum(sums.values()):.3f} ms summed")
+    pace = statistics.median(c["ref_ms"] for c in calib) if calib else 0.0
+    for c in calib:
+        c["measured_ms"] = c["ratio"] * pace
+    overhead, scales = (_fit_scales([[c["group_ms"][g] for g in names] for c in calib], [c["measured_ms"] for c in calib])
+                        if calib else (0.0, [1.0] * len(names)))
+    scale = dict(zip(names, scales))
+    table.terms = [CostTerm(t.names, t.shape, tuple(v * scale[g] for v in t.values)) for g, t in zip(groups, table.terms)]
+    table.overhead_ms = overhead
+    table.notes.update(calibration=calib, scale=scale, reference_arch=reference_arch(space).to_dict(),
+                       reference_arch_ms=pace)
+
+
+def _fit_scales(x: list[list[float]], y: list[float], ridge: float = 0.1) -> tuple[float, list[float]]:
+    """(a, s) minimising sum_i ((a + sum_g s_g x_ig - y_i) / y_i)^2 + ridge sum_g (s_g - b)^2,
+    b the common scale of the same fit with one s for all groups (which shrinks the group scales
+    toward it: 16-32 subnets do not pin 7 free scales down). With fewer than 3 subnets, or no
+    positive common scale (no signal in the spread): s = 1 and a = the median of y - sum_g x_g
+    (no subnets: (0, 1s)). A group scale fitted <= 0 gives the common fit."""
+    g = len(x[0]) if x else 0
+    sums = [sum(r) for r in x]
+    if len(x) < 3:
+        return (statistics.median(yi - si for si, yi in zip(sums, y)) if x else 0.0), [1.0] * g
+    X = torch.tensor(x, dtype=torch.float64)
+    Y = torch.tensor(y, dtype=torch.float64)
+    w = 1 / Y
+    one = torch.ones(len(y), 1, dtype=torch.float64)
+    a, b = torch.linalg.lstsq(torch.cat([one, X.sum(1, keepdim=True)], 1) * w[:, None], (Y * w)[:, None]).solution[:, 0]
+    if b <= 0:
+        return statistics.median(yi - si for si, yi in zip(sums, y)), [1.0] * g
+    reg = ridge ** 0.5 * torch.cat([torch.zeros(g, 1, dtype=torch.float64), torch.eye(g, dtype=torch.float64)], 1)
+    A = torch.cat([torch.cat([one, X], 1) * w[:, None], reg])
+    B = torch.cat([Y * w, ridge ** 0.5 * b * torch.ones(g, dtype=torch.float64)])
+    p = torch.linalg.lstsq(A, B[:, None]).solution[:, 0]
+    if (p[1:] <= 0).any():
+        return float(a), [float(b)] * g
+    return float(p[0]), [float(v) for v in p[1:]]
 
 
 def _read_partial(path, settings: dict) -> dict:

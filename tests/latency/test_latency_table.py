@@ -3,6 +3,7 @@ predictions, round-trip, resume, and refuse what does not fit; the CLI's build a
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 
@@ -49,15 +50,22 @@ def test_each_probe_module_does_the_macs_its_entry_counts(space):
 def vit_table(tmp_path_factory):
     torch.manual_seed(0)
     partial = tmp_path_factory.mktemp("lat") / "vit.json.partial"
-    return build_table("vit-fmnist", threads=1, repeats=3, warmup=1, calibrate=2, resume=partial), partial
+    return build_table("vit-fmnist", threads=1, repeats=3, warmup=1, calibrate=3, resume=partial), partial
 
 
 def test_table_predicts_overhead_plus_entries_and_records_where_latency_is_not_monotone(vit_table):
-    """Entries are the smaller of two passes; the table keeps measured values as they are and
-    records the largest drop along an axis where FLOPs rise (what an envelope would have hidden)."""
+    """Entries are the mean of two passes' ratios to the reference block times its typical time,
+    scaled by the calibration; the table keeps measured values as they are and records the
+    largest drop along an axis where FLOPs rise (what an envelope would have hidden)."""
     table, _ = vit_table
     space = get_space("vit-fmnist")
-    assert all({"ms", "ms2"} <= set(rec) for rec in table.entries.values())
+    assert all({"ms", "ms2", "ratio", "ratio2", "ref_ms", "ref_ms2"} <= set(rec) for rec in table.entries.values())
+    pace, scale = table.notes["reference_block_ms"], table.notes["scale"]
+    rec = table.entries[json.dumps(["vit_block", 64, 2, 2.0])]
+    idx = {"depth": 0, "embed_dim": 0, "layers.0.num_heads": 0, "layers.0.mlp_ratio": 0}
+    assert table.terms[1].at(idx) == pytest.approx((rec["ratio"] + rec["ratio2"]) / 2 * pace * scale["blocks"])
+    assert set(scale) == {"ends", "blocks"} and min(scale.values()) > 0
+    assert table.notes["reference_block"] == ["vit_block", 96, 3, 3.0]
     drops = [t.values[i] - t.values[i + st]
              for t, f in zip(table.terms, cost_terms(space, "flops"))
              for size, st in zip(t.shape, t.strides)
@@ -68,7 +76,7 @@ def test_table_predicts_overhead_plus_entries_and_records_where_latency_is_not_m
     idx = space.indices(arch)
     assert table.predict(arch) == pytest.approx(table.overhead_ms + sum(t.at(idx) for t in table.terms))
     assert table.predict(space.max()) > table.predict(space.min()) > 0
-    assert len(table.notes["calibration"]) == 2 and table.machine["threads"] == 1
+    assert len(table.notes["calibration"]) == 3 and table.machine["threads"] == 1
     with pytest.raises(ValueError, match="cnn-fmnist"):
         table.predict(get_space("cnn-fmnist").min())
 
@@ -120,19 +128,55 @@ def test_check_times_every_subnet_per_round_and_keeps_the_median(vit_table, monk
     order, slow = [], iter([False, True, False] * 4)
     seen: dict[str, int] = {}
 
-    def fake(space, arch, *a, **k):
+    def fake(space, arch, *a, ref=None, **k):
+        assert ref is not None  # every subnet is timed against the reference subnet
         key = arch.short()
         seen.setdefault(key, len(seen))
         order.append(seen[key])
-        return 1.0 + seen[key] + (9.0 * (1.0 + seen[key]) if next(slow) else 0.0)
+        ratio = 1.0 + seen[key] + (9.0 * (1.0 + seen[key]) if next(slow) else 0.0)
+        return {"ms": 2.0 * ratio, "ratio": ratio, "ref_samples": [2.0, 2.0, 2.0]}
 
     monkeypatch.setattr(check_mod, "measure_arch", fake)
     res = check_table(vit_table[0], n=4, rounds=3)
     assert order == [0, 1, 2, 3, 3, 2, 1, 0, 0, 1, 2, 3] and res["rounds"] == 3
-    assert [r["measured_ms"] for r in res["rows"]] == [1.0, 2.0, 3.0, 4.0]
-    assert all(len(r["rounds_ms"]) == 3 and max(r["rounds_ms"]) > 9 for r in res["rows"])
+    assert [r["measured_ms"] for r in res["rows"]] == [2.0, 4.0, 6.0, 8.0]  # median ratio x the check's pace
+    assert all(len(r["rounds_ratio"]) == 3 and max(r["rounds_ratio"]) > 9 for r in res["rows"])
+    built = vit_table[0].notes["reference_arch_ms"]
+    assert res["reference_ms"] == 2.0 and res["pace_vs_table"] == pytest.approx(2.0 / built)
+    predicted = [r["predicted_ms"] for r in res["rows"]]
+    at_build = [abs(p - m) / m * 100 for p, m in zip(predicted, [built * k for k in (1.0, 2.0, 3.0, 4.0)])]
+    assert res["mape_pct_at_table_pace"] == pytest.approx(sum(at_build) / 4)
     with pytest.raises(ValueError, match="rounds=0"):
         check_table(vit_table[0], n=2, rounds=0)
+
+
+def test_time_call_against_a_reference_cancels_the_machines_pace(monkeypatch):
+    """Each sample of fn is followed by one of ref; the machine's pace changes 3x between samples
+    (synthetic sample times): the raw median moves with it, the median per-sample ratio does not."""
+    pace = itertools.chain([1.0, 1.0, 3.0, 3.0, 1.5, 1.5, 3.0, 3.0, 1.0, 1.0, 2.5, 2.5, 3.0, 3.0], itertools.repeat(1.0))
+    fn, ref = (lambda: None), (lambda: None)
+    monkeypatch.setattr(table_mod, "_sample", lambda f, d, inner: (2.0 if f is fn else 1.0) * next(pace))
+    monkeypatch.setattr(table_mod, "_inner", lambda f, d, s: 1)
+    rec = table_mod.time_call(fn, warmup=0, repeats=7, ref=ref)
+    assert rec["ratio"] == 2.0 and rec["ms"] == 5.0 and rec["ref_ms"] == 2.5 and len(rec["ref_samples"]) == 7
+    assert "ratio" not in table_mod.time_call(lambda: None, repeats=3)
+
+
+def test_calibration_fits_an_overhead_and_a_scale_per_term_group():
+    """Exact data: with no shrinkage the groups' scales are recovered, with shrinkage they move
+    toward the common scale; < 3 subnets or a falling line: the overhead alone (scales 1)."""
+    rng = random.Random(0)
+    x = [[rng.uniform(1, 5), rng.uniform(1, 5)] for _ in range(12)]
+    y = [0.5 + 1.2 * a + 1.6 * b for a, b in x]
+    a, s = table_mod._fit_scales(x, y, ridge=0.0)
+    assert a == pytest.approx(0.5) and s == pytest.approx([1.2, 1.6])
+    _, shrunk = table_mod._fit_scales(x, y, ridge=100.0)
+    assert 1.2 < shrunk[0] < shrunk[1] < 1.6 and shrunk[1] - shrunk[0] < 0.1
+    assert table_mod._fit_scales([[1.0, 0.0], [2.0, 0.0]], [1.5, 2.7]) == (pytest.approx(0.6), [1.0, 1.0])
+    assert table_mod._fit_scales([[1.0], [2.0], [3.0]], [3.0, 2.0, 1.0]) == (2.0 - 2.0, [1.0])
+    assert table_mod._fit_scales([], []) == (0.0, [])
+    with pytest.raises(ValueError, match="calibrate=-1"):
+        build_table("vit-fmnist", calibrate=-1)
 
 
 def test_bad_arguments_are_refused_with_the_allowed_values():
