@@ -17,9 +17,11 @@ reference must do the same kind of work at the same batch). Entries are paired w
 *reference block* (the middle arch's first block: cheap enough to follow every sample of 960
 entries), whole subnets with the *reference subnet* (the space's middle arch, exported).
 
-The process is warmed up on the largest probe first, and every entry is timed in two passes,
-the second in reverse order; the entry is the mean of the two passes' ratios times the block
-reference's median over both passes. Measured latency is not always monotone in a choice the
+The process is warmed up on the largest probe first, and every entry is timed in three passes,
+the second in reverse order; the entry is the median of the passes' ratios times the block
+reference's median over all passes (a slowdown shorter than a pass but longer than a sample,
+2-3x for a few seconds, happens here: with two passes and their mean it bent entries by up to
+2.5x in one vit-fmnist batch-1 build). Measured latency is not always monotone in a choice the
 way FLOPs are (e.g. fewer heads can be slower): the table keeps what was measured, and
 `notes["monotone_violation_max_ms"]` says by how much it falls where FLOPs rise.
 
@@ -206,15 +208,17 @@ def _key(probe: Probe) -> str:
     return json.dumps(list(probe))
 
 
+PASSES = 3  # every entry is timed this many times, in alternating order; its value is the median
+
+
 def _entry_ratio(rec: dict) -> float:
-    """An entry in reference units: the mean of its two passes' ratios."""
-    return (rec["ratio"] + rec.get("ratio2", rec["ratio"])) / 2
+    """An entry in reference units: the median of its passes' ratios."""
+    return statistics.median(p["ratio"] for p in rec["passes"])
 
 
 def _pace_ms(entries: dict) -> float:
     """The block reference's typical time over the build: the median of every pass's ref median."""
-    return statistics.median([r["ref_ms"] for r in entries.values()] + [r["ref_ms2"] for r in entries.values()
-                                                                          if "ref_ms2" in r])
+    return statistics.median(p["ref_ms"] for r in entries.values() for p in r["passes"])
 
 
 def exported_call(space: SearchSpace, arch: ArchConfig, batch: int, device: torch.device | str,
@@ -285,8 +289,8 @@ def build_table(space: SearchSpace | str, device: str = "cpu", batch: int = 1, t
     layout = term_probes(space)
     keys = sorted({_key(p) for _, _, ps in layout for p in ps if p is not None})
     say = progress or (lambda s: None)
-    todo = [(1, k) for k in keys if "ratio" not in entries.get(k, {})]
-    todo += [(2, k) for k in reversed(keys) if "ratio2" not in entries.get(k, {})]
+    todo = [(p, k) for p in range(PASSES) for k in (keys if p % 2 == 0 else reversed(keys))
+            if len(entries.get(k, {}).get("passes", [])) <= p]
     ref_block = reference_block(space)
     rm, rx = build_probe(space, ref_block, batch, dev, tdtype)
     ref = functools.partial(rm, rx)
@@ -294,17 +298,13 @@ def build_table(space: SearchSpace | str, device: str = "cpu", batch: int = 1, t
         m, x = build_probe(space, tuple(json.loads(keys[-1])), batch, dev, tdtype)
         with torch.inference_mode():
             time_call(functools.partial(m, x), dev, warmup, repeats, ref=ref)
-    done = 2 * len(keys) - len(todo)
+    done = PASSES * len(keys) - len(todo)
     for n, (pass_, key) in enumerate(todo, start=done + 1):
         m, x = build_probe(space, tuple(json.loads(key)), batch, dev, tdtype)
         with torch.inference_mode():
             rec = time_call(functools.partial(m, x), dev, warmup, repeats, ref=ref)
-        del rec["ref_samples"]
-        if pass_ == 1:
-            entries[key] = rec
-        else:
-            entries[key].update(ms2=rec["ms"], ratio2=rec["ratio"], ref_ms2=rec["ref_ms"])
-        say(f"[{n}/{2 * len(keys)}] pass {pass_} {key} {rec['ms']:.4f} ms ({rec['ratio']:.3f} x reference)")
+        entries.setdefault(key, {"passes": []})["passes"].append({k: rec[k] for k in ("ms", "ratio", "ref_ms", "inner")})
+        say(f"[{n}/{PASSES * len(keys)}] pass {pass_ + 1} {key} {rec['ms']:.4f} ms ({rec['ratio']:.3f} x reference)")
         if resume is not None:
             _write_partial(resume, settings, entries)
     pace = _pace_ms(entries)
