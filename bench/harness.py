@@ -49,7 +49,7 @@ TIMING_ENV_VARS = tuple(
 GIT_KEYS = ("commit", "dirty", "changed")
 MACHINE_KEYS = tuple(
     "host platform python torch cpu_model cpu_count cpu_affinity cpu_capability cpu_flags "
-    "native_bf16 threads loadavg_before loadavg_after env gpu".split()
+    "native_bf16 fast_bf16 threads loadavg_before loadavg_after env gpu".split()
 )
 GPU_KEYS = ("name", "capability", "cuda_version", "memory_gib")
 
@@ -119,8 +119,8 @@ def gpu_info() -> dict | None:
 def machine(gpu: bool = False) -> dict:
     """The ``machine`` block, keys `MACHINE_KEYS`; ``loadavg_after`` is set by `write_result`.
 
-    CPU capability, flags and ``native_bf16`` are `shiftnas.train.precision.cpu_features`, the rule
-    optim.amp=auto follows. ``gpu`` is `gpu_info` for a run on the GPU (`gpu`), else None.
+    CPU capability, flags, ``native_bf16`` (bf16 instructions) and ``fast_bf16`` (AMX: what
+    optim.amp=auto needs for bf16) are `shiftnas.train.precision.cpu_features`. ``gpu`` is `gpu_info` for a run on the GPU (`gpu`), else None.
     """
     import torch
 
@@ -138,6 +138,7 @@ def machine(gpu: bool = False) -> dict:
         "cpu_capability": feats["cpu_capability"],
         "cpu_flags": feats["cpu_flags"],
         "native_bf16": feats["native_bf16"],
+        "fast_bf16": feats["fast_bf16"],
         "threads": torch.get_num_threads(),
         "loadavg_before": loadavg(),
         "loadavg_after": None,

@@ -94,7 +94,7 @@ class OptimConfig:
     steps: int = 1000  # total optimizer steps
     grad_clip: float | None = 5.0  # None: no clipping
     label_smoothing: float = 0.1
-    # auto: bf16 on CUDA and on CPUs with native bf16 (avx512_bf16/amx_bf16), else fp32
+    # auto: bf16 on CUDA and on CPUs with AMX (amx_bf16; precision.py), else fp32
     # (shiftnas/train/precision.py) | bf16 | fp16 (GradScaler, GPU) | off (fp32)
     amp: str = "auto"
     ema_decay: float = 0.0  # 0: no EMA

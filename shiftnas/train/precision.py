@@ -3,11 +3,14 @@
     dtype, scaler, line = amp_setup("auto", torch.device("cpu"))  # line: which dtype and why
     cpu_features()   # {"cpu_capability": "AVX2", "cpu_flags": {"avx2": True, ...}, "native_bf16": False}
 
-`optim.amp=auto` (the default) is bf16 on CUDA and on CPUs with native bf16 instructions
-(`avx512_bf16` or `amx_bf16` in /proc/cpuinfo), fp32 elsewhere. Without them oneDNN emulates
-bf16: on an AMD EPYC with AVX2 only, a single-thread `F.linear` took 827 ms in bf16 vs 58 ms in
-fp32 and a fmnist-vit-shift step 14 s vs 1.2 s. An explicit `optim.amp=bf16` is honoured there,
-with one warning per process. `optim.amp=gpu` is bf16 on CUDA and fp32 on every CPU: the
+`optim.amp=auto` (the default) is bf16 on CUDA and on CPUs with AMX (`amx_bf16` in
+/proc/cpuinfo: "fast_bf16"), fp32 elsewhere. Without bf16 instructions oneDNN emulates bf16: on
+an AMD EPYC with AVX2 only, a single-thread `F.linear` took 827 ms in bf16 vs 58 ms in fp32 and
+a fmnist-vit-shift step 14 s vs 1.2 s. With `avx512_bf16` but no AMX ("native_bf16" without
+"fast_bf16"; a Xeon VM on 2026-12-06, 2 threads) a 2048^3 matmul ran 144 GFLOP/s in bf16 vs
+304 in fp32, and a cnn-fmnist supernet step at batch 64 was 5% / 10% slower in bf16 at the
+space's middle / max arch (16% faster at min), vit-fmnist 2.3-2.5x slower. An explicit
+`optim.amp=bf16` is honoured on any CPU, with one warning per process where it is not fast. `optim.amp=gpu` is bf16 on CUDA and fp32 on every CPU: the
 Fashion-MNIST ViT configs use it, because that small ViT trains ~1.3x faster in fp32 than in
 bf16 even on an AMX CPU (autocast's casts outweigh the small matmuls; README "Measured so far"). Training, `shiftnas evaluate/search/rank` and fine-tuning all take
 their dtype from the Trainer, so they follow the same rule.
@@ -21,10 +24,11 @@ from typing import Any
 
 import torch
 
-__all__ = ["CPU_FLAGS", "NATIVE_BF16_FLAGS", "amp_name", "amp_setup", "cpu_features"]
+__all__ = ["CPU_FLAGS", "FAST_BF16_FLAGS", "NATIVE_BF16_FLAGS", "amp_name", "amp_setup", "cpu_features"]
 
 CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")  # recorded by the benchmarks
-NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # either one: bf16 matmuls in hardware
+NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # either one: bf16 instructions in hardware
+FAST_BF16_FLAGS = ("amx_bf16",)  # bf16 faster than fp32 here: what optim.amp=auto needs (module doc)
 _warned_slow_bf16 = False
 
 
@@ -41,7 +45,8 @@ def cpu_features(cpuinfo: str | None = None) -> dict[str, Any]:
 
     {"cpu_capability": torch.backends.cpu.get_cpu_capability() (e.g. "AVX2", "AVX512"),
     "cpu_flags": {flag: bool for CPU_FLAGS}, or None where /proc/cpuinfo has no flags line
-    (not Linux on x86), "native_bf16": whether any of NATIVE_BF16_FLAGS is present}.
+    (not Linux on x86), "native_bf16": whether any of NATIVE_BF16_FLAGS is present,
+    "fast_bf16": whether any of FAST_BF16_FLAGS is}.
     `cpuinfo`: the text of /proc/cpuinfo (default: read it).
     """
     if cpuinfo is None:
@@ -51,6 +56,7 @@ def cpu_features(cpuinfo: str | None = None) -> dict[str, Any]:
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "cpu_flags": None if flags is None else {f: f in flags for f in CPU_FLAGS},
         "native_bf16": flags is not None and any(f in flags for f in NATIVE_BF16_FLAGS),
+        "fast_bf16": flags is not None and any(f in flags for f in FAST_BF16_FLAGS),
     }
 
 
@@ -65,8 +71,11 @@ def _host_features() -> tuple[tuple[str, Any], ...]:
 
 def _cpu_words(feat: dict[str, Any]) -> str:
     have = [f for f in NATIVE_BF16_FLAGS if (feat["cpu_flags"] or {}).get(f)]
-    if have:
+    if feat["fast_bf16"]:
         return f"CPU has native bf16 ({', '.join(have)})"
+    if have:
+        return (f"CPU has native bf16 ({', '.join(have)}) but no AMX (no {'/'.join(FAST_BF16_FLAGS)}): bf16 matmuls "
+                f"would be ~2x slower than fp32 here")
     return (f"CPU (torch capability {feat['cpu_capability']}) has no native bf16 "
             f"(no {'/'.join(NATIVE_BF16_FLAGS)}): bf16 would be ~10x slower than fp32 here")
 
@@ -100,9 +109,9 @@ def amp_setup(mode: str, device: torch.device) -> tuple[torch.dtype | None, Any,
     if mode == "auto":
         if not cpu:
             return torch.bfloat16, None, "amp: bf16 (optim.amp=auto: a CUDA device)"
-        dtype = torch.bfloat16 if feat["native_bf16"] else None
+        dtype = torch.bfloat16 if feat["fast_bf16"] else None
         return dtype, None, f"amp: {amp_name(dtype)} (optim.amp=auto: {_cpu_words(feat)})"
-    if cpu and not feat["native_bf16"] and not _warned_slow_bf16:
+    if cpu and not feat["fast_bf16"] and not _warned_slow_bf16:
         _warned_slow_bf16 = True
         warnings.warn(f"optim.amp=bf16: this {_cpu_words(feat)}; optim.amp=auto picks fp32 on this CPU",
                       stacklevel=3)

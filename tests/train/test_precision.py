@@ -1,4 +1,5 @@
-"""optim.amp: 'auto' computes in bf16 only where bf16 is native (CUDA, AVX512-BF16/AMX CPUs)."""
+"""optim.amp: 'auto' computes in bf16 only where bf16 is fast (CUDA, AMX CPUs); AVX512-BF16 without
+AMX has bf16 instructions but slower bf16 matmuls than fp32, so it stays fp32."""
 from __future__ import annotations
 
 import warnings
@@ -24,17 +25,17 @@ def test_cpu_features_read_the_flags_that_decide_bf16_speed():
     avx2 = cpu_features(EPYC_AVX2)
     assert avx2["cpu_flags"] == {"avx2": True, "avx512f": False, "avx512_bf16": False, "amx_bf16": False,
                                  "amx_tile": False}
-    assert avx2["native_bf16"] is False
-    assert cpu_features(SAPPHIRE_RAPIDS)["native_bf16"] is True
-    assert cpu_features(COOPER_LAKE)["native_bf16"] is True
+    assert avx2["native_bf16"] is False and avx2["fast_bf16"] is False
+    assert cpu_features(SAPPHIRE_RAPIDS)["native_bf16"] is True and cpu_features(SAPPHIRE_RAPIDS)["fast_bf16"] is True
+    assert cpu_features(COOPER_LAKE)["native_bf16"] is True and cpu_features(COOPER_LAKE)["fast_bf16"] is False
     arm = cpu_features(ARM)
-    assert arm["cpu_flags"] is None and arm["native_bf16"] is False
+    assert arm["cpu_flags"] is None and arm["native_bf16"] is False and arm["fast_bf16"] is False
     assert avx2["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
 
 
 def test_this_host_is_described_and_the_result_is_cached():
     feat = cpu_features()
-    assert set(feat) == {"cpu_capability", "cpu_flags", "native_bf16"}
+    assert set(feat) == {"cpu_capability", "cpu_flags", "native_bf16", "fast_bf16"}
     assert cpu_features() == feat
 
 
@@ -49,6 +50,15 @@ def test_auto_is_fp32_on_a_cpu_without_native_bf16(monkeypatch):
         dtype, scaler, line = amp_setup("auto", torch.device("cpu"))
     assert dtype is None and scaler is None
     assert line.startswith("amp: fp32 (optim.amp=auto") and "no native bf16" in line and "slower" in line
+
+
+def test_auto_is_fp32_with_avx512_bf16_but_no_amx_and_explicit_bf16_warns(monkeypatch):
+    _on_cpu(monkeypatch, COOPER_LAKE)
+    monkeypatch.setattr(precision, "_warned_slow_bf16", False)
+    dtype, _, line = amp_setup("auto", torch.device("cpu"))
+    assert dtype is None and "(avx512_bf16) but no AMX" in line and "~2x slower" in line
+    with pytest.warns(UserWarning, match=r"optim.amp=bf16: .*no AMX"):
+        assert amp_setup("bf16", torch.device("cpu"))[0] is torch.bfloat16
 
 
 def test_auto_is_bf16_on_native_bf16_cpus_and_on_cuda(monkeypatch):

@@ -185,7 +185,7 @@ def test_auto_amp_says_which_dtype_and_why(tiny_cfg, capsys):
     from shiftnas.train.precision import cpu_features
 
     tr, summary = _fit(tiny_cfg("auto", "sampler.name=uniform", "optim.steps=2", "optim.amp=auto"))
-    want = "bf16" if cpu_features()["native_bf16"] else "fp32"
+    want = "bf16" if cpu_features()["fast_bf16"] else "fp32"
     assert summary["amp"] == want and tr.amp_dtype is (torch.bfloat16 if want == "bf16" else None)
     lines = [x for x in capsys.readouterr().err.splitlines() if x.startswith("amp: ")]
     assert len(lines) == 1 and lines[0].startswith(f"amp: {want} (optim.amp=auto: ") and "native bf16" in lines[0]
