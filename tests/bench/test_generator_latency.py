@@ -51,8 +51,11 @@ def test_every_bin_edge_is_asked_for_and_timed(runs, tmp_path, capsys):
         assert len(row["pass_ms"]) == 2 and row["measured_ms"] == min(row["pass_ms"]) > 0
         assert row["under_budget"] == (row["measured_ms"] <= row["budget_ms"])
         assert row["measured_over_budget"] == pytest.approx(row["measured_ms"] / row["budget_ms"])
+        assert len(row["pass_ratio"]) == 2 and row["measured_at_table_pace_ms"] > 0
+        assert row["under_budget_at_table_pace"] == (row["measured_at_table_pace_ms"] <= row["budget_ms"])
     s = doc["summary"]
     assert s["n"] == 4 and s["under_budget"] == sum(row["under_budget"] for row in r["rows"])
+    assert s["under_budget_at_table_pace"] == sum(row["under_budget_at_table_pace"] for row in r["rows"])
     assert s["measured_over_budget_max"] == max(row["measured_over_budget"] for row in r["rows"])
     assert r["batch"] == 1 and r["dtype"] == "float32" and doc["machine"]["cpu_capability"]
     assert "generated subnets measured within their budget" in capsys.readouterr().out
