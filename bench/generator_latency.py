@@ -88,11 +88,17 @@ def summarize(rows: list[dict]) -> dict:
     """Counts and extremes over `rows` (one run, or all runs' rows together)."""
     ratio = [r["measured_over_budget"] for r in rows]
     err = [abs(r["prediction_error_pct"]) for r in rows]
+    paced = [r for r in rows if r["measured_at_table_pace_ms"] is not None]
+    at_table = {} if not paced else {
+        "measured_at_table_pace_over_budget_max": max(r["measured_at_table_pace_ms"] / r["budget_ms"] for r in paced),
+        "abs_prediction_error_at_table_pace_pct_mean": statistics.fmean(
+            abs(r["predicted_ms"] / r["measured_at_table_pace_ms"] - 1) * 100 for r in paced)}
     return {"n": len(rows), "under_budget": sum(r["under_budget"] for r in rows),
             "under_budget_at_table_pace": sum(bool(r["under_budget_at_table_pace"]) for r in rows),
             "predicted_within_window": sum(r["predicted_within_window"] for r in rows),
             "measured_over_budget_max": max(ratio), "measured_over_budget_mean": statistics.fmean(ratio),
-            "abs_prediction_error_pct_mean": statistics.fmean(err), "abs_prediction_error_pct_max": max(err)}
+            "abs_prediction_error_pct_mean": statistics.fmean(err), "abs_prediction_error_pct_max": max(err),
+            **at_table}
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -56,6 +56,8 @@ def test_every_bin_edge_is_asked_for_and_timed(runs, tmp_path, capsys):
     s = doc["summary"]
     assert s["n"] == 4 and s["under_budget"] == sum(row["under_budget"] for row in r["rows"])
     assert s["under_budget_at_table_pace"] == sum(row["under_budget_at_table_pace"] for row in r["rows"])
+    assert s["measured_at_table_pace_over_budget_max"] == max(
+        row["measured_at_table_pace_ms"] / row["budget_ms"] for row in r["rows"])
     assert s["measured_over_budget_max"] == max(row["measured_over_budget"] for row in r["rows"])
     assert r["batch"] == 1 and r["dtype"] == "float32" and doc["machine"]["cpu_capability"]
     assert "generated subnets measured within their budget" in capsys.readouterr().out
