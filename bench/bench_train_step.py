@@ -531,7 +531,7 @@ def main(argv=None) -> None:
         "--amp",
         choices=("auto", "bf16", "off"),
         default="auto",
-        help="the trainer's optim.amp (default auto: bf16 only where the CPU has native bf16)",
+        help="the trainer's optim.amp (default auto: bf16 only where the CPU has AMX)",
     )
     p.add_argument("--batch", type=int, default=None,
                    help="the batch of every space (default per space: " + ", ".join(f"{k} {v}" for k, v in BATCH.items()) + ")")
