@@ -8,8 +8,9 @@ bin k, a user's budget "under X ms" with X = bin k's upper edge (floored to the 
 `--budgets` gives others): `shiftnas.search.generate_latency(run, X)` is the generator's arch,
 whose *predicted* latency (the table's) is at most X and at least one bin width below. That arch
 is exported and timed end to end the way the table's own check times a subnet
-(`shiftnas.latency.table.measure_arch`: the table's batch and dtype, random weights, the table's
-thread count), in `--passes` passes whose medians' minimum is kept. Each sample is also paired
+(`shiftnas.latency.table.time_archs`: the table's batch and dtype, random weights, the table's
+thread count), in `--passes` rounds over all archs (order reversed every other round) whose
+medians' minimum is kept. Each sample is also paired
 with one of the table's reference subnet (shiftnas/latency/table.py), which gives the time at
 the pace the machine ran when the table was built (`measured_at_table_pace_ms`, the median
 ratio times the table's `reference_arch_ms`): the machine's pace drifts by 10-20% within
@@ -45,8 +46,7 @@ def budgets_ms(run, given: list[float] | None) -> list[float]:
 
 def run_rows(run_dir: str, given: list[float] | None, passes: int, warmup: int, repeats: int) -> dict:
     """One run: the generator's arch for each budget, predicted and measured."""
-    from shiftnas.latency.probes import reference_arch
-    from shiftnas.latency.table import DTYPES, LatencyTable, exported_call, measure_arch
+    from shiftnas.latency.table import DTYPES, LatencyTable, time_archs
     from shiftnas.search import load_run
     from shiftnas.search.generate import generate_latency
     from shiftnas.spaces import ArchConfig
@@ -60,18 +60,16 @@ def run_rows(run_dir: str, given: list[float] | None, passes: int, warmup: int, 
         raise SystemExit(f"{table_path}: built on {table.machine['device']!r}; this benchmark times on the CPU")
     differs = table.differences("cpu", table.machine["threads"])
     torch.set_num_threads(table.machine["threads"])
-    rows, cpu, dtype = [], torch.device("cpu"), DTYPES[table.dtype]
-    ref = exported_call(run.space, reference_arch(run.space), table.batch, cpu, dtype)
+    gen = [generate_latency(run, ms) for ms in budgets_ms(run, given)]
+    archs = [ArchConfig.from_dict(run.space.name, r["arch"]) for r in gen]
+    timed = time_archs(run.space, archs, table.batch, torch.device("cpu"), DTYPES[table.dtype], warmup, repeats, passes)
     built = table.notes.get("reference_arch_ms")  # the reference subnet's time when the table was built
-    for ms in budgets_ms(run, given):
-        r = generate_latency(run, ms)
-        arch = ArchConfig.from_dict(run.space.name, r["arch"])
-        recs = [measure_arch(run.space, arch, table.batch, cpu, dtype, warmup, repeats, ref=ref) for _ in range(passes)]
-        times = [rec["ms"] for rec in recs]
+    rows = []
+    for r, times, ratios in zip(gen, timed["ms"], timed["ratios"]):
         measured = min(times)
-        at_table = statistics.median(rec["ratio"] for rec in recs) * built if built else None
+        at_table = statistics.median(ratios) * built if built else None
         rows.append({"budget_ms": r["budget_ms"], "bin": r["bin"], "short": r["short"], "arch": r["arch"],
-                     "measured_at_table_pace_ms": at_table, "pass_ratio": [rec["ratio"] for rec in recs],
+                     "measured_at_table_pace_ms": at_table, "pass_ratio": ratios,
                      "under_budget_at_table_pace": None if at_table is None else at_table <= r["budget_ms"],
                      "predicted_ms": r["latency_ms"], "measured_ms": measured, "pass_ms": times,
                      "measured_over_budget": measured / r["budget_ms"], "under_budget": measured <= r["budget_ms"],

@@ -10,8 +10,7 @@ import torch
 
 from ..search.ranking import kendall_tau
 from ..spaces import get_space
-from .probes import reference_arch
-from .table import DTYPES, LatencyTable, exported_call, measure_arch
+from .table import DTYPES, LatencyTable, time_archs
 
 __all__ = ["check_table", "plot_check"]
 
@@ -35,28 +34,19 @@ def check_table(table: LatencyTable, n: int = 50, seed: int = 1, device: str | N
     """
     if n < 2:
         raise ValueError(f"n={n!r}: need at least 2 subnets to compare")
-    if not (isinstance(rounds, int) and rounds >= 1):
-        raise ValueError(f"rounds={rounds!r}: must be an integer >= 1")
     space = get_space(table.space)
     dev = torch.device(device or table.machine["device"])
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"the table was built on {table.machine['device']!r}; no CUDA device is visible here")
     torch.set_num_threads(table.machine["threads"])
-    dtype = DTYPES[table.dtype]
     rng = random.Random(seed)
     archs = [space.sample(rng) for _ in range(n)]
     predicted = [table.predict(a) for a in archs]
-    ratios: list[list[float]] = [[] for _ in archs]
-    ref_ms: list[float] = []
-    ref = exported_call(space, reference_arch(space), table.batch, dev, dtype)
     say = progress or (lambda s: None)
-    for r in range(rounds):
-        for i in (range(n) if r % 2 == 0 else reversed(range(n))):
-            rec = measure_arch(space, archs[i], table.batch, dev, dtype, warmup, repeats, ref=ref)
-            ratios[i].append(rec["ratio"])
-            ref_ms += rec["ref_samples"]
-            say(f"[round {r + 1}/{rounds}, {i + 1}/{n}] measured {rec['ms']:.3f} ms, predicted {predicted[i]:.3f} ms")
-    pace = statistics.median(ref_ms)
+    timed = time_archs(space, archs, table.batch, dev, DTYPES[table.dtype], warmup, repeats, rounds,
+                       lambda r, i, rec: say(f"[round {r + 1}/{rounds}, {i + 1}/{n}] measured {rec['ms']:.3f} ms, "
+                                             f"predicted {predicted[i]:.3f} ms"))
+    ratios, pace = timed["ratios"], timed["pace_ms"]
     built = table.notes.get("reference_arch_ms")
     rows = [{"arch": a.to_dict(), "predicted_ms": p, "measured_ms": statistics.median(t) * pace, "rounds_ratio": t}
             for a, p, t in zip(archs, predicted, ratios)]

@@ -59,7 +59,7 @@ from ..cost.measured import FORMAT, read_table
 from ..spaces import ArchConfig, SearchSpace, get_space
 from .probes import Probe, build_probe, reference_arch, reference_block, term_groups, term_probes
 
-__all__ = ["DTYPES", "FORMAT", "LatencyTable", "build_table", "exported_call", "measure_arch", "time_call"]
+__all__ = ["DTYPES", "FORMAT", "LatencyTable", "build_table", "exported_call", "measure_arch", "time_archs", "time_call"]
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}  # the tables' dtypes
 
@@ -241,6 +241,31 @@ def measure_arch(space: SearchSpace, arch: ArchConfig, batch: int, device: torch
         return time_call(exported_call(space, arch, batch, device, dtype), device, warmup, repeats, ref=ref)
 
 
+def time_archs(space: SearchSpace, archs: list[ArchConfig], batch: int, device: torch.device, dtype: torch.dtype,
+               warmup: int = 3, repeats: int = 15, rounds: int = 1,
+               progress: Callable[[int, int, dict], None] | None = None) -> dict:
+    """Time every exported subnet of `archs` against the reference subnet (`probes.reference_arch`),
+    once per round, the order reversed every other round (module doc). Returns {"ratios": per
+    arch, its ratio per round; "ms": per arch, its raw median ms per round; "pace_ms": the
+    reference's median over every sample of the session}: arch i's time at this pace is
+    median(ratios[i]) * pace_ms. `progress(round, i, record)` after each timing."""
+    if not (isinstance(rounds, int) and rounds >= 1):
+        raise ValueError(f"rounds={rounds!r}: must be an integer >= 1")
+    ref = exported_call(space, reference_arch(space), batch, device, dtype)
+    ratios: list[list[float]] = [[] for _ in archs]
+    ms: list[list[float]] = [[] for _ in archs]
+    ref_ms: list[float] = []
+    for r in range(rounds):
+        for i in (range(len(archs)) if r % 2 == 0 else reversed(range(len(archs)))):
+            rec = measure_arch(space, archs[i], batch, device, dtype, warmup, repeats, ref=ref)
+            ratios[i].append(rec["ratio"])
+            ms[i].append(rec["ms"])
+            ref_ms += rec["ref_samples"]
+            if progress is not None:
+                progress(r, i, rec)
+    return {"ratios": ratios, "ms": ms, "pace_ms": statistics.median(ref_ms) if ref_ms else 0.0}
+
+
 def _monotone_violation(term: CostTerm, flops: CostTerm) -> float:
     """The largest drop of the latency term along an axis on which the FLOPs term never decreases."""
     worst, v, fv = 0.0, term.values, flops.values
@@ -251,7 +276,7 @@ def _monotone_violation(term: CostTerm, flops: CostTerm) -> float:
     return worst
 
 
-def _check_settings(space: SearchSpace, device: str, batch: int, dtype: str, threads: int | None):
+def _check_settings(device: str, batch: int, dtype: str, threads: int | None):
     if batch < 1:
         raise ValueError(f"batch={batch!r}: must be >= 1")
     dev = torch.device(device)
@@ -279,7 +304,7 @@ def build_table(space: SearchSpace | str, device: str = "cpu", batch: int = 1, t
     settings) are kept, and every new entry is added to it as soon as it is measured.
     """
     space = get_space(space)
-    dev, tdtype, threads = _check_settings(space, device, batch, dtype, threads)
+    dev, tdtype, threads = _check_settings(device, batch, dtype, threads)
     if not (isinstance(calibrate, int) and calibrate >= 0):
         raise ValueError(f"calibrate={calibrate!r}: must be an integer >= 0 (random subnets timed end to end)")
     torch.set_num_threads(threads)
@@ -322,22 +347,22 @@ def _calibrate(table: LatencyTable, space: SearchSpace, n: int, seed: int, dev: 
                warmup: int, repeats: int, say: Callable[[str], None]) -> None:
     """Time `n` random subnets against the reference subnet, fit the overhead and one scale per
     term group (`probes.term_groups`) on relative error, and scale the table's terms (module doc)."""
-    rng, calib = random.Random(seed), []
-    ref = exported_call(space, reference_arch(space), table.batch, dev, dtype)
+    rng = random.Random(seed)
+    archs = [space.sample(rng) for _ in range(n)]
     groups = term_groups(space)
     names = sorted(set(groups))
-    for _ in range(n):
-        arch = space.sample(rng)
-        rec = measure_arch(space, arch, table.batch, dev, dtype, warmup, repeats, ref=ref)
+    calib = []
+    for arch in archs:
         idx = space.indices(arch)
         sums = dict.fromkeys(names, 0.0)
         for g, t in zip(groups, table.terms):
             sums[g] += t.at(idx)
-        calib.append({"arch": arch.to_dict(), "ratio": rec["ratio"], "ref_ms": rec["ref_ms"], "group_ms": sums})
-        say(f"[calibration {len(calib)}/{n}] {rec['ms']:.3f} ms measured, {sum(sums.values()):.3f} ms summed")
-    pace = statistics.median(c["ref_ms"] for c in calib) if calib else 0.0
-    for c in calib:
-        c["measured_ms"] = c["ratio"] * pace
+        calib.append({"arch": arch.to_dict(), "group_ms": sums})
+    timed = time_archs(space, archs, table.batch, dev, dtype, warmup, repeats, progress=lambda r, i, rec: say(
+        f"[calibration {i + 1}/{n}] {rec['ms']:.3f} ms measured, {sum(calib[i]['group_ms'].values()):.3f} ms summed"))
+    pace = timed["pace_ms"]
+    for c, (ratio,) in zip(calib, timed["ratios"]):
+        c.update(ratio=ratio, measured_ms=ratio * pace)
     overhead, scales = (_fit_scales([[c["group_ms"][g] for g in names] for c in calib], [c["measured_ms"] for c in calib])
                         if calib else (0.0, [1.0] * len(names)))
     scale = dict(zip(names, scales))

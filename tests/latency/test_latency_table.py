@@ -132,8 +132,6 @@ def test_check_reports_mape_and_tau(vit_table):
 def test_check_times_every_subnet_per_round_and_keeps_the_median(vit_table, monkeypatch):
     """3 rounds, the second in reverse order; a slow spell (10x) in one round of every subnet
     does not reach its result, which is the median; rounds=0 is refused."""
-    from shiftnas.latency import check as check_mod
-
     order, slow = [], iter([False, True, False] * 4)
     seen: dict[str, int] = {}
 
@@ -145,7 +143,7 @@ def test_check_times_every_subnet_per_round_and_keeps_the_median(vit_table, monk
         ratio = 1.0 + seen[key] + (9.0 * (1.0 + seen[key]) if next(slow) else 0.0)
         return {"ms": 2.0 * ratio, "ratio": ratio, "ref_samples": [2.0, 2.0, 2.0]}
 
-    monkeypatch.setattr(check_mod, "measure_arch", fake)
+    monkeypatch.setattr(table_mod, "measure_arch", fake)
     res = check_table(vit_table[0], n=4, rounds=3)
     assert order == [0, 1, 2, 3, 3, 2, 1, 0, 0, 1, 2, 3] and res["rounds"] == 3
     assert [r["measured_ms"] for r in res["rows"]] == [2.0, 4.0, 6.0, 8.0]  # median ratio x the check's pace
