@@ -366,6 +366,11 @@ def _calibrate(table: LatencyTable, space: SearchSpace, n: int, seed: int, dev: 
     overhead, scales = (_fit_scales([[c["group_ms"][g] for g in names] for c in calib], [c["measured_ms"] for c in calib])
                         if calib else (0.0, [1.0] * len(names)))
     scale = dict(zip(names, scales))
+    low = space.indices(space.min())
+    if overhead + sum(t.at(low) * scale[g] for g, t in zip(groups, table.terms)) <= 0:
+        # a fit on few or noisy subnets can tip the smallest subnet below zero: the overhead alone
+        overhead = statistics.median(c["measured_ms"] - sum(c["group_ms"].values()) for c in calib)
+        scale = dict.fromkeys(names, 1.0)
     table.terms = [CostTerm(t.names, t.shape, tuple(v * scale[g] for v in t.values)) for g, t in zip(groups, table.terms)]
     table.overhead_ms = overhead
     table.notes.update(calibration=calib, scale=scale, reference_arch=reference_arch(space).to_dict(),

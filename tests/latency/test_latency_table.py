@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import json
 import random
+import statistics
 
 import pytest
 import torch
@@ -184,6 +185,25 @@ def test_calibration_fits_an_overhead_and_a_scale_per_term_group():
     assert table_mod._fit_scales([], []) == (0.0, [])
     with pytest.raises(ValueError, match="calibrate=-1"):
         build_table("vit-fmnist", calibrate=-1)
+
+
+def test_a_calibration_that_would_predict_the_smallest_subnet_below_zero_falls_back_to_the_overhead(
+        vit_table, monkeypatch):
+    """Measured times far below the entries' sums (a steep, low line): the fitted line would put
+    the smallest subnet below 0 ms; the table keeps scale 1 and the median overhead instead."""
+    table, _ = vit_table
+    space = get_space("vit-fmnist")
+    raw = LatencyTable(table.space, table.batch, table.dtype, table.machine, list(table.terms), 0.0, {}, {})
+    rng = random.Random(0)  # the calibration's seed below: the same 4 archs
+    archs = [space.sample(rng) for _ in range(4)]
+    sums = [raw.predict(a) for a in archs]
+    lo = min(sums)
+    measured = [1e-3 + 5.0 * (s - lo) for s in sums]  # slope 5, crossing zero near the smallest sample
+    monkeypatch.setattr(table_mod, "time_archs", lambda *a, **k: {"ratios": [[m] for m in measured], "pace_ms": 1.0})
+    table_mod._calibrate(raw, space, 4, 0, torch.device("cpu"), torch.float32, 0, 3, lambda s: None)
+    assert set(raw.notes["scale"].values()) == {1.0}
+    assert raw.overhead_ms == pytest.approx(statistics.median(m - s for m, s in zip(measured, sums)))
+    assert raw.predict(space.min()) == pytest.approx(raw.overhead_ms + sum(t.at(space.indices(space.min())) for t in table.terms))
 
 
 def test_bad_arguments_are_refused_with_the_allowed_values():
